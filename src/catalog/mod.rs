@@ -1,0 +1,14 @@
+//! Apple's software catalog (the Software Lookup Service, `gdmf.apple.com/v2/pmv`): parsing,
+//! per-device indexing, applicability, the sanity guard against bad answers, and fetching.
+
+mod applicable;
+pub mod fetch;
+pub mod guard;
+mod index;
+mod model;
+mod version;
+
+pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
+pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
+pub use model::{ParseError, PlatformSets, PmvDocument, PmvEntry};
+pub use version::{Build, OsVersion, VersionError};

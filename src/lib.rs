@@ -1,0 +1,5 @@
+//! ddm-update-operator: keeps fleets of Apple devices on the right OS version through
+//! Declarative Device Management, driven by resources committed to Git.
+
+pub mod catalog;
+pub mod cli;
