@@ -1,5 +1,6 @@
 //! ddm-update-operator: keeps fleets of Apple devices on the right OS version through
 //! Declarative Device Management, driven by resources committed to Git.
 
+pub mod api;
 pub mod catalog;
 pub mod cli;

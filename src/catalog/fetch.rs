@@ -71,6 +71,8 @@ pub enum FetchError {
     Refused { url: String, reason: Suspicious },
     #[error("{url}: the server asked to wait until {until}")]
     Deferred { url: String, until: Timestamp },
+    #[error("{url} answered 304 Not Modified to a request that named no cached copy")]
+    UnexpectedNotModified { url: String },
     #[error("last good catalog at {path}: {why}")]
     Store { path: PathBuf, why: String },
 }
@@ -88,7 +90,10 @@ impl FetchError {
 /// A body the server sent, with its validator.
 #[derive(Debug)]
 pub enum Fetched {
-    Body { bytes: Vec<u8>, etag: Option<String> },
+    Body {
+        bytes: Vec<u8>,
+        etag: Option<String>,
+    },
     NotModified,
 }
 
@@ -115,6 +120,16 @@ impl Fetcher {
                 " (+declarative software updates)"
             ))
             .timeout(config.timeout)
+            // Only the configured roots are trusted, so never follow a redirect off HTTPS.
+            .redirect(reqwest::redirect::Policy::custom(|attempt| {
+                if attempt.url().scheme() != "https" {
+                    attempt.error("refusing a redirect away from https")
+                } else if attempt.previous().len() >= 5 {
+                    attempt.error("too many redirects")
+                } else {
+                    attempt.follow()
+                }
+            }))
             .connect_timeout(config.timeout.min(Duration::from_secs(10)))
             .build()
             .map_err(|e| FetchError::Roots(e.to_string()))?;
@@ -161,10 +176,7 @@ impl Fetcher {
             url: url.clone(),
             limit,
         };
-        if response
-            .content_length()
-            .is_some_and(|n| n > limit as u64)
-        {
+        if response.content_length().is_some_and(|n| n > limit as u64) {
             return Err(too_large());
         }
         let etag = response
@@ -192,7 +204,9 @@ pub fn parse_retry_after(value: &str, now: Timestamp) -> Option<Duration> {
     let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
     let wait = when.duration_since(now);
     Some(Duration::from_secs(
-        u64::try_from(wait.as_secs()).unwrap_or(0).min(7 * 24 * 3600),
+        u64::try_from(wait.as_secs())
+            .unwrap_or(0)
+            .min(7 * 24 * 3600),
     ))
 }
 
@@ -256,7 +270,8 @@ impl LastGood {
     }
 
     pub fn save_meta(&self, meta: &CacheMeta) -> Result<(), FetchError> {
-        let bytes = serde_json::to_vec_pretty(meta).map_err(|e| self.store_error(&self.meta_path(), e))?;
+        let bytes =
+            serde_json::to_vec_pretty(meta).map_err(|e| self.store_error(&self.meta_path(), e))?;
         self.write_atomically(&self.meta_path(), &bytes)
     }
 
@@ -283,7 +298,7 @@ impl LastGood {
 #[derive(Debug)]
 pub enum Refresh {
     /// A new catalog was accepted and stored.
-    Updated(PmvDocument),
+    Updated(Box<PmvDocument>),
     /// The server said nothing changed.
     NotModified,
 }
@@ -300,7 +315,14 @@ pub async fn refresh(fetcher: &Fetcher, store: &LastGood) -> Result<Refresh, Fet
             until,
         });
     }
-    let previous = store.load()?;
+    // A damaged stored copy must not block the fetch that can repair it.
+    let previous = match store.load() {
+        Ok(previous) => previous,
+        Err(error) => {
+            tracing::warn!(%error, "ignoring the damaged last good catalog");
+            None
+        }
+    };
     // Only revalidate by ETag when the stored copy came from the same URL.
     let etag = match (&previous, meta.url == fetcher.url()) {
         (Some(_), true) => meta.etag.clone(),
@@ -318,7 +340,7 @@ pub async fn refresh(fetcher: &Fetcher, store: &LastGood) -> Result<Refresh, Fet
                 not_before: None,
             };
             store.save_meta(&meta)?;
-            Ok(Refresh::Updated(document))
+            Ok(Refresh::Updated(Box::new(document)))
         }
         Ok(None) => {
             meta.fetched_at = Some(now);
@@ -348,13 +370,11 @@ async fn fetch_checked(
 ) -> Result<Accepted, FetchError> {
     let url = || fetcher.url().to_string();
     match fetcher.get(etag).await? {
-        Fetched::NotModified => Ok(None),
+        Fetched::NotModified if etag.is_some() && previous.is_some() => Ok(None),
+        Fetched::NotModified => Err(FetchError::UnexpectedNotModified { url: url() }),
         Fetched::Body { bytes, etag } => {
-            let document =
-                PmvDocument::from_slice(&bytes).map_err(|source| FetchError::Parse {
-                    url: url(),
-                    source,
-                })?;
+            let document = PmvDocument::from_slice(&bytes)
+                .map_err(|source| FetchError::Parse { url: url(), source })?;
             let verdict = match previous {
                 Some(previous) => guard::check_replacement(previous, &document),
                 None => guard::check_not_empty(&document),

@@ -14,7 +14,9 @@ pub const MAX_DROP_PERCENT: usize = 90;
 pub enum Suspicious {
     #[error("every set is empty (Apple has answered like this during outages)")]
     Empty,
-    #[error("{set}.{platform} fell from {before} to {after} entries (more than {MAX_DROP_PERCENT}% at once)")]
+    #[error(
+        "{set}.{platform} fell from {before} to {after} entries (more than {MAX_DROP_PERCENT}% at once)"
+    )]
     Collapsed {
         set: &'static str,
         platform: &'static str,
@@ -41,7 +43,11 @@ pub fn check_replacement(previous: &PmvDocument, next: &PmvDocument) -> Result<(
         for (set, platform, n) in d.entry_counts() {
             if matches!(set, "AssetSets" | "PublicAssetSets") {
                 // xrOS was renamed visionOS: count them as one platform.
-                let platform = if platform == "xrOS" { "visionOS" } else { platform };
+                let platform = if platform == "xrOS" {
+                    "visionOS"
+                } else {
+                    platform
+                };
                 *counts.entry((set, platform)).or_insert(0) += n;
             }
         }

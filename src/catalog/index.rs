@@ -7,7 +7,7 @@ use std::fmt;
 use jiff::civil::Date;
 use serde::Serialize;
 
-use super::model::{PmvDocument, PmvEntry, PlatformSets};
+use super::model::{PlatformSets, PmvDocument, PmvEntry};
 use super::version::{Build, OsVersion};
 
 /// The platform key a release was listed under in the pmv (`xrOS` folds into `visionOS`).
@@ -44,7 +44,19 @@ impl CatalogKey {
 
 /// The operating system a device runs, as platform teams name it. The pmv lists iPadOS, watchOS,
 /// tvOS and HomePod software under `iOS`; only the device ids tell them apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
+)]
 pub enum Platform {
     #[serde(rename = "iOS")]
     Ios,
@@ -215,10 +227,13 @@ pub struct Catalog {
     pub(crate) security: ReleaseSet,
 }
 
+/// Each supported device with its own expiration date.
+type DeviceExpiry = BTreeMap<Box<str>, Option<Date>>;
+
 /// Entries of one set that share a (platform key, build) while being merged.
 struct Pending {
     release: Release,
-    device_expiry: BTreeMap<Box<str>, Option<Date>>,
+    device_expiry: DeviceExpiry,
 }
 
 impl Catalog {
@@ -245,11 +260,7 @@ impl Catalog {
         .flatten()
         .collect();
         Catalog {
-            mdm: build_set(
-                document.asset_sets.iter(),
-                ReleaseKind::Update,
-                &earliest,
-            ),
+            mdm: build_set(document.asset_sets.iter(), ReleaseKind::Update, &earliest),
             public: build_set(
                 document.public_asset_sets.iter(),
                 ReleaseKind::Update,
@@ -314,7 +325,10 @@ impl Catalog {
 }
 
 fn entry_version(entry: &PmvEntry) -> Result<OsVersion, super::VersionError> {
-    OsVersion::with_extra(&entry.product_version, entry.product_version_extra.as_deref())
+    OsVersion::with_extra(
+        &entry.product_version,
+        entry.product_version_extra.as_deref(),
+    )
 }
 
 fn keyed_entries(sets: &PlatformSets) -> impl Iterator<Item = (CatalogKey, &PmvEntry)> {
@@ -373,7 +387,7 @@ fn build_set<'a>(
         }
     }
 
-    let mut releases: Vec<(Release, BTreeMap<Box<str>, Option<Date>>)> = pending
+    let mut releases: Vec<(Release, DeviceExpiry)> = pending
         .into_values()
         .map(|mut p| {
             p.release.supported_devices = p.device_expiry.keys().cloned().collect();
@@ -395,8 +409,13 @@ fn build_set<'a>(
     // each device's offers across keys.
     for offers in by_device.values_mut() {
         offers.sort_by(|a, b| {
-            let (a, b) = (&releases[a.release as usize].0, &releases[b.release as usize].0);
-            b.version.cmp(&a.version).then_with(|| a.build.cmp(&b.build))
+            let (a, b) = (
+                &releases[a.release as usize].0,
+                &releases[b.release as usize].0,
+            );
+            b.version
+                .cmp(&a.version)
+                .then_with(|| a.build.cmp(&b.build))
         });
     }
     ReleaseSet {

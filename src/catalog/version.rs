@@ -308,9 +308,21 @@ mod tests {
     #[test]
     fn malformed_versions_are_errors() {
         for bad in [
-            "", "17.", ".5", "17..1", "seventeen", "17.5a", "-1", "17 (A)", "17 a", "1.2.3.4.5",
+            "",
+            "17.",
+            ".5",
+            "17..1",
+            "seventeen",
+            "17.5a",
+            "-1",
+            "17 (A)",
+            "17 a",
+            "1.2.3.4.5",
         ] {
-            assert!(bad.parse::<OsVersion>().is_err(), "{bad:?} should be refused");
+            assert!(
+                bad.parse::<OsVersion>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
         assert!(OsVersion::with_extra("17.5 (a)", Some("(b)")).is_err());
     }
@@ -353,10 +365,7 @@ mod tests {
     }
 
     fn build_strategy() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[1-9][0-9]?[A-Z][0-9]{1,9}[a-z]?",
-            "[A-Za-z0-9]{0,6}",
-        ]
+        prop_oneof!["[1-9][0-9]?[A-Z][0-9]{1,9}[a-z]?", "[A-Za-z0-9]{0,6}",]
     }
 
     proptest! {

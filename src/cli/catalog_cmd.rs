@@ -100,7 +100,10 @@ fn fetch(args: FetchArgs) -> Result<String, CliError> {
     let bytes = match runtime()?.block_on(fetcher.get(None)) {
         Ok(Fetched::Body { bytes, .. }) => bytes,
         Ok(Fetched::NotModified) => {
-            return Err(CliError::Unreadable(format!("{}: unexpected 304", args.url)));
+            return Err(CliError::Unreadable(format!(
+                "{}: unexpected 304",
+                args.url
+            )));
         }
         Err(e) => return Err(CliError::Unreadable(e.to_string())),
     };
@@ -126,7 +129,11 @@ fn fetch(args: FetchArgs) -> Result<String, CliError> {
     match &args.out {
         Some(path) => {
             write_atomically(path, &bytes)?;
-            eprintln!("wrote {} ({} bytes): {summary}", path.display(), bytes.len());
+            eprintln!(
+                "wrote {} ({} bytes): {summary}",
+                path.display(),
+                bytes.len()
+            );
             Ok(String::new())
         }
         None => {
@@ -343,7 +350,15 @@ fn show(args: ShowArgs) -> Result<String, CliError> {
                 })
                 .collect();
             Ok(table(
-                &["SET", "PLATFORMS", "VERSION", "BUILD", "POSTED", "EXPIRES", "DEVICES"],
+                &[
+                    "SET",
+                    "PLATFORMS",
+                    "VERSION",
+                    "BUILD",
+                    "POSTED",
+                    "EXPIRES",
+                    "DEVICES",
+                ],
                 &rows,
             ))
         }
