@@ -4,3 +4,6 @@
 pub mod api;
 pub mod catalog;
 pub mod cli;
+pub mod declarations;
+pub mod inventory;
+pub mod manifests;

@@ -3,8 +3,12 @@
 //! status shape they share. Types only; validation beyond OpenAPI lives in [`validate`].
 
 mod common;
+// kube's `printcolumn(...)` repeats the same keys for every column by design.
+#[allow(clippy::duplicated_attributes)]
 mod enforcement_target;
+#[allow(clippy::duplicated_attributes)]
 mod fleet_group;
+#[allow(clippy::duplicated_attributes)]
 mod update_policy;
 pub mod validate;
 

@@ -19,11 +19,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 
 /// Every non-empty real snapshot, in date order.
 const SNAPSHOTS: [&str; 7] = [
@@ -290,7 +289,7 @@ async fn serve(
 }
 
 /// Reads a request head (a GET has no body); `None` if the client hung up first.
-async fn read_request(tls: &mut TlsStream<TcpStream>) -> std::io::Result<Option<SeenRequest>> {
+async fn read_request(tls: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<SeenRequest>> {
     let mut head = Vec::new();
     let mut buffer = [0u8; 2048];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -314,7 +313,7 @@ async fn read_request(tls: &mut TlsStream<TcpStream>) -> std::io::Result<Option<
     }))
 }
 
-async fn answer(tls: &mut TlsStream<TcpStream>, reply: &Reply) -> std::io::Result<()> {
+async fn answer(tls: &mut (impl AsyncWrite + Unpin), reply: &Reply) -> std::io::Result<()> {
     let mut head = format!("HTTP/1.1 {} Scripted\r\n", reply.status);
     for (name, value) in &reply.headers {
         head.push_str(&format!("{name}: {value}\r\n"));
@@ -365,6 +364,32 @@ async fn silent_listener() -> (u16, JoinHandle<()>) {
         }
     });
     (port, task)
+}
+
+/// A plain-HTTP (no TLS) server on 127.0.0.1 answering from a script, logging what reaches
+/// it; a redirect target the client must never contact.
+async fn plain_http_server(script: Vec<Reply>) -> (u16, Arc<ServerLog>, JoinHandle<()>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind a loopback port");
+    let port = listener.local_addr().expect("a bound address").port();
+    let log = Arc::new(ServerLog::default());
+    let server_log = log.clone();
+    let task = tokio::spawn(async move {
+        for reply in script {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
+            server_log.connections.fetch_add(1, Ordering::SeqCst);
+            if let Ok(Ok(Some(request))) =
+                tokio::time::timeout(STEP_LIMIT, read_request(&mut tcp)).await
+            {
+                server_log.requests.lock().expect("log lock").push(request);
+                let _ = answer(&mut tcp, &reply).await;
+            }
+        }
+    });
+    (port, log, task)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,6 +502,57 @@ async fn a_server_from_another_ca_is_refused() {
     assert!(server.requests().is_empty());
 }
 
+#[tokio::test]
+async fn a_redirect_away_from_https_is_refused_and_not_followed() {
+    let (plain_port, plain_log, plain) =
+        plain_http_server(vec![Reply::ok(fixture(LATEST_SNAPSHOT))]).await;
+    let server = TestServer::start(vec![
+        Reply::status(302).header("Location", &format!("http://127.0.0.1:{plain_port}/v2/pmv")),
+    ])
+    .await;
+    let (_dir, store) = store();
+
+    let error = bounded(refresh(&server.fetcher(), &store))
+        .await
+        .expect_err("a redirect to plain HTTP is refused");
+
+    match &error {
+        FetchError::Transport { source, .. } => {
+            assert!(source.is_redirect(), "a redirect error, got {source:?}")
+        }
+        other => panic!("expected a transport error, got {other:?}"),
+    }
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "the HTTPS server was asked once"
+    );
+    assert_eq!(
+        plain_log.connections.load(Ordering::SeqCst),
+        0,
+        "the plain-HTTP server was never contacted"
+    );
+    assert!(plain_log.requests.lock().expect("log lock").is_empty());
+    assert!(!store.body_path().exists(), "nothing was stored");
+    assert!(store.load().expect("the store reads").is_none());
+    assert!(store.meta().last_problem.is_some());
+
+    // The plain-HTTP server was there all along: asked directly, it answers.
+    let direct = Fetcher::new(FetchConfig {
+        url: format!("http://127.0.0.1:{plain_port}/v2/pmv"),
+        ..server.config()
+    })
+    .expect("the test CA loads");
+    let (bytes, _) = body_of(
+        bounded(direct.get(None))
+            .await
+            .expect("the plain-HTTP server answers"),
+    );
+    assert_eq!(bytes, fixture(LATEST_SNAPSHOT));
+    assert_eq!(plain_log.connections.load(Ordering::SeqCst), 1);
+    plain.abort();
+}
+
 #[test]
 fn a_bundle_without_certificates_is_a_roots_error() {
     for pem in [&b""[..], b"not a certificate\n"] {
@@ -553,6 +629,79 @@ async fn an_etag_from_another_url_is_not_sent() {
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[1].header("if-none-match"), None);
     assert_eq!(store.meta().etag.as_deref(), Some("\"second\""));
+}
+
+#[tokio::test]
+async fn a_304_to_a_request_without_an_etag_is_an_error_and_does_not_mark_fresh() {
+    let snapshot = fixture(LATEST_SNAPSHOT);
+    let server = TestServer::start(vec![
+        // An empty store: nothing to revalidate.
+        Reply::status(304).etag("\"stray\""),
+        // A copy from the default URL, then a 304 at another URL, which never saw our ETag.
+        Reply::ok(snapshot.clone()).etag("\"first\""),
+        Reply::status(304).etag("\"first\""),
+    ])
+    .await;
+    let (_dir, store) = store();
+
+    let error = bounded(refresh(&server.fetcher(), &store))
+        .await
+        .expect_err("a 304 with nothing cached is an error");
+
+    assert!(
+        matches!(error, FetchError::UnexpectedNotModified { .. }),
+        "expected UnexpectedNotModified, got {error:?}"
+    );
+    assert!(!store.body_path().exists(), "no pmv.json was created");
+    assert!(store.load().expect("the store reads").is_none());
+    let meta = store.meta();
+    assert_eq!(meta.fetched_at, None, "the store is not marked fresh");
+    let problem = meta.last_problem.expect("the problem is recorded");
+    assert!(problem.contains("304"), "{problem:?}");
+
+    refresh_expecting_update(&server.fetcher(), &store).await;
+    let fetched_at = store
+        .meta()
+        .fetched_at
+        .expect("the good answer is recorded");
+    let elsewhere = Fetcher::new(FetchConfig {
+        url: format!("{}?elsewhere", server.url()),
+        ..server.config()
+    })
+    .expect("the test CA loads");
+
+    let error = bounded(refresh(&elsewhere, &store))
+        .await
+        .expect_err("a 304 to a request that named no ETag is an error");
+
+    assert!(
+        matches!(error, FetchError::UnexpectedNotModified { .. }),
+        "expected UnexpectedNotModified, got {error:?}"
+    );
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert!(
+        requests.iter().all(|r| r.header("if-none-match").is_none()),
+        "no request named an ETag: {requests:?}"
+    );
+    assert_eq!(
+        stored_body(&store),
+        snapshot,
+        "the stored copy is untouched"
+    );
+    let meta = store.meta();
+    assert_eq!(
+        meta.fetched_at,
+        Some(fetched_at),
+        "fetched_at is not updated"
+    );
+    assert_eq!(
+        meta.url,
+        server.url(),
+        "the copy still belongs to its own URL"
+    );
+    assert_eq!(meta.etag.as_deref(), Some("\"first\""));
+    assert!(meta.last_problem.is_some(), "the problem is recorded");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,6 +873,62 @@ async fn a_good_answer_after_a_refusal_clears_the_problem() {
     assert_eq!(meta.last_problem, None);
     assert_eq!(meta.etag.as_deref(), Some("\"good-again\""));
     assert_eq!(stored_body(&store), good);
+}
+
+#[tokio::test]
+async fn a_damaged_stored_copy_does_not_block_the_refresh_that_repairs_it() {
+    let repair = fixture(SNAPSHOTS[5]);
+    let server = TestServer::start(vec![
+        Reply::ok(fixture(LATEST_SNAPSHOT)).etag("\"v1\""),
+        Reply::ok(fixture(EMPTY_SNAPSHOT)).etag("\"empty\""),
+        Reply::ok(repair.clone()).etag("\"v2\""),
+    ])
+    .await;
+    let fetcher = server.fetcher();
+    let (_dir, store) = store();
+    refresh_expecting_update(&fetcher, &store).await;
+    let damaged = b"{\"AssetSets\": {\"iOS\": [".to_vec();
+    std::fs::write(store.body_path(), &damaged).expect("pmv.json is overwritten");
+    assert!(
+        matches!(store.load(), Err(FetchError::Store { .. })),
+        "the stored copy is damaged"
+    );
+
+    // With nothing usable to compare against, the guard still refuses an empty answer.
+    let error = bounded(refresh(&fetcher, &store))
+        .await
+        .expect_err("an empty answer is refused");
+    assert!(
+        matches!(
+            error,
+            FetchError::Refused {
+                reason: Suspicious::Empty,
+                ..
+            }
+        ),
+        "expected an empty refusal, got {error:?}"
+    );
+    assert_eq!(
+        stored_body(&store),
+        damaged,
+        "a refused answer stores nothing"
+    );
+
+    refresh_expecting_update(&fetcher, &store).await;
+
+    assert_eq!(stored_body(&store), repair, "pmv.json is the served body");
+    assert!(store.load().expect("the store reads again").is_some());
+    let meta = store.meta();
+    assert_eq!(meta.etag.as_deref(), Some("\"v2\""));
+    assert_eq!(meta.last_problem, None);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3);
+    assert_eq!(
+        requests[1].header("if-none-match"),
+        None,
+        "the damaged copy's ETag is not sent"
+    );
+    assert_eq!(requests[2].header("if-none-match"), None);
 }
 
 // ---------------------------------------------------------------------------------------------

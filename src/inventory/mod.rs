@@ -1,0 +1,220 @@
+//! The device inventory: which devices exist, what they run and how they are enrolled. Read
+//! from a YAML or JSON file for `plan` and tests; learned from device reports in the backend.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Build, OsVersion, Platform};
+
+/// How the device is enrolled in MDM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EnrollmentType {
+    /// Device enrollment (profile-based).
+    #[default]
+    Device,
+    /// User enrollment (BYOD); software-update declarations do not apply.
+    User,
+    /// Automated Device Enrollment.
+    Ade,
+}
+
+/// One device as the inventory file writes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RawDevice {
+    enrollment_id: String,
+    #[serde(default)]
+    serial_number: Option<String>,
+    platform: Platform,
+    model: String,
+    #[serde(default)]
+    software_update_device_id: Option<String>,
+    os_version: String,
+    #[serde(default)]
+    build_version: Option<String>,
+    #[serde(default)]
+    supplemental_extra: Option<String>,
+    #[serde(default)]
+    supervised: bool,
+    #[serde(default)]
+    enrollment_type: EnrollmentType,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+/// A checked device.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    pub enrollment_id: String,
+    pub serial_number: Option<String>,
+    pub platform: Platform,
+    /// Model identifier, such as `iPhone15,2` or `Mac14,2`.
+    pub model: String,
+    /// What Apple's catalog lists the device under: a board id for Macs, otherwise the product
+    /// type (which is the model identifier).
+    pub software_update_device_id: Option<String>,
+    /// Running version, including any supplemental extra.
+    pub os_version: OsVersion,
+    pub build_version: Option<Build>,
+    pub supervised: bool,
+    pub enrollment_type: EnrollmentType,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Device {
+    /// The id to look the device up in the catalog; `None` for a Mac whose board id is not
+    /// known yet (Macs report it from macOS 14.4).
+    pub fn catalog_device_id(&self) -> Option<&str> {
+        match (&self.software_update_device_id, self.platform) {
+            (Some(id), _) => Some(id),
+            (None, Platform::MacOs) => None,
+            (None, _) => Some(&self.model),
+        }
+    }
+}
+
+/// The inventory file: a list of devices, or `{devices: [...]}`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInventory {
+    List(Vec<serde_json::Value>),
+    Wrapped { devices: Vec<serde_json::Value> },
+}
+
+/// Reads an inventory from YAML or JSON text (JSON is YAML). Every bad device is listed as
+/// `devices[i] (enrollmentId): why`; duplicates of an enrollment id are refused.
+pub fn parse(text: &str) -> Result<Vec<Device>, Vec<String>> {
+    let raw: RawInventory = serde_saphyr::from_str(text)
+        .map_err(|e| vec![format!("not an inventory (a list of devices): {e}")])?;
+    let values = match raw {
+        RawInventory::List(values) | RawInventory::Wrapped { devices: values } => values,
+    };
+    let mut devices = Vec::with_capacity(values.len());
+    let mut problems = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (index, value) in values.into_iter().enumerate() {
+        let label = value
+            .get("enrollmentId")
+            .and_then(|v| v.as_str())
+            .map(|id| format!("devices[{index}] ({id})"))
+            .unwrap_or_else(|| format!("devices[{index}]"));
+        match device(value) {
+            Ok(device) => {
+                if seen.insert(device.enrollment_id.clone()) {
+                    devices.push(device);
+                } else {
+                    problems.push(format!("{label}: enrollmentId appears more than once"));
+                }
+            }
+            Err(why) => problems.push(format!("{label}: {why}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(devices)
+    } else {
+        Err(problems)
+    }
+}
+
+fn device(value: serde_json::Value) -> Result<Device, String> {
+    let raw: RawDevice = serde_json::from_value(value).map_err(|e| e.to_string())?;
+    let nonempty = |field: &str, s: &str| {
+        if s.trim().is_empty() || s.len() > 256 {
+            Err(format!("{field} must be 1 to 256 characters"))
+        } else {
+            Ok(())
+        }
+    };
+    nonempty("enrollmentId", &raw.enrollment_id)?;
+    nonempty("model", &raw.model)?;
+    if raw.platform == Platform::AudioOs {
+        return Err("platform audioOS (HomePod) is not managed through MDM".into());
+    }
+    let os_version = OsVersion::with_extra(&raw.os_version, raw.supplemental_extra.as_deref())
+        .map_err(|e| format!("osVersion: {e}"))?;
+    Ok(Device {
+        enrollment_id: raw.enrollment_id,
+        serial_number: raw.serial_number.filter(|s| !s.trim().is_empty()),
+        platform: raw.platform,
+        model: raw.model,
+        software_update_device_id: raw
+            .software_update_device_id
+            .filter(|s| !s.trim().is_empty()),
+        os_version,
+        build_version: raw.build_version.as_deref().map(Build::new),
+        supervised: raw.supervised,
+        enrollment_type: raw.enrollment_type,
+        labels: raw.labels,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_yaml_and_reports_every_bad_device() {
+        let text = r#"
+- enrollmentId: A
+  platform: macOS
+  model: Mac14,2
+  softwareUpdateDeviceId: J413AP
+  osVersion: "15.5"
+  buildVersion: 24F74
+  supervised: true
+  enrollmentType: ade
+  labels: {site: berlin}
+- enrollmentId: B
+  platform: iOS
+  model: iPhone15,2
+  osVersion: "26.3.1"
+  supplementalExtra: "(a)"
+- enrollmentId: C
+  platform: iOS
+  model: iPhone15,2
+  osVersion: twenty
+- enrollmentId: D
+  platform: iOS
+  model: iPhone15,2
+  osVersion: "18.1"
+  colour: red
+- enrollmentId: A
+  platform: iOS
+  model: iPhone15,2
+  osVersion: "18.1"
+"#;
+        let problems = parse(text).expect_err("three bad devices");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("devices[2] (C): osVersion"));
+        assert!(problems[1].contains("unknown field `colour`"));
+        assert!(problems[2].contains("more than once"));
+
+        let good: String = text
+            .split("- enrollmentId: C")
+            .next()
+            .expect("prefix")
+            .into();
+        let devices = parse(&good).expect("valid");
+        assert_eq!(devices[0].catalog_device_id(), Some("J413AP"));
+        assert_eq!(devices[1].catalog_device_id(), Some("iPhone15,2"));
+        assert_eq!(devices[1].os_version.to_string(), "26.3.1 (a)");
+    }
+
+    #[test]
+    fn a_mac_without_board_id_has_no_catalog_id() {
+        let devices =
+            parse("- {enrollmentId: M, platform: macOS, model: 'Mac14,2', osVersion: '14.2'}")
+                .expect("valid");
+        assert_eq!(devices[0].catalog_device_id(), None);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for text in ["", "{", "devices: 3", "- 1\n- 2", "[{\"enrollmentId\": 5}]"] {
+            assert!(parse(text).is_err(), "{text:?}");
+        }
+    }
+}

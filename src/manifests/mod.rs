@@ -1,0 +1,309 @@
+//! Reading `updates.ddm.dev` resources from YAML or JSON files and folders, as a GitOps checkout
+//! holds them. Other kinds are skipped with a notice; every problem names its file, object and
+//! field path.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use kube::ResourceExt;
+use serde::de::DeserializeOwned;
+
+use crate::api::{API_VERSION, EnforcementTarget, FleetGroup, GROUP, UpdatePolicy};
+
+/// Files larger than this are refused unread.
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The resources found, in file order.
+#[derive(Debug, Clone, Default)]
+pub struct Manifests {
+    pub fleet_groups: Vec<FleetGroup>,
+    pub policies: Vec<UpdatePolicy>,
+    pub targets: Vec<EnforcementTarget>,
+    /// Things skipped on purpose (other kinds), for the user to see.
+    pub notices: Vec<String>,
+}
+
+/// Why manifests could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A path could not be read at all.
+    #[error("{0}")]
+    Unreadable(String),
+    /// Files were read but hold invalid resources; every problem is listed.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Loads every `.yaml`, `.yml` and `.json` file under the given files and folders (folders are
+/// walked recursively in name order; hidden entries are skipped).
+pub fn load(paths: &[PathBuf]) -> Result<Manifests, LoadError> {
+    let mut files = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files)?;
+    }
+    let mut manifests = Manifests::default();
+    let mut problems = Vec::new();
+    for file in &files {
+        let text = read_capped(file)?;
+        parse_into(
+            &file.display().to_string(),
+            &text,
+            &mut manifests,
+            &mut problems,
+        );
+    }
+    check_duplicates(&manifests, &mut problems);
+    if problems.is_empty() {
+        Ok(manifests)
+    } else {
+        Err(LoadError::Invalid(problems))
+    }
+}
+
+fn read_capped(file: &Path) -> Result<String, LoadError> {
+    let unreadable = |why: String| LoadError::Unreadable(format!("{}: {why}", file.display()));
+    let size = std::fs::metadata(file)
+        .map_err(|e| unreadable(e.to_string()))?
+        .len();
+    if size > MAX_FILE_BYTES {
+        return Err(unreadable(format!(
+            "{size} bytes is more than the {MAX_FILE_BYTES} accepted"
+        )));
+    }
+    std::fs::read_to_string(file).map_err(|e| unreadable(e.to_string()))
+}
+
+fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError> {
+    let unreadable = |e: std::io::Error| LoadError::Unreadable(format!("{}: {e}", path.display()));
+    let metadata = std::fs::metadata(path).map_err(unreadable)?;
+    if metadata.is_file() {
+        files.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(unreadable)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            !p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+        })
+        .collect();
+    entries.sort();
+    for entry in entries {
+        if entry.is_dir() {
+            collect_files(&entry, files)?;
+        } else if entry
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"))
+        {
+            files.push(entry);
+        }
+    }
+    Ok(())
+}
+
+/// Parses one file's documents into `manifests`, adding any problem to `problems`.
+pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &mut Vec<String>) {
+    let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
+        Ok(documents) => documents,
+        Err(e) => {
+            problems.push(format!("{file}: not valid YAML: {e}"));
+            return;
+        }
+    };
+    for (index, document) in documents.into_iter().enumerate() {
+        if document.is_null() {
+            continue;
+        }
+        let at = format!("{file} (document {})", index + 1);
+        let Some(object) = document.as_object() else {
+            problems.push(format!(
+                "{at}: expected a Kubernetes object, found {}",
+                kind_of(&document)
+            ));
+            continue;
+        };
+        let api_version = object
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let kind = object.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+        let name = object
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("<unnamed>");
+        if api_version.split('/').next() != Some(GROUP) {
+            manifests.notices.push(format!(
+                "{at}: skipped {kind} {name} ({api_version}): not an {GROUP} resource"
+            ));
+            continue;
+        }
+        let at = format!("{at}: {kind} {name}");
+        if api_version != API_VERSION {
+            problems.push(format!(
+                "{at}: apiVersion {api_version} is not served; use {API_VERSION}"
+            ));
+            continue;
+        }
+        match kind {
+            "FleetGroup" => push_typed(&at, document, &mut manifests.fleet_groups, problems),
+            "UpdatePolicy" => push_typed(&at, document, &mut manifests.policies, problems),
+            "EnforcementTarget" => push_typed(&at, document, &mut manifests.targets, problems),
+            other => problems.push(format!(
+                "{at}: unknown kind {other:?} (FleetGroup, UpdatePolicy or EnforcementTarget)"
+            )),
+        }
+    }
+}
+
+fn kind_of(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "nothing",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Deserializes with the failing field's path, refuses unknown fields, defaults the namespace.
+fn push_typed<T>(
+    at: &str,
+    document: serde_json::Value,
+    into: &mut Vec<T>,
+    problems: &mut Vec<String>,
+) where
+    T: DeserializeOwned + kube::Resource,
+{
+    let mut unknown = BTreeSet::new();
+    let typed: Result<T, _> = serde_ignored::deserialize(&document, |path| {
+        unknown.insert(path.to_string());
+    });
+    let mut object = match typed {
+        Ok(object) => object,
+        Err(_) => {
+            // Deserialize again to learn the failing field's path.
+            let error = serde_path_to_error::deserialize::<_, T>(&document)
+                .err()
+                .map(|e| format!("{}: {}", e.path(), e.inner()))
+                .unwrap_or_else(|| "cannot be read".into());
+            problems.push(format!("{at}: {error}"));
+            return;
+        }
+    };
+    // `metadata` is Kubernetes' own and may carry anything (managedFields, annotations, ...);
+    // `apiVersion` and `kind` were checked above; `status` is the operator's to write.
+    let unknown: Vec<String> = unknown
+        .into_iter()
+        .filter(|p| {
+            let top = p.split('.').next().unwrap_or_default();
+            !matches!(top, "metadata" | "apiVersion" | "kind" | "status")
+        })
+        .collect();
+    if !unknown.is_empty() {
+        problems.push(format!("{at}: unknown field {}", unknown.join(", ")));
+        return;
+    }
+    if object.meta().name.as_deref().is_none_or(str::is_empty) {
+        problems.push(format!("{at}: metadata.name is required"));
+        return;
+    }
+    if object.namespace().is_none() {
+        object.meta_mut().namespace = Some("default".into());
+    }
+    into.push(object);
+}
+
+fn check_duplicates(manifests: &Manifests, problems: &mut Vec<String>) {
+    fn check<T: kube::Resource<DynamicType = ()>>(objects: &[T], problems: &mut Vec<String>) {
+        let mut seen = BTreeSet::new();
+        for object in objects {
+            let key = (object.namespace().unwrap_or_default(), object.name_any());
+            if !seen.insert(key.clone()) {
+                problems.push(format!(
+                    "{} {}/{} is defined more than once",
+                    T::kind(&()),
+                    key.0,
+                    key.1
+                ));
+            }
+        }
+    }
+    check(&manifests.fleet_groups, problems);
+    check(&manifests.policies, problems);
+    check(&manifests.targets, problems);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> (Manifests, Vec<String>) {
+        let mut manifests = Manifests::default();
+        let mut problems = Vec::new();
+        parse_into("test.yaml", text, &mut manifests, &mut problems);
+        check_duplicates(&manifests, &mut problems);
+        (manifests, problems)
+    }
+
+    #[test]
+    fn other_kinds_are_skipped_with_a_notice() {
+        let (manifests, problems) = parse(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\napiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: macs}\nspec: {platforms: [macOS]}\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(manifests.fleet_groups.len(), 1);
+        assert_eq!(
+            manifests.fleet_groups[0].namespace().as_deref(),
+            Some("default")
+        );
+        assert_eq!(manifests.notices.len(), 1);
+        assert!(manifests.notices[0].contains("skipped ConfigMap x"));
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_fields_name_the_field() {
+        let (_, problems) = parse(
+            "apiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: a}\nspec: {platforms: [macOS], shard: {percent: lots}}\n---\napiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: b}\nspec: {platfroms: [macOS]}\n",
+        );
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].contains("FleetGroup a: spec.shard.percent"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].contains("unknown field spec.platfroms"),
+            "{}",
+            problems[1]
+        );
+    }
+
+    #[test]
+    fn duplicates_and_bad_documents_are_reported() {
+        let (_, problems) = parse(
+            "apiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: a}\nspec: {}\n---\napiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: a}\nspec: {}\n---\n- just\n- a list\n---\napiVersion: updates.ddm.dev/v1beta9\nkind: FleetGroup\nmetadata: {name: c}\n---\napiVersion: updates.ddm.dev/v1alpha1\nkind: Gadget\nmetadata: {name: d}\n",
+        );
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("more than once")));
+        assert!(problems.iter().any(|p| p.contains("found a list")));
+        assert!(problems.iter().any(|p| p.contains("v1beta9 is not served")));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unknown kind \"Gadget\""))
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_is_a_problem_not_a_panic() {
+        for text in ["{", "a: [", "\t- x", "&a [*a]", "key: \"unterminated"] {
+            let (_, problems) = parse(text);
+            assert_eq!(problems.len(), 1, "{text:?} → {problems:?}");
+        }
+    }
+}
