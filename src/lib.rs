@@ -7,3 +7,4 @@ pub mod cli;
 pub mod declarations;
 pub mod inventory;
 pub mod manifests;
+pub mod resolve;

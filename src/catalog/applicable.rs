@@ -167,6 +167,8 @@ impl Scope<'_> {
 struct Scan<'c> {
     best: Option<(Offer, &'c Release)>,
     newest_expired: Option<&'c Release>,
+    /// Some offer, expired or not, was in scope.
+    any_in_scope: bool,
 }
 
 fn scan<'c>(set: &'c ReleaseSet, offers: &'c [Offer], scope: Scope<'_>, on: Date) -> Scan<'c> {
@@ -183,10 +185,12 @@ fn scan<'c>(set: &'c ReleaseSet, offers: &'c [Offer], scope: Scope<'_>, on: Date
         return Scan {
             best: Some((*offer, release)),
             newest_expired,
+            any_in_scope: true,
         };
     }
     Scan {
         best: None,
+        any_in_scope: newest_expired.is_some(),
         newest_expired,
     }
 }
@@ -232,16 +236,22 @@ impl Catalog {
             two_step: false,
         });
         let mut newest_expired = full.newest_expired;
+        let mut any_in_scope = full.any_in_scope;
+        // A newer security improvement the device cannot reach (its base is not offered).
+        let mut unreachable_patch = false;
 
         if !security.is_empty() {
             let patch = scan(&self.security, security, scope, query.on);
             if let Some((offer, release)) = patch.best
                 && choice.is_none_or(|c| release.version > c.release.version)
-                && let Some(via) = security_route(set, offers, device, release, offer, query.on)
             {
-                choice = Some(via);
+                match security_route(set, offers, device, release, offer, query.on) {
+                    Some(via) => choice = Some(via),
+                    None => unreachable_patch = release.version > *device.version,
+                }
             }
             newest_expired = newer_of(newest_expired, patch.newest_expired);
+            any_in_scope |= patch.any_in_scope;
         }
 
         match choice {
@@ -250,6 +260,8 @@ impl Catalog {
                 Err(NoTarget::NoSignedRelease)
             }
             Some(_) => Err(NoTarget::UpToDate),
+            // Everything in scope has expired and none of it is newer than the device.
+            None if any_in_scope && !unreachable_patch => Err(NoTarget::UpToDate),
             None => match scope {
                 Scope::Exactly(pin) if *pin <= device.version.base() => Err(NoTarget::UpToDate),
                 Scope::Major(major) if major < device.version.major() => Err(NoTarget::UpToDate),
@@ -289,11 +301,26 @@ impl Catalog {
                 {
                     continue;
                 }
+                let two_step = release.kind == ReleaseKind::SecurityImprovement
+                    && !installs_directly(device, release);
+                // A patch whose base cannot be installed is out of reach.
+                if two_step
+                    && security_route(
+                        set,
+                        set.offers(device.device_id),
+                        device,
+                        release,
+                        *offer,
+                        query.on,
+                    )
+                    .is_none()
+                {
+                    continue;
+                }
                 out.push(Choice {
                     release,
                     expires: offer.expires,
-                    two_step: release.kind == ReleaseKind::SecurityImprovement
-                        && !installs_directly(device, release),
+                    two_step,
                 });
             }
         }
@@ -383,4 +410,16 @@ fn security_route<'c>(
             expires: offer.expires,
             two_step: true,
         })
+}
+
+impl Catalog {
+    /// How many builds of exactly `version` the set offers this device (twin builds count
+    /// separately); more than one means enforcement should name the build.
+    pub fn builds_of(&self, asset_set: AssetSet, device_id: &str, version: &OsVersion) -> usize {
+        let set = self.set(asset_set);
+        set.offers(device_id)
+            .iter()
+            .filter(|offer| set.release(**offer).version == *version)
+            .count()
+    }
 }

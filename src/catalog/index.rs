@@ -168,8 +168,8 @@ pub struct Release {
     pub version: OsVersion,
     pub build: Option<Build>,
     pub prerequisite_build: Option<Build>,
-    /// The earliest `PostingDate` seen for this platform key and version across `AssetSets`
-    /// and `PublicAssetSets` (the public set re-stamps dates); deadlines count from here.
+    /// The earliest `PostingDate` seen for this build across `AssetSets` and `PublicAssetSets`
+    /// (the public set re-stamps dates); deadlines count from here.
     pub posting_date: Date,
     /// The latest expiration among the merged entries; `None` never expires. Per-device
     /// expiration lives in the device index.
@@ -238,7 +238,9 @@ struct Pending {
 
 impl Catalog {
     pub fn from_document(document: &PmvDocument) -> Self {
-        let mut earliest: HashMap<(CatalogKey, OsVersion), Date> = HashMap::new();
+        // Keyed by build: the `iOS` key also carries watchOS and tvOS releases that share version
+        // numbers with iOS, and twins are separate releases.
+        let mut earliest: HashMap<(CatalogKey, String), Date> = HashMap::new();
         for sets in [&document.asset_sets, &document.public_asset_sets]
             .into_iter()
             .flatten()
@@ -246,7 +248,7 @@ impl Catalog {
             for (key, entry) in keyed_entries(sets) {
                 if let Ok(version) = entry_version(entry) {
                     earliest
-                        .entry((key, version))
+                        .entry((key, release_identity(entry, &version)))
                         .and_modify(|d| *d = (*d).min(entry.posting_date))
                         .or_insert(entry.posting_date);
                 }
@@ -324,6 +326,12 @@ impl Catalog {
     }
 }
 
+/// What identifies one release within a platform key: its build, or its version where Apple
+/// gave no build (some 2023 security responses).
+fn release_identity(entry: &PmvEntry, version: &OsVersion) -> String {
+    entry.build.clone().unwrap_or_else(|| version.to_string())
+}
+
 fn entry_version(entry: &PmvEntry) -> Result<OsVersion, super::VersionError> {
     OsVersion::with_extra(
         &entry.product_version,
@@ -342,7 +350,7 @@ fn keyed_entries(sets: &PlatformSets) -> impl Iterator<Item = (CatalogKey, &PmvE
 fn build_set<'a>(
     sets: impl Iterator<Item = &'a PlatformSets>,
     kind: ReleaseKind,
-    earliest: &HashMap<(CatalogKey, OsVersion), Date>,
+    earliest: &HashMap<(CatalogKey, String), Date>,
 ) -> ReleaseSet {
     // Merge duplicates: the same build can be listed several times with disjoint device lists
     // and different expirations, and under both `xrOS` and `visionOS`.
@@ -352,16 +360,17 @@ fn build_set<'a>(
             let Ok(version) = entry_version(entry) else {
                 continue; // `PmvDocument::check` already refused such documents
             };
-            let identity = entry.build.clone().unwrap_or_else(|| version.to_string());
+            let identity = release_identity(entry, &version);
+            let posting_date = earliest
+                .get(&(key, identity.clone()))
+                .copied()
+                .unwrap_or(entry.posting_date)
+                .min(entry.posting_date);
             let merged = pending.entry((key, identity)).or_insert_with(|| Pending {
                 release: Release {
                     key,
                     kind,
-                    posting_date: earliest
-                        .get(&(key, version.clone()))
-                        .copied()
-                        .unwrap_or(entry.posting_date)
-                        .min(entry.posting_date),
+                    posting_date,
                     version,
                     build: entry.build.as_deref().map(Build::new),
                     prerequisite_build: entry.prerequisite_build.as_deref().map(Build::new),

@@ -2,20 +2,23 @@
 //! `{etag, data}` cache wrapper around it. Typed and strict: a malformed entry rejects the whole
 //! document, so a bad answer can never replace a good catalog.
 
+use std::marker::PhantomData;
+
 use jiff::civil::Date;
-use serde::Deserialize;
+use serde::de::value::MapAccessDeserializer;
+use serde::{Deserialize, Deserializer};
 
 /// The four sets a pmv response may carry. Each is optional; unknown top-level keys are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct PmvDocument {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub public_asset_sets: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub asset_sets: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub public_rapid_security_responses: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     pub public_background_security_improvements: Option<PlatformSets>,
 }
 
@@ -23,13 +26,13 @@ pub struct PmvDocument {
 /// pre-release name of visionOS. Other keys are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct PlatformSets {
-    #[serde(default, rename = "iOS")]
+    #[serde(default, rename = "iOS", deserialize_with = "optional_objects")]
     pub ios: Option<Vec<PmvEntry>>,
-    #[serde(default, rename = "macOS")]
+    #[serde(default, rename = "macOS", deserialize_with = "optional_objects")]
     pub macos: Option<Vec<PmvEntry>>,
-    #[serde(default, rename = "visionOS")]
+    #[serde(default, rename = "visionOS", deserialize_with = "optional_objects")]
     pub visionos: Option<Vec<PmvEntry>>,
-    #[serde(default, rename = "xrOS")]
+    #[serde(default, rename = "xrOS", deserialize_with = "optional_objects")]
     pub xros: Option<Vec<PmvEntry>>,
 }
 
@@ -58,15 +61,15 @@ pub struct PmvEntry {
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Envelope {
-    #[serde(default, rename = "data")]
+    #[serde(default, rename = "data", deserialize_with = "optional_object")]
     sofa_data: Option<PmvDocument>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     public_asset_sets: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     asset_sets: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     public_rapid_security_responses: Option<PlatformSets>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_object")]
     public_background_security_improvements: Option<PlatformSets>,
 }
 
@@ -87,7 +90,7 @@ pub enum ParseError {
 impl PmvDocument {
     /// Parses Apple's pmv JSON, or SOFA's `{etag, data}` wrapper around it.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, ParseError> {
-        let envelope: Envelope = serde_json::from_slice(bytes)?;
+        let ObjectOnly(envelope) = serde_json::from_slice::<ObjectOnly<Envelope>>(bytes)?;
         let document = envelope.sofa_data.unwrap_or(PmvDocument {
             public_asset_sets: envelope.public_asset_sets,
             asset_sets: envelope.asset_sets,
@@ -172,4 +175,43 @@ impl PlatformSets {
         .into_iter()
         .filter_map(|(name, entries)| entries.map(|e| (name, e)))
     }
+}
+
+/// Accepts only a JSON object for `T`: serde's derived structs would also read an array by
+/// position, which Apple never sends and which must not pass as a catalog.
+struct ObjectOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(Visit(PhantomData))
+            .map(ObjectOnly)
+    }
+}
+
+fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<ObjectOnly<T>>::deserialize(deserializer)?.map(|o| o.0))
+}
+
+fn optional_objects<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<ObjectOnly<T>>>::deserialize(deserializer)?
+        .map(|v| v.into_iter().map(|o| o.0).collect()))
 }

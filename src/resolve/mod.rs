@@ -1,0 +1,725 @@
+//! The resolver, pure and deterministic: (groups, policies, targets, inventory, catalog, now) →
+//! every device's whole declaration set, the reasons where a source gives it nothing, and the
+//! EnforcementTargets policies generate. One pass computes everything, so one component can
+//! write each device's set (the one-writer rule).
+
+mod deadline;
+mod reason;
+mod select;
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use jiff::civil::DateTime;
+
+pub use deadline::deadline;
+pub use reason::Reason;
+pub use select::{selects, shard_bucket};
+
+use crate::api::validate::{CheckedGroup, CheckedPolicy, CheckedTarget, ObjectKey};
+use crate::catalog::{
+    AssetSet, Build, Catalog, Choice, DeviceOs, OsVersion, Platform, Query, ReleaseKind, Strategy,
+};
+use crate::declarations::{
+    self, Declaration, MergedSettings, Unsupported, enforcement_supported, settings_supported,
+};
+use crate::inventory::{Device, EnrollmentType};
+
+/// Everything one resolver pass reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Input<'a> {
+    pub groups: &'a [CheckedGroup],
+    pub policies: &'a [CheckedPolicy],
+    pub targets: &'a [CheckedTarget],
+    pub devices: &'a [Device],
+    pub catalog: &'a Catalog,
+    pub now: Timestamp,
+}
+
+/// Where a decision comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// Index into `Input::policies`.
+    Policy(usize),
+    /// Index into `Input::targets`.
+    Target(usize),
+}
+
+/// An enforcement a device keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enforcement {
+    pub source: Source,
+    pub version: OsVersion,
+    pub build: Option<Build>,
+    pub deadline: DateTime,
+    /// Index into `Plan::declarations`.
+    pub declaration: u32,
+}
+
+/// Why one source gives one device nothing (or something other than asked).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    pub source: Source,
+    pub reason: Reason,
+    pub detail: String,
+}
+
+/// One device's outcome.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DevicePlan {
+    /// Indexes into `Plan::declarations`, sorted: the device's whole set.
+    pub declarations: Vec<u32>,
+    pub enforcements: Vec<Enforcement>,
+    pub notes: Vec<Note>,
+    /// Policies that apply to the device, in order.
+    pub policies: Vec<usize>,
+}
+
+/// An EnforcementTarget a policy generates: one per (ring, platform, version, deadline).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneratedTarget {
+    pub policy: usize,
+    pub ring: usize,
+    pub platform: Platform,
+    pub version: OsVersion,
+    pub deadline: DateTime,
+    /// Exact build per software-update device id, where one is needed.
+    pub builds: BTreeMap<String, Build>,
+    pub devices: u64,
+}
+
+/// The result of a pass.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Every distinct declaration, each stored once.
+    pub declarations: Vec<Declaration>,
+    /// Parallel to `Input::devices`.
+    pub devices: Vec<DevicePlan>,
+    pub generated: Vec<GeneratedTarget>,
+    /// Member device indexes per group, parallel to `Input::groups`.
+    pub members: Vec<Vec<u32>>,
+    pub warnings: Vec<String>,
+}
+
+/// Problems that stop a pass: references to objects that do not exist.
+pub fn check_references(
+    groups: &[CheckedGroup],
+    policies: &[CheckedPolicy],
+    targets: &[CheckedTarget],
+) -> Vec<String> {
+    let known: std::collections::BTreeSet<&ObjectKey> = groups.iter().map(|g| &g.key).collect();
+    let mut problems = Vec::new();
+    for policy in policies {
+        for ring in &policy.rings {
+            for group in &ring.groups {
+                if !known.contains(group) {
+                    problems.push(format!(
+                        "UpdatePolicy {}: FleetGroup {group} does not exist",
+                        policy.key
+                    ));
+                }
+            }
+        }
+    }
+    for target in targets.iter().filter(|t| !t.generated) {
+        for group in &target.groups {
+            if !known.contains(group) {
+                problems.push(format!(
+                    "EnforcementTarget {}: FleetGroup {group} does not exist",
+                    target.key
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[derive(Default)]
+struct Declarations {
+    list: Vec<Declaration>,
+    by_identifier: HashMap<String, u32>,
+    enforcement: HashMap<(String, Option<String>, DateTime, Option<String>), u32>,
+    subscriptions: HashMap<Vec<&'static str>, u32>,
+    settings: HashMap<(Vec<usize>, Platform, bool), Option<u32>>,
+    activation: HashMap<Vec<u32>, u32>,
+}
+
+impl Declarations {
+    fn intern(&mut self, declaration: Declaration) -> u32 {
+        if let Some(index) = self.by_identifier.get(&declaration.identifier) {
+            return *index;
+        }
+        let index = u32::try_from(self.list.len()).unwrap_or(u32::MAX);
+        self.by_identifier
+            .insert(declaration.identifier.clone(), index);
+        self.list.push(declaration);
+        index
+    }
+}
+
+/// A candidate enforcement before superseded ones are dropped.
+struct Candidate {
+    source: Source,
+    ring: usize,
+    version: OsVersion,
+    build: Option<Build>,
+    deadline: DateTime,
+    details_url: Option<String>,
+}
+
+/// Runs one pass.
+pub fn resolve(input: Input<'_>) -> Plan {
+    let mut plan = Plan {
+        members: vec![Vec::new(); input.groups.len()],
+        ..Plan::default()
+    };
+    let group_index: HashMap<&ObjectKey, usize> = input
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (&g.key, i))
+        .collect();
+    // For each policy, the ring each group is in (first ring naming it wins).
+    let policy_rings: Vec<HashMap<usize, usize>> = input
+        .policies
+        .iter()
+        .map(|policy| {
+            let mut rings = HashMap::new();
+            for (r, ring) in policy.rings.iter().enumerate() {
+                for group in &ring.groups {
+                    if let Some(g) = group_index.get(group) {
+                        rings.entry(*g).or_insert(r);
+                    }
+                }
+            }
+            rings
+        })
+        .collect();
+    let target_groups: Vec<Vec<usize>> = input
+        .targets
+        .iter()
+        .map(|t| {
+            t.groups
+                .iter()
+                .filter_map(|g| group_index.get(g).copied())
+                .collect()
+        })
+        .collect();
+
+    let today = input.now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let mut table = Declarations::default();
+    let mut generated: BTreeMap<(usize, usize, Platform, String, DateTime), GeneratedTarget> =
+        BTreeMap::new();
+    let mut contested: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+
+    for (d, device) in input.devices.iter().enumerate() {
+        let device_index = u32::try_from(d).unwrap_or(u32::MAX);
+        let groups: Vec<usize> = input
+            .groups
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| selects(g, device))
+            .map(|(i, _)| i)
+            .collect();
+        for g in &groups {
+            plan.members[*g].push(device_index);
+        }
+        let mut out = DevicePlan::default();
+        let mut candidates: Vec<Candidate> = Vec::new();
+
+        // Which policies apply, and in which ring.
+        let applying: Vec<(usize, usize)> = policy_rings
+            .iter()
+            .enumerate()
+            .filter_map(|(p, rings)| {
+                groups
+                    .iter()
+                    .filter_map(|g| rings.get(g))
+                    .min()
+                    .map(|r| (p, *r))
+            })
+            .collect();
+        out.policies = applying.iter().map(|(p, _)| *p).collect();
+        if let [first, second, ..] = applying.as_slice() {
+            *contested.entry((first.0, second.0)).or_default() += 1;
+        }
+        let targets: Vec<usize> = target_groups
+            .iter()
+            .enumerate()
+            .filter(|(t, tg)| {
+                let target = &input.targets[*t];
+                !target.generated
+                    && target.platform == device.platform
+                    && tg.iter().any(|g| groups.contains(g))
+            })
+            .map(|(t, _)| t)
+            .collect();
+
+        let sources: Vec<Source> = applying
+            .iter()
+            .map(|(p, _)| Source::Policy(*p))
+            .chain(targets.iter().map(|t| Source::Target(*t)))
+            .collect();
+        let blocked = match (enforcement_supported(device), device.catalog_device_id()) {
+            (Err(Unsupported::NotSupervised), _) => Some((
+                Reason::NotSupervised,
+                if device.enrollment_type == EnrollmentType::User {
+                    "user enrollments take no software-update declarations"
+                } else {
+                    "enforcement on this platform needs a supervised device"
+                },
+            )),
+            (Err(Unsupported::OsTooOld), _) => Some((
+                Reason::DeclarationNotSupported,
+                "this OS version does not support software-update enforcement",
+            )),
+            (Ok(()), None) => Some((
+                Reason::DeviceIdUnknown,
+                "no software-update device id (board id) reported yet",
+            )),
+            (Ok(()), Some(_)) => None,
+        };
+
+        match (blocked, device.catalog_device_id()) {
+            (Some((reason, detail)), _) => {
+                for source in &sources {
+                    out.notes.push(Note {
+                        source: *source,
+                        reason,
+                        detail: detail.to_string(),
+                    });
+                }
+            }
+            (None, Some(device_id)) => {
+                let os = DeviceOs {
+                    device_id,
+                    version: &device.os_version,
+                    build: device.build_version.as_ref(),
+                };
+                for (p, ring) in &applying {
+                    let policy = &input.policies[*p];
+                    match policy_candidate(input, policy, *ring, os, today) {
+                        Ok((candidate, two_step)) => {
+                            if let Some(base) = two_step {
+                                out.notes.push(Note {
+                                    source: Source::Policy(*p),
+                                    reason: Reason::TwoStep,
+                                    detail: format!(
+                                        "{base} first; its security improvement follows"
+                                    ),
+                                });
+                            }
+                            candidates.push(Candidate {
+                                source: Source::Policy(*p),
+                                ..candidate
+                            });
+                        }
+                        Err((reason, detail)) => out.notes.push(Note {
+                            source: Source::Policy(*p),
+                            reason,
+                            detail,
+                        }),
+                    }
+                }
+                for t in &targets {
+                    match target_candidate(input, &input.targets[*t], device, os, today) {
+                        Ok((candidate, two_step)) => {
+                            if let Some(base) = two_step {
+                                out.notes.push(Note {
+                                    source: Source::Target(*t),
+                                    reason: Reason::TwoStep,
+                                    detail: format!(
+                                        "{base} first; its security improvement follows"
+                                    ),
+                                });
+                            }
+                            candidates.push(Candidate {
+                                source: Source::Target(*t),
+                                ..candidate
+                            });
+                        }
+                        Err((reason, detail)) => out.notes.push(Note {
+                            source: Source::Target(*t),
+                            reason,
+                            detail,
+                        }),
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+
+        // Of several enforcements, keep those no earlier-or-equal deadline already covers.
+        candidates.sort_by(|a, b| {
+            a.deadline
+                .cmp(&b.deadline)
+                .then_with(|| b.version.cmp(&a.version))
+                .then_with(|| a.source.cmp(&b.source))
+        });
+        let mut configurations: Vec<u32> = Vec::new();
+        for candidate in candidates {
+            if let Some(by) = out
+                .enforcements
+                .iter()
+                .find(|k| k.deadline <= candidate.deadline && k.version >= candidate.version)
+            {
+                out.notes.push(Note {
+                    source: candidate.source,
+                    reason: Reason::Superseded,
+                    detail: format!("{} by {} already takes it further", by.version, by.deadline),
+                });
+                continue;
+            }
+            let index = enforcement_declaration(&mut table, &candidate);
+            configurations.push(index);
+            if let Source::Policy(p) = candidate.source {
+                let entry = generated
+                    .entry((
+                        p,
+                        candidate.ring,
+                        device.platform,
+                        candidate.version.to_string(),
+                        candidate.deadline,
+                    ))
+                    .or_insert_with(|| GeneratedTarget {
+                        policy: p,
+                        ring: candidate.ring,
+                        platform: device.platform,
+                        version: candidate.version.clone(),
+                        deadline: candidate.deadline,
+                        builds: BTreeMap::new(),
+                        devices: 0,
+                    });
+                entry.devices += 1;
+                if let (Some(build), Some(id)) = (&candidate.build, device.catalog_device_id()) {
+                    entry.builds.insert(id.to_string(), build.clone());
+                }
+            }
+            out.enforcements.push(Enforcement {
+                source: candidate.source,
+                version: candidate.version,
+                build: candidate.build,
+                deadline: candidate.deadline,
+                declaration: index,
+            });
+        }
+
+        if let Some(index) = settings_declaration(&mut table, input, &out.policies, device) {
+            configurations.push(index);
+        }
+        if subscriptions_allowed(device) {
+            let items: Vec<&'static str> =
+                declarations::status_items_for(device.platform, &device.os_version).collect();
+            let index = match table.subscriptions.get(&items) {
+                Some(index) => *index,
+                None => {
+                    let index = table.intern(declarations::status_subscriptions(device));
+                    table.subscriptions.insert(items, index);
+                    index
+                }
+            };
+            configurations.push(index);
+        }
+        if !configurations.is_empty() {
+            configurations.sort_unstable();
+            configurations.dedup();
+            let index = match table.activation.get(&configurations) {
+                Some(index) => *index,
+                None => {
+                    let identifiers: Vec<&str> = configurations
+                        .iter()
+                        .map(|i| table.list[*i as usize].identifier.as_str())
+                        .collect();
+                    let index = table.intern(declarations::activation(&identifiers));
+                    table.activation.insert(configurations.clone(), index);
+                    index
+                }
+            };
+            configurations.push(index);
+            configurations.sort_unstable();
+        }
+        out.declarations = configurations;
+        plan.devices.push(out);
+    }
+
+    for (g, members) in plan.members.iter().enumerate() {
+        if members.is_empty() {
+            plan.warnings.push(format!(
+                "FleetGroup {} selects no device",
+                input.groups[g].key
+            ));
+        }
+    }
+    for ((first, second), devices) in contested {
+        plan.warnings.push(format!(
+            "{devices} device(s) are in both UpdatePolicy {} and {}: both apply; of their enforcements the earliest deadline wins and settings merge",
+            input.policies[first].key, input.policies[second].key
+        ));
+    }
+    for target in input.targets.iter().filter(|t| !t.generated) {
+        let zone = jiff::tz::TimeZone::UTC;
+        if deadline::instant(&zone, target.deadline).is_some_and(|at| at < input.now) {
+            plan.warnings.push(format!(
+                "EnforcementTarget {}: targetLocalDateTime {} has passed; devices below the target install it at once",
+                target.key, target.deadline
+            ));
+        }
+    }
+    plan.generated = generated.into_values().collect();
+    plan.declarations = table.list;
+    plan
+}
+
+type Decided = Result<(Candidate, Option<String>), (Reason, String)>;
+
+/// What one policy asks of one device.
+fn policy_candidate(
+    input: Input<'_>,
+    policy: &CheckedPolicy,
+    ring: usize,
+    os: DeviceOs<'_>,
+    today: jiff::civil::Date,
+) -> Decided {
+    let strategy = scoped_strategy(policy, os.version);
+    let query = Query {
+        strategy,
+        asset_set: policy.asset_set,
+        security_improvements: policy.security_improvements,
+        on: today,
+    };
+    let choice = input.catalog.resolve(os, &query).map_err(|r| {
+        (
+            Reason::from(r),
+            format!("{} from {:?}", query.strategy, policy.asset_set),
+        )
+    })?;
+    let delay = policy.rings[ring].delay_days;
+    let mut chosen = choice;
+    let mut at = deadline(
+        &policy.deadline,
+        chosen.release.posting_date,
+        delay,
+        input.now,
+    );
+    if chosen.expires.is_some_and(|e| e < at.date()) {
+        // The deadline falls after the build stops being signed: take a newer release that is
+        // still signed then, or move the deadline to the last day it is.
+        let later = input.catalog.candidates(os, &query).into_iter().find(|c| {
+            !c.two_step
+                && c.expires.is_none_or(|e| {
+                    e >= deadline(&policy.deadline, c.release.posting_date, delay, input.now).date()
+                })
+        });
+        match later {
+            Some(later) => {
+                chosen = later;
+                at = deadline(
+                    &policy.deadline,
+                    chosen.release.posting_date,
+                    delay,
+                    input.now,
+                );
+            }
+            None => {
+                if let Some(expires) = chosen.expires {
+                    at = expires.to_datetime(policy.deadline.local_time);
+                }
+            }
+        }
+    }
+    Ok(candidate(
+        input.catalog,
+        policy.asset_set,
+        os.device_id,
+        chosen,
+        ring,
+        at,
+        policy.details_url.clone(),
+    ))
+}
+
+/// `majors` narrows the strategy: stay in a listed major, or move to the newest listed one.
+fn scoped_strategy(policy: &CheckedPolicy, running: &OsVersion) -> Strategy {
+    if policy.majors.is_empty() {
+        return policy.strategy.clone();
+    }
+    let pin = |major: u32| {
+        Strategy::Pinned(
+            OsVersion::with_extra(&major.to_string(), None).unwrap_or_else(|_| running.base()),
+        )
+    };
+    match &policy.strategy {
+        Strategy::Latest | Strategy::LatestMinor if policy.majors.contains(&running.major()) => {
+            pin(running.major())
+        }
+        Strategy::Latest | Strategy::LatestMinor => {
+            let newest = policy
+                .majors
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(running.major());
+            pin(newest)
+        }
+        other => other.clone(),
+    }
+}
+
+fn candidate(
+    catalog: &Catalog,
+    asset_set: AssetSet,
+    device_id: &str,
+    choice: Choice<'_>,
+    ring: usize,
+    deadline: DateTime,
+    details_url: Option<String>,
+) -> (Candidate, Option<String>) {
+    let release = choice.release;
+    let needs_build = release.kind == ReleaseKind::SecurityImprovement
+        || catalog.builds_of(asset_set, device_id, &release.version) > 1;
+    let two_step = choice.two_step.then(|| {
+        format!(
+            "{}{}",
+            release.version,
+            release
+                .build
+                .as_ref()
+                .map(|b| format!(" ({b})"))
+                .unwrap_or_default()
+        )
+    });
+    (
+        Candidate {
+            source: Source::Policy(usize::MAX),
+            ring,
+            version: release.version.clone(),
+            build: if needs_build {
+                release.build.clone()
+            } else {
+                None
+            },
+            deadline,
+            details_url,
+        },
+        two_step,
+    )
+}
+
+/// What a hand-written EnforcementTarget asks of one device.
+fn target_candidate(
+    input: Input<'_>,
+    target: &CheckedTarget,
+    device: &Device,
+    os: DeviceOs<'_>,
+    today: jiff::civil::Date,
+) -> Decided {
+    if *os.version >= target.version {
+        return Err((
+            Reason::UpToDate,
+            format!("runs {} (target {})", os.version, target.version),
+        ));
+    }
+    let query = Query {
+        strategy: Strategy::Pinned(target.version.base()),
+        asset_set: AssetSet::Mdm,
+        security_improvements: target.version.extra().is_some(),
+        on: today,
+    };
+    let choice = input.catalog.resolve(os, &query).map_err(|r| {
+        (
+            Reason::from(r),
+            format!("{} is not offered to {}", target.version, os.device_id),
+        )
+    })?;
+    if choice.release.version != target.version && !choice.two_step {
+        return Err((
+            Reason::NoMatchingRelease,
+            format!("{} is not offered to {}", target.version, os.device_id),
+        ));
+    }
+    let (mut candidate, two_step) = candidate(
+        input.catalog,
+        AssetSet::Mdm,
+        os.device_id,
+        choice,
+        0,
+        target.deadline,
+        target.details_url.clone(),
+    );
+    // A build the author named for this model wins over the catalog's choice.
+    if !choice.two_step
+        && let Some(build) = target
+            .builds
+            .get(os.device_id)
+            .or_else(|| target.builds.get(&device.model))
+    {
+        candidate.build = Some(build.clone());
+    }
+    Ok((candidate, two_step))
+}
+
+fn enforcement_declaration(table: &mut Declarations, candidate: &Candidate) -> u32 {
+    let key = (
+        candidate.version.to_string(),
+        candidate.build.as_ref().map(ToString::to_string),
+        candidate.deadline,
+        candidate.details_url.clone(),
+    );
+    if let Some(index) = table.enforcement.get(&key) {
+        return *index;
+    }
+    let declaration = declarations::enforcement(
+        &candidate.version,
+        candidate.build.as_ref().map(Build::as_str),
+        candidate.deadline,
+        candidate.details_url.as_deref(),
+    );
+    let index = table.intern(declaration);
+    table.enforcement.insert(key, index);
+    index
+}
+
+fn settings_declaration(
+    table: &mut Declarations,
+    input: Input<'_>,
+    policies: &[usize],
+    device: &Device,
+) -> Option<u32> {
+    if settings_supported(device).is_err() {
+        return None;
+    }
+    let with_settings: Vec<usize> = policies
+        .iter()
+        .copied()
+        .filter(|p| input.policies[*p].settings.is_some())
+        .collect();
+    if with_settings.is_empty() {
+        return None;
+    }
+    let key = (with_settings, device.platform, device.supervised);
+    if let Some(index) = table.settings.get(&key) {
+        return *index;
+    }
+    let mut merged = MergedSettings::default();
+    for p in &key.0 {
+        if let Some(settings) = &input.policies[*p].settings {
+            merged.merge(settings);
+        }
+    }
+    let index = declarations::settings_payload(&merged, device).map(|payload| {
+        table.intern(Declaration::hashed(
+            declarations::SETTINGS_TYPE,
+            "ddm.settings",
+            payload,
+        ))
+    });
+    table.settings.insert(key, index);
+    index
+}
+
+/// Apple's schema: macOS takes status subscriptions on supervised or user enrollments only.
+fn subscriptions_allowed(device: &Device) -> bool {
+    device.platform != Platform::MacOs
+        || device.supervised
+        || device.enrollment_type == EnrollmentType::User
+}

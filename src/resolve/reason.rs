@@ -1,0 +1,63 @@
+//! Why a device gets no enforcement from a source: the one list used by plan output, status and
+//! events.
+
+use serde::Serialize;
+
+/// A per-device reason (see the design page's contracts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Reason {
+    /// Runs the target or newer.
+    UpToDate,
+    /// The catalog does not list the device's software-update id.
+    DeviceNotInCatalog,
+    /// Newer releases exist for the device, all expired.
+    NoSignedRelease,
+    /// The catalog lists the device, but nothing matches the strategy (a pin it cannot get).
+    NoMatchingRelease,
+    /// No software-update device id yet (Macs before 14.4, devices that have not reported).
+    DeviceIdUnknown,
+    /// The declaration needs supervision (or a device enrollment) the device lacks.
+    NotSupervised,
+    /// The device's OS does not support software-update declarations (watchOS, iOS before 17,
+    /// macOS before 14, tvOS before 18.4, visionOS before 26).
+    DeclarationNotSupported,
+    /// Another enforcement with an earlier or equal deadline already takes the device to this
+    /// version or newer.
+    Superseded,
+    /// A security improvement needs its base release first; the base is sent now.
+    TwoStep,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UpToDate => "UpToDate",
+            Reason::DeviceNotInCatalog => "DeviceNotInCatalog",
+            Reason::NoSignedRelease => "NoSignedRelease",
+            Reason::NoMatchingRelease => "NoMatchingRelease",
+            Reason::DeviceIdUnknown => "DeviceIdUnknown",
+            Reason::NotSupervised => "NotSupervised",
+            Reason::DeclarationNotSupported => "DeclarationNotSupported",
+            Reason::Superseded => "Superseded",
+            Reason::TwoStep => "TwoStep",
+        }
+    }
+}
+
+impl From<crate::catalog::NoTarget> for Reason {
+    fn from(value: crate::catalog::NoTarget) -> Self {
+        use crate::catalog::NoTarget;
+        match value {
+            NoTarget::UpToDate => Reason::UpToDate,
+            NoTarget::DeviceNotInCatalog => Reason::DeviceNotInCatalog,
+            NoTarget::NoSignedRelease => Reason::NoSignedRelease,
+            NoTarget::NoMatchingRelease => Reason::NoMatchingRelease,
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
