@@ -44,6 +44,7 @@ use crate::catalog::Platform;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("self.platform != 'watchOS' && self.platform != 'audioOS'").message("watchOS and audioOS have no software-update enforcement"))]
 #[serde(rename_all = "camelCase")]
 pub struct EnforcementTargetSpec {
     /// FleetGroups (same namespace) whose devices of `platform` are enforced.

@@ -39,6 +39,7 @@ use super::DeletionPolicy;
     )
 )]
 #[x_kube(validation = Rule::new("size(self.fleetGroups) > 0 || size(self.rings) > 0").message("name at least one FleetGroup in fleetGroups or rings"))]
+#[x_kube(validation = Rule::new("self.rings.all(r, self.rings.filter(s, s.name == r.name).size() == 1)").message("ring names must be unique"))]
 #[serde(rename_all = "camelCase")]
 pub struct UpdatePolicySpec {
     /// FleetGroups (same namespace) the policy applies to, with no delay.
@@ -89,7 +90,9 @@ pub enum AssetSetName {
 pub struct TargetRule {
     /// `latest`, `latest-minor` (newest within the device's major), `pinned:X.Y[.Z]`,
     /// `pinned:X` (newest X.*) or `major-behind:N`.
-    #[schemars(length(max = 32))]
+    #[schemars(regex(
+        pattern = r"^(latest|latest-minor|pinned:[0-9]+(\.[0-9]+){0,2}|major-behind:[0-9]+)$"
+    ))]
     pub strategy: String,
     /// Apple's asset set to choose from.
     #[serde(default)]
@@ -113,7 +116,7 @@ pub struct DeadlineRule {
     pub days_after_posting: u32,
     /// Local time of day, `HH:MM` (24 h), in the device's own time zone.
     #[serde(default = "default_local_time")]
-    #[schemars(length(max = 8))]
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"))]
     pub local_time: String,
     /// IANA time zone for the calendar arithmetic (weekends, lead time). Devices still get a
     /// local time without offset.
@@ -266,7 +269,7 @@ pub enum FailurePolicy {
 #[serde(rename_all = "camelCase")]
 pub struct EnrollmentGate {
     /// A literal version such as `26.1`, or `Target` for the policy's own resolved target.
-    #[schemars(length(max = 32))]
+    #[schemars(regex(pattern = r"^(Target|[0-9]+(\.[0-9]+){0,2})$"))]
     pub minimum_version: String,
     #[serde(default)]
     pub failure_policy: FailurePolicy,

@@ -546,3 +546,49 @@ pub fn enforcement_target(target: &EnforcementTarget) -> Result<CheckedTarget, V
         generated,
     })
 }
+
+/// The checked forms of a whole set of resources.
+#[derive(Debug, Clone, Default)]
+pub struct Checked {
+    pub groups: Vec<CheckedGroup>,
+    pub policies: Vec<CheckedPolicy>,
+    pub targets: Vec<CheckedTarget>,
+}
+
+/// Checks every object, then the references between them; every problem is listed.
+pub fn check_all(
+    groups: &[FleetGroup],
+    policies: &[UpdatePolicy],
+    targets: &[EnforcementTarget],
+) -> Result<Checked, Vec<String>> {
+    let mut problems: Vec<String> = Vec::new();
+    let mut checked = Checked::default();
+    let mut keep = |result: Result<(), Vec<Problem>>| {
+        if let Err(list) = result {
+            problems.extend(list.iter().map(ToString::to_string));
+        }
+    };
+    for group in groups {
+        keep(fleet_group(group).map(|g| checked.groups.push(g)));
+    }
+    for policy in policies {
+        keep(update_policy(policy).map(|p| checked.policies.push(p)));
+    }
+    for target in targets {
+        keep(enforcement_target(target).map(|t| checked.targets.push(t)));
+    }
+    // Policies in a fixed order: enum-last settings merge and precedence depend on it.
+    checked.policies.sort_by(|a, b| a.key.cmp(&b.key));
+    checked.groups.sort_by(|a, b| a.key.cmp(&b.key));
+    checked.targets.sort_by(|a, b| a.key.cmp(&b.key));
+    problems.extend(crate::resolve::check_references(
+        &checked.groups,
+        &checked.policies,
+        &checked.targets,
+    ));
+    if problems.is_empty() {
+        Ok(checked)
+    } else {
+        Err(problems)
+    }
+}

@@ -2,6 +2,8 @@
 //! status contract (0 success; 1 input read but invalid; 2 usage errors and unreadable input).
 
 mod catalog_cmd;
+mod crds_cmd;
+mod plan_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +26,11 @@ pub enum Command {
     /// Apple's software catalog: fetch it, show it, resolve a device against it.
     #[command(subcommand)]
     Catalog(catalog_cmd::CatalogCommand),
+    /// Show which devices get which version by when, from manifests, an inventory and a
+    /// catalog, before anything is applied.
+    Plan(plan_cmd::PlanArgs),
+    /// Print the CustomResourceDefinitions.
+    Crds(crds_cmd::CrdsArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -63,6 +70,8 @@ pub fn main(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Catalog(command) => catalog_cmd::run(command),
+        Command::Plan(args) => plan_cmd::run(args),
+        Command::Crds(args) => crds_cmd::run(args),
     };
     match result {
         Ok(output) => {

@@ -4,6 +4,7 @@
 //! write each device's set (the one-writer rule).
 
 mod deadline;
+mod generate;
 mod reason;
 mod select;
 
@@ -13,6 +14,7 @@ use jiff::Timestamp;
 use jiff::civil::DateTime;
 
 pub use deadline::deadline;
+pub use generate::{target_name, target_object};
 pub use reason::Reason;
 pub use select::{selects, shard_bucket};
 

@@ -1,0 +1,325 @@
+//! `ddm-update-operator plan`: what the resources in Git would do to the fleet, before anything
+//! is applied — as JSON for machines, a table for people, Markdown for pull-request comments.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::{CliError, load_catalog, parse_at, to_json};
+use crate::api::EnforcementTarget;
+use crate::api::validate::{Checked, check_all};
+use crate::declarations::Declaration;
+use crate::inventory::Device;
+use crate::manifests::{self, LoadError};
+use crate::resolve::{self, Input, Plan, Reason, Source, target_object};
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum PlanOutput {
+    #[default]
+    Table,
+    Json,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Manifest files or folders (updates.ddm.dev resources; other kinds are skipped).
+    #[arg(short = 'f', long = "filename", required = true)]
+    files: Vec<PathBuf>,
+    /// The device inventory (YAML or JSON list of devices).
+    #[arg(long)]
+    inventory: PathBuf,
+    /// A pmv catalog file, a folder holding one (the last `*.json` by name), or an http(s) URL.
+    #[arg(long)]
+    catalog: String,
+    /// A date (2026-08-23, meaning 00:00 UTC) or an RFC 3339 time; default now.
+    #[arg(long, value_parser = parse_at)]
+    at: Option<Timestamp>,
+    #[arg(long, value_enum, default_value_t)]
+    output: PlanOutput,
+}
+
+pub fn run(args: PlanArgs) -> Result<String, CliError> {
+    let manifests = manifests::load(&args.files).map_err(|e| match e {
+        LoadError::Unreadable(why) => CliError::Unreadable(why),
+        LoadError::Invalid(problems) => CliError::Invalid(problems),
+    })?;
+    for notice in &manifests.notices {
+        eprintln!("notice: {notice}");
+    }
+    let checked = check_all(
+        &manifests.fleet_groups,
+        &manifests.policies,
+        &manifests.targets,
+    )
+    .map_err(CliError::Invalid)?;
+    let inventory_text = std::fs::read_to_string(&args.inventory)
+        .map_err(|e| CliError::Unreadable(format!("{}: {e}", args.inventory.display())))?;
+    let devices = crate::inventory::parse(&inventory_text).map_err(|problems| {
+        CliError::Invalid(
+            problems
+                .into_iter()
+                .map(|p| format!("{}: {p}", args.inventory.display()))
+                .collect(),
+        )
+    })?;
+    let catalog = load_catalog(&catalog_file(&args.catalog)?, None)?;
+    let now = args.at.unwrap_or_else(Timestamp::now);
+    let plan = resolve::resolve(Input {
+        groups: &checked.groups,
+        policies: &checked.policies,
+        targets: &checked.targets,
+        devices: &devices,
+        catalog: &catalog,
+        now,
+    });
+    let report = Report::new(&checked, &devices, &plan);
+    match args.output {
+        PlanOutput::Json => to_json(&report),
+        PlanOutput::Table => Ok(report.table()),
+        PlanOutput::Markdown => Ok(report.markdown(&checked, &devices, &plan)),
+    }
+}
+
+/// A folder stands for the last `*.json` in it by name (snapshots are named by date).
+fn catalog_file(source: &str) -> Result<String, CliError> {
+    let path = std::path::Path::new(source);
+    if !path.is_dir() {
+        return Ok(source.to_string());
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| CliError::Unreadable(format!("{source}: {e}")))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("json"))
+        .collect();
+    files.sort();
+    files
+        .pop()
+        .map(|p| p.display().to_string())
+        .ok_or_else(|| CliError::Unreadable(format!("{source}: no .json catalog in this folder")))
+}
+
+fn source_name(checked: &Checked, source: Source) -> String {
+    match source {
+        Source::Policy(p) => format!("UpdatePolicy {}", checked.policies[p].key),
+        Source::Target(t) => format!("EnforcementTarget {}", checked.targets[t].key),
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceReason {
+    reason: Reason,
+    source: String,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceReport<'a> {
+    enrollment_id: &'a str,
+    declarations: Vec<&'a Declaration>,
+    reasons: Vec<DeviceReason>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Summary {
+    devices: usize,
+    devices_with_enforcement: usize,
+    distinct_declarations: usize,
+    declarations_by_type: BTreeMap<&'static str, usize>,
+    reasons: BTreeMap<Reason, usize>,
+    group_members: BTreeMap<String, usize>,
+    warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Report<'a> {
+    enforcement_targets: Vec<EnforcementTarget>,
+    devices: Vec<DeviceReport<'a>>,
+    summary: Summary,
+}
+
+impl<'a> Report<'a> {
+    fn new(checked: &Checked, devices: &'a [Device], plan: &'a Plan) -> Self {
+        let enforcement_targets = plan
+            .generated
+            .iter()
+            .map(|t| target_object(&checked.policies[t.policy], t))
+            .collect();
+        let mut reasons: BTreeMap<Reason, usize> = BTreeMap::new();
+        let device_reports = devices
+            .iter()
+            .zip(&plan.devices)
+            .map(|(device, outcome)| DeviceReport {
+                enrollment_id: &device.enrollment_id,
+                declarations: outcome
+                    .declarations
+                    .iter()
+                    .map(|i| &plan.declarations[*i as usize])
+                    .collect(),
+                reasons: outcome
+                    .notes
+                    .iter()
+                    .map(|note| {
+                        *reasons.entry(note.reason).or_default() += 1;
+                        DeviceReason {
+                            reason: note.reason,
+                            source: source_name(checked, note.source),
+                            message: note.detail.clone(),
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut declarations_by_type = BTreeMap::new();
+        for declaration in &plan.declarations {
+            *declarations_by_type
+                .entry(declaration.declaration_type)
+                .or_default() += 1;
+        }
+        Report {
+            enforcement_targets,
+            devices: device_reports,
+            summary: Summary {
+                devices: devices.len(),
+                devices_with_enforcement: plan
+                    .devices
+                    .iter()
+                    .filter(|d| !d.enforcements.is_empty())
+                    .count(),
+                distinct_declarations: plan.declarations.len(),
+                declarations_by_type,
+                reasons,
+                group_members: checked
+                    .groups
+                    .iter()
+                    .zip(&plan.members)
+                    .map(|(g, m)| (g.key.to_string(), m.len()))
+                    .collect(),
+                warnings: plan.warnings.clone(),
+            },
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::new();
+        let rows: Vec<Vec<String>> = self
+            .enforcement_targets
+            .iter()
+            .map(|et| {
+                let generated_by = et
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(crate::api::POLICY_LABEL))
+                    .cloned()
+                    .unwrap_or_default();
+                vec![
+                    et.metadata.name.clone().unwrap_or_default(),
+                    generated_by,
+                    et.spec.platform.to_string(),
+                    et.spec.target_os_version.clone(),
+                    et.spec.target_local_date_time.clone(),
+                    et.spec.fleet_groups.join(","),
+                ]
+            })
+            .collect();
+        out.push_str(&super::catalog_cmd::table(
+            &[
+                "ENFORCEMENT TARGET",
+                "POLICY",
+                "PLATFORM",
+                "VERSION",
+                "DEADLINE",
+                "GROUPS",
+            ],
+            &rows,
+        ));
+        let s = &self.summary;
+        let _ = writeln!(
+            out,
+            "\n{} devices, {} with an enforcement; {} distinct declarations",
+            s.devices, s.devices_with_enforcement, s.distinct_declarations
+        );
+        for (reason, count) in &s.reasons {
+            let _ = writeln!(out, "  {reason}: {count}");
+        }
+        for warning in &s.warnings {
+            let _ = writeln!(out, "warning: {warning}");
+        }
+        out
+    }
+
+    /// A pull-request comment: per source, platform and model, current → target, deadline,
+    /// device count; then the reasons.
+    fn markdown(&self, checked: &Checked, devices: &[Device], plan: &Plan) -> String {
+        type Row = (String, String, String, String, String, String);
+        let mut rows: BTreeMap<Row, usize> = BTreeMap::new();
+        for (device, outcome) in devices.iter().zip(&plan.devices) {
+            for e in &outcome.enforcements {
+                let target = match &e.build {
+                    Some(build) => format!("{} ({build})", e.version),
+                    None => e.version.to_string(),
+                };
+                let key = (
+                    source_name(checked, e.source),
+                    device.platform.to_string(),
+                    device.model.clone(),
+                    device.os_version.to_string(),
+                    target,
+                    e.deadline.strftime("%Y-%m-%d %H:%M").to_string(),
+                );
+                *rows.entry(key).or_default() += 1;
+            }
+        }
+        let s = &self.summary;
+        let mut out = String::from("### ddm-update-operator plan\n\n");
+        let _ = writeln!(
+            out,
+            "**{}** devices, **{}** get an enforcement, **{}** distinct declarations.\n",
+            s.devices, s.devices_with_enforcement, s.distinct_declarations
+        );
+        if !self.enforcement_targets.is_empty() {
+            out.push_str("| EnforcementTarget | Platform | Version | Deadline (device local) |\n|---|---|---|---|\n");
+            for et in &self.enforcement_targets {
+                let _ = writeln!(
+                    out,
+                    "| `{}` | {} | {} | {} |",
+                    et.metadata.name.as_deref().unwrap_or_default(),
+                    et.spec.platform,
+                    et.spec.target_os_version,
+                    et.spec.target_local_date_time
+                );
+            }
+            out.push('\n');
+        }
+        if !rows.is_empty() {
+            out.push_str("| Source | Platform | Model | Current → Target | Deadline | Devices |\n|---|---|---|---|---|---|\n");
+            for ((source, platform, model, current, target, deadline), count) in &rows {
+                let _ = writeln!(
+                    out,
+                    "| {source} | {platform} | `{model}` | {current} → {target} | {deadline} | {count} |"
+                );
+            }
+            out.push('\n');
+        }
+        if !s.reasons.is_empty() {
+            out.push_str("| Reason | Devices |\n|---|---|\n");
+            for (reason, count) in &s.reasons {
+                let _ = writeln!(out, "| `{reason}` | {count} |");
+            }
+            out.push('\n');
+        }
+        for warning in &s.warnings {
+            let _ = writeln!(out, "> ⚠️ {warning}");
+        }
+        out
+    }
+}
