@@ -8,3 +8,5 @@ pub mod declarations;
 pub mod inventory;
 pub mod manifests;
 pub mod resolve;
+pub mod status;
+pub mod strict;

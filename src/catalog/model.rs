@@ -2,11 +2,10 @@
 //! `{etag, data}` cache wrapper around it. Typed and strict: a malformed entry rejects the whole
 //! document, so a bad answer can never replace a good catalog.
 
-use std::marker::PhantomData;
-
 use jiff::civil::Date;
-use serde::de::value::MapAccessDeserializer;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
+
+use crate::strict::{ObjectOnly, optional_object, optional_objects};
 
 /// The four sets a pmv response may carry. Each is optional; unknown top-level keys are ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -175,43 +174,4 @@ impl PlatformSets {
         .into_iter()
         .filter_map(|(name, entries)| entries.map(|e| (name, e)))
     }
-}
-
-/// Accepts only a JSON object for `T`: serde's derived structs would also read an array by
-/// position, which Apple never sends and which must not pass as a catalog.
-struct ObjectOnly<T>(T);
-
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for ObjectOnly<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visit<T> {
-            type Value = T;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
-                T::deserialize(MapAccessDeserializer::new(map))
-            }
-        }
-        deserializer
-            .deserialize_map(Visit(PhantomData))
-            .map(ObjectOnly)
-    }
-}
-
-fn optional_object<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<ObjectOnly<T>>::deserialize(deserializer)?.map(|o| o.0))
-}
-
-fn optional_objects<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Ok(Option::<Vec<ObjectOnly<T>>>::deserialize(deserializer)?
-        .map(|v| v.into_iter().map(|o| o.0).collect()))
 }

@@ -1,0 +1,336 @@
+//! What devices report through DDM status: parsing a report, merging incremental reports into a
+//! device's state (a `FullReport` replaces it), and reading the items the operator uses. Pure:
+//! the store persists what this computes.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The largest status report body accepted (real ones are a few KB).
+pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
+
+/// How deep status JSON may nest (Apple's items nest four or five levels).
+const MAX_DEPTH: usize = 32;
+
+/// One status report as the device sends it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct StatusReport {
+    #[serde(rename = "StatusItems", default)]
+    pub status_items: Map<String, Value>,
+    #[serde(rename = "Errors", default)]
+    pub errors: Vec<Value>,
+    #[serde(rename = "FullReport", default)]
+    pub full_report: bool,
+}
+
+/// Why a report was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("the report is {0} bytes; at most {MAX_REPORT_BYTES} are accepted")]
+    TooLarge(usize),
+    #[error("not a status report: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("not a status report: nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+}
+
+impl StatusReport {
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, ReportError> {
+        if bytes.len() > MAX_REPORT_BYTES {
+            return Err(ReportError::TooLarge(bytes.len()));
+        }
+        let crate::strict::ObjectOnly(report) =
+            serde_json::from_slice::<crate::strict::ObjectOnly<StatusReport>>(bytes)?;
+        let deep = |v: &Value| depth(v) > MAX_DEPTH;
+        if report.status_items.values().any(deep) || report.errors.iter().any(deep) {
+            return Err(ReportError::TooDeep);
+        }
+        Ok(report)
+    }
+}
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Folds a report into the stored status items: a full report replaces them, an incremental one
+/// merges objects key by key (arrays and values are replaced whole).
+pub fn merge(state: &mut Map<String, Value>, report: &StatusReport) {
+    if report.full_report {
+        *state = report.status_items.clone();
+        return;
+    }
+    merge_objects(state, &report.status_items);
+}
+
+fn merge_objects(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+    for (key, value) in from {
+        match (into.get_mut(key), value) {
+            (Some(Value::Object(existing)), Value::Object(incoming)) => {
+                merge_objects(existing, incoming)
+            }
+            _ => {
+                into.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// `softwareupdate.install-state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum InstallState {
+    None,
+    Waiting,
+    Downloading,
+    Prepared,
+    Installing,
+    Failed,
+    /// A value this version of the operator does not know.
+    Unknown,
+}
+
+impl InstallState {
+    fn parse(value: &str) -> Self {
+        match value {
+            "none" => Self::None,
+            "waiting" => Self::Waiting,
+            "downloading" => Self::Downloading,
+            "prepared" => Self::Prepared,
+            "installing" => Self::Installing,
+            "failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// One entry of `management.declarations`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclarationStatus {
+    pub identifier: String,
+    pub server_token: String,
+    pub active: bool,
+    /// `valid`, `invalid` or `unknown`.
+    pub valid: String,
+    /// Reason codes, such as `Error.ConfigurationCannotBeApplied`.
+    pub reasons: Vec<String>,
+}
+
+/// The items the operator reads, out of a device's merged status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    pub install_state: Option<InstallState>,
+    pub pending_version: Option<String>,
+    pub pending_build: Option<String>,
+    pub failure_count: Option<u64>,
+    pub failure_reason: Option<String>,
+    pub install_reason: Vec<String>,
+    pub beta_enrollment: Option<String>,
+    pub software_update_device_id: Option<String>,
+    pub os_family: Option<String>,
+    pub os_version: Option<String>,
+    pub build_version: Option<String>,
+    pub supplemental_extra: Option<String>,
+    pub supplemental_build: Option<String>,
+    pub model_identifier: Option<String>,
+    pub model_family: Option<String>,
+    pub marketing_name: Option<String>,
+    pub serial_number: Option<String>,
+    /// Configurations, activations, assets and management declarations together.
+    pub declarations: Vec<DeclarationStatus>,
+}
+
+fn at<'a>(items: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut current = items.get(parts.next()?)?;
+    for part in parts {
+        current = current.as_object()?.get(part)?;
+    }
+    Some(current)
+}
+
+fn text(items: &Map<String, Value>, path: &str) -> Option<String> {
+    at(items, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.chars().take(256).collect())
+}
+
+impl DeviceStatus {
+    /// Reads the known items; anything malformed is treated as not reported.
+    pub fn from_items(items: &Map<String, Value>) -> Self {
+        let declarations = at(items, "management.declarations")
+            .and_then(Value::as_object)
+            .map(|kinds| {
+                kinds
+                    .values()
+                    .filter_map(Value::as_array)
+                    .flatten()
+                    .filter_map(declaration_status)
+                    .collect()
+            })
+            .unwrap_or_default();
+        DeviceStatus {
+            install_state: at(items, "softwareupdate.install-state")
+                .and_then(Value::as_str)
+                .map(InstallState::parse),
+            pending_version: text(items, "softwareupdate.pending-version.os-version"),
+            pending_build: text(items, "softwareupdate.pending-version.build-version"),
+            failure_count: at(items, "softwareupdate.failure-reason.count").and_then(Value::as_u64),
+            failure_reason: text(items, "softwareupdate.failure-reason.reason"),
+            install_reason: at(items, "softwareupdate.install-reason.reason")
+                .and_then(Value::as_array)
+                .map(|r| {
+                    r.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            beta_enrollment: text(items, "softwareupdate.beta-enrollment"),
+            software_update_device_id: text(items, "softwareupdate.device-id"),
+            os_family: text(items, "device.operating-system.family"),
+            os_version: text(items, "device.operating-system.version"),
+            build_version: text(items, "device.operating-system.build-version"),
+            supplemental_extra: text(items, "device.operating-system.supplemental.extra-version"),
+            supplemental_build: text(items, "device.operating-system.supplemental.build-version"),
+            model_identifier: text(items, "device.model.identifier"),
+            model_family: text(items, "device.model.family"),
+            marketing_name: text(items, "device.model.marketing-name"),
+            serial_number: text(items, "device.identifier.serial-number"),
+            declarations,
+        }
+    }
+}
+
+fn declaration_status(entry: &Value) -> Option<DeclarationStatus> {
+    let entry = entry.as_object()?;
+    let field = |key: &str| {
+        entry
+            .get(key)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    Some(DeclarationStatus {
+        identifier: entry.get("identifier")?.as_str()?.to_string(),
+        server_token: field("server-token"),
+        active: entry
+            .get("active")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        valid: field("valid"),
+        reasons: entry
+            .get("reasons")
+            .and_then(Value::as_array)
+            .map(|r| {
+                r.iter()
+                    .filter_map(|reason| reason.get("code").and_then(Value::as_str))
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KMFDDM_IOS: &[u8] = include_bytes!(
+        "../../tests/fixtures/ddm-status/kmfddm-ios16.0b-iPhone10-2-2022-06-28.status.json"
+    );
+    const ZENTRAL_MAC: &[u8] = include_bytes!(
+        "../../tests/fixtures/ddm-status/zentral-macos13.3.1a-Macmini9-1.status_report.json"
+    );
+    const KMFDDM_ERROR: &[u8] =
+        include_bytes!("../../tests/fixtures/ddm-status/kmfddm-status.D0.error.json");
+
+    #[test]
+    fn real_reports_parse_and_read() {
+        let report = StatusReport::from_slice(KMFDDM_IOS).expect("real report");
+        let mut state = Map::new();
+        merge(&mut state, &report);
+        let status = DeviceStatus::from_items(&state);
+        assert_eq!(status.model_identifier.as_deref(), Some("iPhone10,2"));
+        assert_eq!(status.os_version.as_deref(), Some("16.0"));
+        assert_eq!(status.build_version.as_deref(), Some("20A5303i"));
+
+        let mac = StatusReport::from_slice(ZENTRAL_MAC).expect("real report");
+        let mut state = Map::new();
+        merge(&mut state, &mac);
+        let status = DeviceStatus::from_items(&state);
+        assert_eq!(status.os_version.as_deref(), Some("13.3.1"));
+        assert_eq!(status.supplemental_extra.as_deref(), Some("(a)"));
+        assert_eq!(status.build_version.as_deref(), Some("22E261"));
+        assert_eq!(status.supplemental_build.as_deref(), Some("22E772610a"));
+
+        let error = StatusReport::from_slice(KMFDDM_ERROR).expect("real report");
+        let mut state = Map::new();
+        merge(&mut state, &error);
+        let status = DeviceStatus::from_items(&state);
+        let test = status
+            .declarations
+            .iter()
+            .find(|d| d.identifier == "com.example.test")
+            .expect("the configuration is listed");
+        assert_eq!((test.active, test.valid.as_str()), (false, "unknown"));
+        assert_eq!(test.reasons, ["Info.NotReferencedByActivation"]);
+    }
+
+    #[test]
+    fn incremental_reports_merge_and_full_reports_replace() {
+        let first = StatusReport::from_slice(
+            br#"{"StatusItems":{"device":{"operating-system":{"version":"26.3","build-version":"23D127"}},
+                "softwareupdate":{"install-state":"downloading","pending-version":{"os-version":"26.4","build-version":"23E246"}}}}"#,
+        )
+        .expect("valid");
+        let second = StatusReport::from_slice(
+            br#"{"StatusItems":{"softwareupdate":{"install-state":"installing"}},"Errors":[]}"#,
+        )
+        .expect("valid");
+        let mut state = Map::new();
+        merge(&mut state, &first);
+        merge(&mut state, &second);
+        let status = DeviceStatus::from_items(&state);
+        assert_eq!(status.install_state, Some(InstallState::Installing));
+        assert_eq!(status.pending_version.as_deref(), Some("26.4"));
+        assert_eq!(status.os_version.as_deref(), Some("26.3"));
+
+        let full = StatusReport::from_slice(
+            br#"{"StatusItems":{"device":{"operating-system":{"version":"26.4"}}},"FullReport":true}"#,
+        )
+        .expect("valid");
+        merge(&mut state, &full);
+        let status = DeviceStatus::from_items(&state);
+        assert_eq!(status.install_state, None);
+        assert_eq!(status.os_version.as_deref(), Some("26.4"));
+    }
+
+    #[test]
+    fn hostile_reports_are_refused_or_ignored() {
+        assert!(StatusReport::from_slice(b"[]").is_err());
+        assert!(StatusReport::from_slice(b"{\"StatusItems\": 5}").is_err());
+        assert!(StatusReport::from_slice(&vec![b' '; MAX_REPORT_BYTES + 1]).is_err());
+        let deep = format!(
+            "{{\"StatusItems\":{{\"a\":{}1{}}}}}",
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        assert!(StatusReport::from_slice(deep.as_bytes()).is_err());
+        // Wrong types inside known items read as "not reported"; unknown items are kept.
+        let odd = StatusReport::from_slice(
+            br#"{"StatusItems":{"softwareupdate":{"install-state":7,"future-item":{"x":1}}}}"#,
+        )
+        .expect("valid envelope");
+        let mut state = Map::new();
+        merge(&mut state, &odd);
+        assert_eq!(DeviceStatus::from_items(&state).install_state, None);
+        assert!(at(&state, "softwareupdate.future-item.x").is_some());
+    }
+}
