@@ -2,6 +2,7 @@
 //! Declarative Device Management, driven by resources committed to Git.
 
 pub mod api;
+pub mod backend;
 pub mod catalog;
 pub mod cli;
 pub mod declarations;

@@ -1,0 +1,150 @@
+//! The embedded backend: the operator is itself the DDM server (behind NanoMDM's `-dm`
+//! hand-off), storing what it serves in SQLite. Status reports are committed in batches by one
+//! writer thread, and each is acknowledged only after its batch is durable.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use futures::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::nanomdm::SyncTrigger;
+use super::store::Store;
+use super::{ApplyReport, Assignment, Backend, BackendError, DeviceRecord};
+use crate::declarations::Declaration;
+use crate::status::StatusReport;
+
+/// Most reports committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+type Job = (
+    String,
+    StatusReport,
+    Vec<u8>,
+    oneshot::Sender<Result<(), String>>,
+);
+
+/// Commits status reports in batches on a thread of its own.
+#[derive(Clone)]
+pub struct StatusWriter {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl StatusWriter {
+    pub fn start(store: Arc<Store>) -> Self {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("status-writer".into())
+            .spawn(move || {
+                // Reports queue up while a commit is fsyncing, so batches form under load.
+                while let Ok(first) = queue.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let (reports, replies): (Vec<_>, Vec<_>) = batch
+                        .into_iter()
+                        .map(|(enrollment, report, raw, reply)| ((enrollment, report, raw), reply))
+                        .unzip();
+                    let outcome = store.record_reports(&reports).map_err(|e| e.to_string());
+                    for reply in replies {
+                        let _ = reply.send(outcome.clone());
+                    }
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|e| tracing::error!(%e, "cannot start the status writer"));
+        StatusWriter { jobs }
+    }
+
+    /// Returns once the report is durably stored.
+    pub async fn record(
+        &self,
+        enrollment_id: String,
+        report: StatusReport,
+        raw: Vec<u8>,
+    ) -> Result<(), BackendError> {
+        let (reply, done) = oneshot::channel();
+        self.jobs
+            .send((enrollment_id, report, raw, reply))
+            .map_err(|_| BackendError::Other("the status writer has stopped".into()))?;
+        done.await
+            .map_err(|_| BackendError::Other("the status writer has stopped".into()))?
+            .map_err(BackendError::Other)
+    }
+}
+
+/// The embedded backend.
+#[derive(Clone)]
+pub struct Embedded {
+    pub store: Arc<Store>,
+    pub reports: StatusWriter,
+    sync: Option<SyncTrigger>,
+}
+
+impl Embedded {
+    pub fn new(store: Arc<Store>, sync: Option<SyncTrigger>) -> Self {
+        Embedded {
+            reports: StatusWriter::start(store.clone()),
+            store,
+            sync,
+        }
+    }
+
+    fn notify(&self, report: &ApplyReport) {
+        if let Some(sync) = &self.sync {
+            sync.notify(&report.changed);
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
+) -> Result<T, BackendError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BackendError::Other(format!("store task failed: {e}")))?
+}
+
+impl Backend for Embedded {
+    fn name(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn apply<'a>(
+        &'a self,
+        declarations: &'a [Declaration],
+        assignments: &'a [Assignment],
+    ) -> BoxFuture<'a, Result<ApplyReport, BackendError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let (declarations, assignments) = (declarations.to_vec(), assignments.to_vec());
+            let report = blocking(move || store.apply(&declarations, &assignments)).await?;
+            self.notify(&report);
+            Ok(report)
+        })
+    }
+
+    fn withdraw<'a>(
+        &'a self,
+        enrollment_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<ApplyReport, BackendError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let ids = enrollment_ids.to_vec();
+            let report = blocking(move || store.withdraw(&ids)).await?;
+            self.notify(&report);
+            Ok(report)
+        })
+    }
+
+    fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceRecord>, BackendError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            blocking(move || store.devices()).await
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! MDM backends: where resolved declarations go and where device state comes from. One trait;
+//! the embedded backend (the operator as the DDM server, SQLite store) is the first
+//! implementation, NanoHUB/KMFDDM, Fleet and Jamf can follow the same shape.
+
+pub mod embedded;
+pub mod nanomdm;
+pub mod store;
+
+use futures::future::BoxFuture;
+
+use crate::declarations::Declaration;
+
+/// What one device should hold: its whole declaration set, by identifier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    pub enrollment_id: String,
+    /// Identifiers of declarations passed in the same call (or already stored).
+    pub identifiers: Vec<String>,
+}
+
+/// What a write changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// Declarations newly stored (an identifier whose server token is unchanged is skipped).
+    pub declarations_written: usize,
+    /// Distinct sets newly stored.
+    pub sets_written: usize,
+    /// Enrollments whose set changed: they need a sync.
+    pub changed: Vec<String>,
+}
+
+/// A backend failure, with a fixed reason for status conditions and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("store: {0}")]
+    Store(#[from] rusqlite::Error),
+    #[error("an assignment names declaration {0:?}, which was neither passed nor stored")]
+    UnknownDeclaration(String),
+    #[error("the backend did not answer in time")]
+    Timeout,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::Store(_) => "StoreError",
+            BackendError::UnknownDeclaration(_) => "UnknownDeclaration",
+            BackendError::Timeout => "BackendTimeout",
+            BackendError::Other(_) => "BackendError",
+        }
+    }
+}
+
+/// What the backend knows about one enrollment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceRecord {
+    pub enrollment_id: String,
+    /// The merged status items the device reported.
+    pub status: serde_json::Map<String, serde_json::Value>,
+    /// Identifiers assigned to it now.
+    pub assigned: Vec<String>,
+    /// When it last reported, if ever.
+    pub last_report: Option<jiff::Timestamp>,
+    /// When its set last changed.
+    pub assigned_at: Option<jiff::Timestamp>,
+}
+
+/// Where declarations are written and device state is read.
+pub trait Backend: Send + Sync {
+    /// A short name for metrics and logs.
+    fn name(&self) -> &'static str;
+
+    /// Stores the declarations (content-addressed) and replaces each listed enrollment's set
+    /// with exactly its identifiers, all at once: a failure changes nothing.
+    fn apply<'a>(
+        &'a self,
+        declarations: &'a [Declaration],
+        assignments: &'a [Assignment],
+    ) -> BoxFuture<'a, Result<ApplyReport, BackendError>>;
+
+    /// Removes every declaration from these enrollments' sets.
+    fn withdraw<'a>(
+        &'a self,
+        enrollment_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<ApplyReport, BackendError>>;
+
+    /// Every enrollment the backend knows, with its reported state.
+    fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceRecord>, BackendError>>;
+}

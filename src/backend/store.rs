@@ -1,0 +1,714 @@
+//! The embedded store: SQLite in WAL mode with versioned migrations. Declarations are stored
+//! once by identifier; sets of them are content-addressed (a set's id is the hash of its members
+//! and their server tokens, and doubles as the DDM `DeclarationsToken`); each enrollment points
+//! at one set. Retargeting every device therefore writes the few new declarations and sets plus
+//! one row per changed enrollment. Reads for device check-ins are served from an in-memory copy
+//! that every write updates after its transaction commits.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::{Map, Value, json};
+
+use super::{ApplyReport, Assignment, BackendError, DeviceRecord};
+use crate::declarations::{Declaration, content_hash};
+use crate::status::{StatusReport, merge};
+
+/// Raw reports kept per enrollment (a ring buffer).
+pub const REPORT_HISTORY: i64 = 16;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    "CREATE TABLE declarations (
+        identifier TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        server_token TEXT NOT NULL,
+        body BLOB NOT NULL
+    );
+    CREATE TABLE sets (
+        set_id TEXT PRIMARY KEY,
+        items BLOB NOT NULL
+    );
+    CREATE TABLE set_members (
+        set_id TEXT NOT NULL REFERENCES sets(set_id),
+        identifier TEXT NOT NULL REFERENCES declarations(identifier),
+        PRIMARY KEY (set_id, identifier)
+    ) WITHOUT ROWID;
+    CREATE TABLE enrollments (
+        enrollment_id TEXT PRIMARY KEY,
+        set_id TEXT REFERENCES sets(set_id),
+        assigned_at INTEGER
+    ) WITHOUT ROWID;
+    CREATE TABLE device_state (
+        enrollment_id TEXT PRIMARY KEY,
+        items BLOB NOT NULL,
+        errors BLOB NOT NULL,
+        reports INTEGER NOT NULL,
+        last_report INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE status_reports (
+        enrollment_id TEXT NOT NULL,
+        slot INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (enrollment_id, slot)
+    ) WITHOUT ROWID;",
+];
+
+/// What a check-in reads: one set, shared by every enrollment assigned to it.
+#[derive(Debug)]
+pub struct ServedSet {
+    /// The `DeclarationsToken`.
+    pub token: String,
+    /// The `declaration-items` body, ready to send.
+    pub items: Vec<u8>,
+    pub members: BTreeSet<String>,
+}
+
+/// A stored declaration, ready to send.
+#[derive(Debug)]
+pub struct ServedDeclaration {
+    /// `activation`, `configuration`, `asset` or `management`.
+    pub kind: &'static str,
+    pub server_token: String,
+    pub body: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Cache {
+    declarations: HashMap<String, Arc<ServedDeclaration>>,
+    sets: HashMap<String, Arc<ServedSet>>,
+    enrollments: HashMap<String, (Arc<ServedSet>, Timestamp)>,
+}
+
+/// The SQLite store with its read cache.
+pub struct Store {
+    connection: Mutex<Connection>,
+    cache: RwLock<Cache>,
+}
+
+/// The manifest kind of a declaration type, as the `declaration/{kind}/{id}` path names it.
+pub fn kind_of(declaration_type: &str) -> &'static str {
+    if declaration_type.starts_with("com.apple.activation.") {
+        "activation"
+    } else if declaration_type.starts_with("com.apple.asset.") {
+        "asset"
+    } else if declaration_type.starts_with("com.apple.management.") {
+        "management"
+    } else {
+        "configuration"
+    }
+}
+
+fn now_seconds() -> i64 {
+    Timestamp::now().as_second()
+}
+
+fn timestamp(seconds: i64) -> Timestamp {
+    Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// The lock was poisoned by a panic elsewhere; the data under it is still consistent because
+/// every write is one transaction.
+fn relock<T>(result: Result<T, std::sync::PoisonError<T>>) -> T {
+    result.unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Store {
+    /// Opens (or creates) the database file and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, BackendError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| BackendError::Other(format!("{}: {e}", parent.display())))?;
+        }
+        Self::with_connection(Connection::open(path)?)
+    }
+
+    /// A store that lives only in memory (tests, `plan`-like dry runs).
+    pub fn in_memory() -> Result<Self, BackendError> {
+        Self::with_connection(Connection::open_in_memory()?)
+    }
+
+    fn with_connection(connection: Connection) -> Result<Self, BackendError> {
+        // WAL keeps readers off the writer's back; FULL makes each commit durable before it
+        // returns, which is what "answered 200 only once stored" needs.
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "foreign_keys", "ON")?;
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&connection)?;
+        let store = Store {
+            connection: Mutex::new(connection),
+            cache: RwLock::new(Cache::default()),
+        };
+        store.load_cache()?;
+        Ok(store)
+    }
+
+    fn load_cache(&self) -> Result<(), BackendError> {
+        let connection = relock(self.connection.lock());
+        let mut cache = Cache::default();
+        let mut statement =
+            connection.prepare("SELECT identifier, type, server_token, body FROM declarations")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Vec<u8>>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (identifier, declaration_type, server_token, body) = row?;
+            cache.declarations.insert(
+                identifier,
+                Arc::new(ServedDeclaration {
+                    kind: kind_of(&declaration_type),
+                    server_token,
+                    body,
+                }),
+            );
+        }
+        let mut statement = connection.prepare("SELECT set_id, items FROM sets")?;
+        let sets: Vec<(String, Vec<u8>)> = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        let mut members: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut statement = connection.prepare("SELECT set_id, identifier FROM set_members")?;
+        for row in statement.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })? {
+            let (set_id, identifier) = row?;
+            members.entry(set_id).or_default().insert(identifier);
+        }
+        for (set_id, items) in sets {
+            let set = ServedSet {
+                token: set_id.clone(),
+                items,
+                members: members.remove(&set_id).unwrap_or_default(),
+            };
+            cache.sets.insert(set_id, Arc::new(set));
+        }
+        let mut statement = connection.prepare(
+            "SELECT enrollment_id, set_id, assigned_at FROM enrollments WHERE set_id IS NOT NULL",
+        )?;
+        for row in statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        })? {
+            let (enrollment, set_id, at) = row?;
+            if let Some(set) = cache.sets.get(&set_id) {
+                cache
+                    .enrollments
+                    .insert(enrollment, (set.clone(), timestamp(at)));
+            }
+        }
+        drop(statement);
+        *relock(self.cache.write()) = cache;
+        Ok(())
+    }
+
+    /// Stores declarations and replaces the listed enrollments' sets, in one transaction.
+    pub fn apply(
+        &self,
+        declarations: &[Declaration],
+        assignments: &[Assignment],
+    ) -> Result<ApplyReport, BackendError> {
+        let mut report = ApplyReport::default();
+        let mut new_declarations: Vec<(String, Arc<ServedDeclaration>)> = Vec::new();
+        let mut new_sets: HashMap<String, Arc<ServedSet>> = HashMap::new();
+        let mut changed: Vec<(String, Arc<ServedSet>)> = Vec::new();
+        {
+            let cache = relock(self.cache.read());
+            let mut known: HashMap<&str, &str> = cache
+                .declarations
+                .iter()
+                .map(|(id, d)| (id.as_str(), d.server_token.as_str()))
+                .collect();
+            let passed: HashMap<&str, &Declaration> = declarations
+                .iter()
+                .map(|d| (d.identifier.as_str(), d))
+                .collect();
+            for declaration in declarations {
+                if known.get(declaration.identifier.as_str())
+                    != Some(&declaration.server_token.as_str())
+                {
+                    let body = serde_json::to_vec(declaration)
+                        .map_err(|e| BackendError::Other(e.to_string()))?;
+                    new_declarations.push((
+                        declaration.identifier.clone(),
+                        Arc::new(ServedDeclaration {
+                            kind: kind_of(declaration.declaration_type),
+                            server_token: declaration.server_token.clone(),
+                            body,
+                        }),
+                    ));
+                    known.insert(&declaration.identifier, &declaration.server_token);
+                }
+            }
+            for assignment in assignments {
+                let mut members: Vec<(&str, &str, &'static str)> = Vec::new();
+                for identifier in &assignment.identifiers {
+                    let (token, kind) = match passed.get(identifier.as_str()) {
+                        Some(d) => (d.server_token.as_str(), kind_of(d.declaration_type)),
+                        None => match cache.declarations.get(identifier) {
+                            Some(d) => (d.server_token.as_str(), d.kind),
+                            None => {
+                                return Err(BackendError::UnknownDeclaration(identifier.clone()));
+                            }
+                        },
+                    };
+                    members.push((identifier, token, kind));
+                }
+                members.sort_unstable();
+                members.dedup();
+                let set = served_set(&members);
+                let set = match cache
+                    .sets
+                    .get(&set.token)
+                    .or_else(|| new_sets.get(&set.token))
+                {
+                    Some(existing) => existing.clone(),
+                    None => {
+                        let set = Arc::new(set);
+                        new_sets.insert(set.token.clone(), set.clone());
+                        set
+                    }
+                };
+                let current = cache
+                    .enrollments
+                    .get(&assignment.enrollment_id)
+                    .map(|(s, _)| &s.token);
+                if current != Some(&set.token) {
+                    changed.push((assignment.enrollment_id.clone(), set));
+                }
+            }
+        }
+        let now = now_seconds();
+        {
+            let mut connection = relock(self.connection.lock());
+            let transaction = connection.transaction()?;
+            {
+                let mut insert = transaction.prepare_cached(
+                    "INSERT INTO declarations (identifier, type, server_token, body) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(identifier) DO UPDATE SET type = ?2, server_token = ?3, body = ?4",
+                )?;
+                let types: HashMap<&str, &str> = declarations
+                    .iter()
+                    .map(|d| (d.identifier.as_str(), d.declaration_type))
+                    .collect();
+                for (identifier, served) in &new_declarations {
+                    let declaration_type =
+                        types.get(identifier.as_str()).copied().unwrap_or_default();
+                    insert.execute(params![
+                        identifier,
+                        declaration_type,
+                        served.server_token,
+                        served.body
+                    ])?;
+                }
+                let mut insert_set = transaction
+                    .prepare_cached("INSERT OR IGNORE INTO sets (set_id, items) VALUES (?1, ?2)")?;
+                let mut insert_member = transaction.prepare_cached(
+                    "INSERT OR IGNORE INTO set_members (set_id, identifier) VALUES (?1, ?2)",
+                )?;
+                for set in new_sets.values() {
+                    insert_set.execute(params![set.token, set.items])?;
+                    for member in &set.members {
+                        insert_member.execute(params![set.token, member])?;
+                    }
+                }
+                let mut assign = transaction.prepare_cached(
+                    "INSERT INTO enrollments (enrollment_id, set_id, assigned_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(enrollment_id) DO UPDATE SET set_id = ?2, assigned_at = ?3",
+                )?;
+                for (enrollment, set) in &changed {
+                    assign.execute(params![enrollment, set.token, now])?;
+                }
+            }
+            transaction.commit()?;
+        }
+        let mut cache = relock(self.cache.write());
+        report.declarations_written = new_declarations.len();
+        report.sets_written = new_sets.len();
+        for (identifier, served) in new_declarations {
+            cache.declarations.insert(identifier, served);
+        }
+        cache.sets.extend(new_sets);
+        for (enrollment, set) in changed {
+            report.changed.push(enrollment.clone());
+            cache.enrollments.insert(enrollment, (set, timestamp(now)));
+        }
+        Ok(report)
+    }
+
+    /// Gives these enrollments an empty set (the device then removes what it had).
+    pub fn withdraw(&self, enrollment_ids: &[String]) -> Result<ApplyReport, BackendError> {
+        let assignments: Vec<Assignment> = enrollment_ids
+            .iter()
+            .map(|id| Assignment {
+                enrollment_id: id.clone(),
+                identifiers: Vec::new(),
+            })
+            .collect();
+        self.apply(&[], &assignments)
+    }
+
+    /// The set an enrollment is assigned, if any.
+    pub fn served_set(&self, enrollment_id: &str) -> Option<Arc<ServedSet>> {
+        relock(self.cache.read())
+            .enrollments
+            .get(enrollment_id)
+            .map(|(s, _)| s.clone())
+    }
+
+    /// A declaration, only if it is in the enrollment's set and of that kind.
+    pub fn served_declaration(
+        &self,
+        enrollment_id: &str,
+        kind: &str,
+        identifier: &str,
+    ) -> Option<Arc<ServedDeclaration>> {
+        let cache = relock(self.cache.read());
+        let (set, _) = cache.enrollments.get(enrollment_id)?;
+        if !set.members.contains(identifier) {
+            return None;
+        }
+        cache
+            .declarations
+            .get(identifier)
+            .filter(|d| d.kind == kind)
+            .cloned()
+    }
+
+    /// Stores a batch of reports durably in one transaction: each raw body into the
+    /// enrollment's ring of recent reports, and merged into its state. Reports for one
+    /// enrollment are applied in order.
+    pub fn record_reports(
+        &self,
+        reports: &[(String, StatusReport, Vec<u8>)],
+    ) -> Result<(), BackendError> {
+        let now = now_seconds();
+        let mut connection = relock(self.connection.lock());
+        let transaction = connection.transaction()?;
+        {
+            let mut select = transaction.prepare_cached(
+                "SELECT items, reports FROM device_state WHERE enrollment_id = ?1",
+            )?;
+            let mut upsert = transaction.prepare_cached(
+                "INSERT INTO device_state (enrollment_id, items, errors, reports, last_report) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(enrollment_id) DO UPDATE SET items = ?2, errors = ?3, reports = ?4, last_report = ?5",
+            )?;
+            let mut keep = transaction.prepare_cached(
+                "INSERT OR REPLACE INTO status_reports (enrollment_id, slot, received_at, body) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (enrollment, report, raw) in reports {
+                let stored: Option<(Vec<u8>, i64)> = select
+                    .query_row(params![enrollment], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let (mut items, count) = match stored {
+                    Some((bytes, count)) => (
+                        serde_json::from_slice::<Map<String, Value>>(&bytes).unwrap_or_default(),
+                        count,
+                    ),
+                    None => (Map::new(), 0),
+                };
+                merge(&mut items, report);
+                let items =
+                    serde_json::to_vec(&items).map_err(|e| BackendError::Other(e.to_string()))?;
+                let errors = serde_json::to_vec(&report.errors)
+                    .map_err(|e| BackendError::Other(e.to_string()))?;
+                upsert.execute(params![enrollment, items, errors, count + 1, now])?;
+                keep.execute(params![enrollment, count % REPORT_HISTORY, now, raw])?;
+            }
+        }
+        transaction.commit()?;
+        Ok(())
+    }
+
+    /// Every known enrollment (assigned or reporting) with its state.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, BackendError> {
+        type Row = (String, Option<Vec<u8>>, Option<i64>, Option<i64>);
+        let rows: Vec<Row> = {
+            let connection = relock(self.connection.lock());
+            let mut statement = connection.prepare(
+                "SELECT ids.enrollment_id, s.items, s.last_report, e.assigned_at
+                   FROM (SELECT enrollment_id FROM enrollments
+                         UNION SELECT enrollment_id FROM device_state) AS ids
+                   LEFT JOIN enrollments e ON e.enrollment_id = ids.enrollment_id
+                   LEFT JOIN device_state s ON s.enrollment_id = ids.enrollment_id
+                  ORDER BY ids.enrollment_id",
+            )?;
+            statement
+                .query_map([], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect::<Result<_, _>>()?
+        };
+        let cache = relock(self.cache.read());
+        Ok(rows
+            .into_iter()
+            .map(
+                |(enrollment_id, items, last_report, assigned_at)| DeviceRecord {
+                    assigned: cache
+                        .enrollments
+                        .get(&enrollment_id)
+                        .map(|(s, _)| s.members.iter().cloned().collect())
+                        .unwrap_or_default(),
+                    status: items
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or_default(),
+                    last_report: last_report.map(timestamp),
+                    assigned_at: assigned_at.map(timestamp),
+                    enrollment_id,
+                },
+            )
+            .collect())
+    }
+
+    /// One enrollment's merged status items.
+    pub fn device_items(
+        &self,
+        enrollment_id: &str,
+    ) -> Result<Option<Map<String, Value>>, BackendError> {
+        let connection = relock(self.connection.lock());
+        let bytes: Option<Vec<u8>> = connection
+            .query_row(
+                "SELECT items FROM device_state WHERE enrollment_id = ?1",
+                params![enrollment_id],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// Row counts, for metrics and the store-size benchmark.
+    pub fn counts(&self) -> Result<[(&'static str, i64); 5], BackendError> {
+        let connection = relock(self.connection.lock());
+        let count = |table: &str| -> Result<i64, rusqlite::Error> {
+            connection.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+        };
+        Ok([
+            ("declarations", count("declarations")?),
+            ("sets", count("sets")?),
+            ("enrollments", count("enrollments")?),
+            ("device_state", count("device_state")?),
+            ("status_reports", count("status_reports")?),
+        ])
+    }
+}
+
+fn migrate(connection: &Connection) -> Result<(), BackendError> {
+    let version: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(BackendError::Other(format!(
+            "the database schema is version {version}, newer than this operator knows ({known}); refusing to touch it"
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        connection.execute_batch(&format!(
+            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+            index + 1
+        ))?;
+    }
+    Ok(())
+}
+
+/// A set from its members `(identifier, server token, kind)`, sorted: its token hashes them.
+fn served_set(members: &[(&str, &str, &'static str)]) -> ServedSet {
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(members.len() * 2);
+    for (identifier, token, _) in members {
+        parts.push(identifier.as_bytes());
+        parts.push(token.as_bytes());
+    }
+    let token = content_hash(&parts);
+    let list = |kind: &str| -> Vec<Value> {
+        members
+            .iter()
+            .filter(|(_, _, k)| *k == kind)
+            .map(|(identifier, token, _)| json!({"Identifier": identifier, "ServerToken": token}))
+            .collect()
+    };
+    let items = json!({
+        "Declarations": {
+            "Activations": list("activation"),
+            "Configurations": list("configuration"),
+            "Assets": list("asset"),
+            "Management": list("management"),
+        },
+        "DeclarationsToken": token,
+    });
+    ServedSet {
+        items: serde_json::to_vec(&items).unwrap_or_default(),
+        members: members.iter().map(|(id, _, _)| id.to_string()).collect(),
+        token,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::declarations::{Declaration, ENFORCEMENT_TYPE, activation};
+
+    fn enforcement(version: &str) -> Declaration {
+        Declaration::new(
+            ENFORCEMENT_TYPE,
+            format!("ddm.enforce.{version}"),
+            json!({"TargetOSVersion": version, "TargetLocalDateTime": "2026-09-01T19:00:00"}),
+        )
+    }
+
+    fn assign(enrollment: &str, declarations: &[&Declaration]) -> Assignment {
+        Assignment {
+            enrollment_id: enrollment.into(),
+            identifiers: declarations.iter().map(|d| d.identifier.clone()).collect(),
+        }
+    }
+
+    #[test]
+    fn sets_are_shared_and_unchanged_content_writes_nothing() {
+        let store = Store::in_memory().expect("store");
+        let e = enforcement("26.3.1");
+        let a = activation(&[&e.identifier]);
+        let assignments: Vec<Assignment> = (0..100)
+            .map(|i| assign(&format!("D{i}"), &[&e, &a]))
+            .collect();
+        let first = store
+            .apply(&[e.clone(), a.clone()], &assignments)
+            .expect("apply");
+        assert_eq!(
+            (
+                first.declarations_written,
+                first.sets_written,
+                first.changed.len()
+            ),
+            (2, 1, 100)
+        );
+        let again = store
+            .apply(&[e.clone(), a.clone()], &assignments)
+            .expect("apply");
+        assert_eq!(
+            again,
+            ApplyReport::default(),
+            "a resync with nothing changed writes nothing"
+        );
+
+        let set = store.served_set("D7").expect("assigned");
+        let items: Value = serde_json::from_slice(&set.items).expect("json");
+        assert_eq!(items["DeclarationsToken"], set.token.as_str());
+        assert_eq!(
+            items["Declarations"]["Configurations"][0]["Identifier"],
+            e.identifier.as_str()
+        );
+        assert_eq!(
+            items["Declarations"]["Activations"][0]["ServerToken"],
+            a.server_token.as_str()
+        );
+        assert_eq!(items["Declarations"]["Assets"], json!([]));
+
+        // Only assigned declarations are served, and only under their own kind.
+        assert!(
+            store
+                .served_declaration("D7", "configuration", &e.identifier)
+                .is_some()
+        );
+        assert!(
+            store
+                .served_declaration("D7", "activation", &e.identifier)
+                .is_none()
+        );
+        assert!(
+            store
+                .served_declaration("nobody", "configuration", &e.identifier)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn retargeting_everyone_writes_the_new_declarations_and_one_row_per_device() {
+        let store = Store::in_memory().expect("store");
+        let old = enforcement("26.3");
+        let new = enforcement("26.4");
+        let devices = 1_000;
+        let to = |d: &Declaration| -> Vec<Assignment> {
+            (0..devices)
+                .map(|i| assign(&format!("D{i}"), &[d]))
+                .collect()
+        };
+        store.apply(&[old.clone()], &to(&old)).expect("apply");
+        let report = store.apply(&[new.clone()], &to(&new)).expect("apply");
+        assert_eq!(report.declarations_written, 1);
+        assert_eq!(report.sets_written, 1);
+        assert_eq!(report.changed.len(), devices);
+        let counts = store.counts().expect("counts");
+        assert_eq!(counts[0], ("declarations", 2));
+        assert_eq!(counts[1], ("sets", 2));
+    }
+
+    #[test]
+    fn an_assignment_naming_an_unknown_declaration_changes_nothing() {
+        let store = Store::in_memory().expect("store");
+        let e = enforcement("26.3");
+        let bad = Assignment {
+            enrollment_id: "D1".into(),
+            identifiers: vec!["nowhere".into()],
+        };
+        let result = store.apply(&[e.clone()], &[assign("D0", &[&e]), bad]);
+        assert!(matches!(result, Err(BackendError::UnknownDeclaration(id)) if id == "nowhere"));
+        assert!(
+            store.served_set("D0").is_none(),
+            "no half-applied assignment"
+        );
+        assert_eq!(store.counts().expect("counts")[0], ("declarations", 0));
+    }
+
+    #[test]
+    fn reports_merge_survive_a_reopen_and_history_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        let e = enforcement("26.4");
+        {
+            let store = Store::open(&path).expect("store");
+            store
+                .apply(&[e.clone()], &[assign("D0", &[&e])])
+                .expect("apply");
+            let reports: Vec<(String, StatusReport, Vec<u8>)> = (0..40)
+                .map(|i| {
+                    let raw = format!(r#"{{"StatusItems":{{"softwareupdate":{{"failure-reason":{{"count":{i}}}}}}}}}"#);
+                    let report = StatusReport::from_slice(raw.as_bytes()).expect("report");
+                    ("D0".to_string(), report, raw.into_bytes())
+                })
+                .collect();
+            store.record_reports(&reports).expect("record");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert!(store.served_set("D0").is_some(), "assignments are reloaded");
+        let items = store.device_items("D0").expect("read").expect("state");
+        assert_eq!(items["softwareupdate"]["failure-reason"]["count"], 39);
+        let counts = store.counts().expect("counts");
+        assert_eq!(counts[4], ("status_reports", REPORT_HISTORY));
+        let devices = store.devices().expect("devices");
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].assigned, vec![e.identifier.clone()]);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        drop(Store::open(&path).expect("store"));
+        Connection::open(&path)
+            .and_then(|c| c.pragma_update(None, "user_version", 99))
+            .expect("bump");
+        assert!(Store::open(&path).is_err());
+    }
+}
