@@ -644,8 +644,8 @@ mod tests {
                 .map(|i| assign(&format!("D{i}"), &[d]))
                 .collect()
         };
-        store.apply(&[old.clone()], &to(&old)).expect("apply");
-        let report = store.apply(&[new.clone()], &to(&new)).expect("apply");
+        store.apply(std::slice::from_ref(&old), &to(&old)).expect("apply");
+        let report = store.apply(std::slice::from_ref(&new), &to(&new)).expect("apply");
         assert_eq!(report.declarations_written, 1);
         assert_eq!(report.sets_written, 1);
         assert_eq!(report.changed.len(), devices);
@@ -662,7 +662,7 @@ mod tests {
             enrollment_id: "D1".into(),
             identifiers: vec!["nowhere".into()],
         };
-        let result = store.apply(&[e.clone()], &[assign("D0", &[&e]), bad]);
+        let result = store.apply(std::slice::from_ref(&e), &[assign("D0", &[&e]), bad]);
         assert!(matches!(result, Err(BackendError::UnknownDeclaration(id)) if id == "nowhere"));
         assert!(
             store.served_set("D0").is_none(),
@@ -679,7 +679,7 @@ mod tests {
         {
             let store = Store::open(&path).expect("store");
             store
-                .apply(&[e.clone()], &[assign("D0", &[&e])])
+                .apply(std::slice::from_ref(&e), &[assign("D0", &[&e])])
                 .expect("apply");
             let reports: Vec<(String, StatusReport, Vec<u8>)> = (0..40)
                 .map(|i| {
