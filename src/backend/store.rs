@@ -644,8 +644,12 @@ mod tests {
                 .map(|i| assign(&format!("D{i}"), &[d]))
                 .collect()
         };
-        store.apply(std::slice::from_ref(&old), &to(&old)).expect("apply");
-        let report = store.apply(std::slice::from_ref(&new), &to(&new)).expect("apply");
+        store
+            .apply(std::slice::from_ref(&old), &to(&old))
+            .expect("apply");
+        let report = store
+            .apply(std::slice::from_ref(&new), &to(&new))
+            .expect("apply");
         assert_eq!(report.declarations_written, 1);
         assert_eq!(report.sets_written, 1);
         assert_eq!(report.changed.len(), devices);

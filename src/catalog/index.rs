@@ -225,6 +225,9 @@ pub struct Catalog {
     pub(crate) public: ReleaseSet,
     /// Rapid Security Responses and Background Security Improvements together.
     pub(crate) security: ReleaseSet,
+    /// The day this copy was fetched, when known. Apple rolls expiration dates forward daily,
+    /// so a copy's dates are judged as of that day, not today.
+    as_of: Option<Date>,
 }
 
 /// Each supported device with its own expiration date.
@@ -273,12 +276,25 @@ impl Catalog {
                 ReleaseKind::SecurityImprovement,
                 &earliest,
             ),
+            as_of: None,
         }
     }
 
     /// Parses and indexes a pmv document (or SOFA's wrapper).
     pub fn from_slice(bytes: &[u8]) -> Result<Self, super::ParseError> {
         Ok(Self::from_document(&PmvDocument::from_slice(bytes)?))
+    }
+
+    /// Marks the day this copy was fetched (see [`Catalog::expiry_day`]).
+    pub fn with_as_of(mut self, day: Date) -> Self {
+        self.as_of = Some(day);
+        self
+    }
+
+    /// The day expiration dates are judged on: `today`, or the day the copy was fetched if that
+    /// is earlier (a stale copy's dates would otherwise expire builds Apple still signs).
+    pub fn expiry_day(&self, today: Date) -> Date {
+        self.as_of.map_or(today, |as_of| as_of.min(today))
     }
 
     pub(crate) fn set(&self, asset_set: AssetSet) -> &ReleaseSet {

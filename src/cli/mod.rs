@@ -4,6 +4,7 @@
 mod catalog_cmd;
 mod crds_cmd;
 mod plan_cmd;
+mod run_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,6 +32,8 @@ pub enum Command {
     Plan(plan_cmd::PlanArgs),
     /// Print the CustomResourceDefinitions.
     Crds(crds_cmd::CrdsArgs),
+    /// Run the operator: serve devices and keep their declarations current.
+    Run(run_cmd::RunArgs),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -63,8 +66,12 @@ impl CliError {
 pub fn main(cli: Cli) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(match &cli.command {
+                    Command::Run(_) => "info",
+                    _ => "warn",
+                })
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -72,6 +79,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Catalog(command) => catalog_cmd::run(command),
         Command::Plan(args) => plan_cmd::run(args),
         Command::Crds(args) => crds_cmd::run(args),
+        Command::Run(args) => run_cmd::run(args),
     };
     match result {
         Ok(output) => {

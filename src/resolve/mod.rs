@@ -208,7 +208,9 @@ pub fn resolve(input: Input<'_>) -> Plan {
         })
         .collect();
 
-    let today = input.now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let today = input
+        .catalog
+        .expiry_day(input.now.to_zoned(jiff::tz::TimeZone::UTC).date());
     let mut table = Declarations::default();
     let mut generated: BTreeMap<(usize, usize, Platform, String, DateTime), GeneratedTarget> =
         BTreeMap::new();
@@ -503,14 +505,23 @@ fn policy_candidate(
         delay,
         input.now,
     );
-    if chosen.expires.is_some_and(|e| e < at.date()) {
+    // A stale copy's expiration dates lag by its age (Apple rolls them forward daily): compare
+    // deadlines moved back by the same amount.
+    let real_today = input.now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let lag = real_today.since(today).map(|s| s.get_days()).unwrap_or(0);
+    let signed_on = |day: jiff::civil::Date, expires: Option<jiff::civil::Date>| {
+        let day = day.checked_sub(jiff::Span::new().days(lag)).unwrap_or(day);
+        expires.is_none_or(|e| e >= day)
+    };
+    if !signed_on(at.date(), chosen.expires) {
         // The deadline falls after the build stops being signed: take a newer release that is
         // still signed then, or move the deadline to the last day it is.
         let later = input.catalog.candidates(os, &query).into_iter().find(|c| {
             !c.two_step
-                && c.expires.is_none_or(|e| {
-                    e >= deadline(&policy.deadline, c.release.posting_date, delay, input.now).date()
-                })
+                && signed_on(
+                    deadline(&policy.deadline, c.release.posting_date, delay, input.now).date(),
+                    c.expires,
+                )
         });
         match later {
             Some(later) => {

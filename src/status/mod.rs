@@ -2,6 +2,8 @@
 //! device's state (a `FullReport` replaces it), and reading the items the operator uses. Pure:
 //! the store persists what this computes.
 
+pub mod bucket;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

@@ -1,0 +1,156 @@
+//! `ddm-update-operator run`: the operator's main job. With `--manifests`, standalone on a
+//! folder (a Git checkout) with the embedded DDM backend; no cluster, no external MDM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::CliError;
+use crate::backend::nanomdm::NanoMdmConfig;
+use crate::catalog::fetch::DEFAULT_URL;
+use crate::run::{CatalogSource, RunConfig};
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Folder of updates.ddm.dev manifests (a Git checkout); re-read when it changes.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// The catalog: Apple's URL (fetched daily, last good copy cached) or a pmv file.
+    #[arg(long, default_value = DEFAULT_URL)]
+    catalog: String,
+    /// How often the catalog is fetched again (Apple asks for no more than daily).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    catalog_refresh: Duration,
+    /// PEM roots trusted for the catalog host (default: the embedded Apple Root CA).
+    #[arg(long, value_name = "PEM")]
+    catalog_roots: Option<PathBuf>,
+    /// Where the catalog cache and the default database live.
+    #[arg(long, default_value = ".ddm-update-operator")]
+    data_dir: PathBuf,
+    /// `sqlite://PATH` (default: `ddm.sqlite` in the data dir).
+    #[arg(long)]
+    database: Option<String>,
+    /// Devices to seed from a YAML/JSON inventory (default: `inventory.yaml` next to the
+    /// manifests folder, when there is one). Devices are also learned from their reports.
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Path prefix of the DDM endpoints (point NanoMDM's `-dm` at `http://HOST/ddm/`).
+    #[arg(long, default_value = "/ddm/")]
+    base_path: String,
+    /// File with the key NanoMDM signs `-dm` requests with (`-dm-send-hmac-key`); requests
+    /// without a valid signature are refused.
+    #[arg(long, value_name = "FILE")]
+    dm_receive_key_file: Option<PathBuf>,
+    /// File with the key our responses are signed with (NanoMDM's `-dm-recv-hmac-key`).
+    #[arg(long, value_name = "FILE")]
+    dm_send_key_file: Option<PathBuf>,
+    /// NanoMDM's API base URL, to trigger syncs after a device's set changes.
+    #[arg(long)]
+    nanomdm_url: Option<String>,
+    /// File with NanoMDM's API key.
+    #[arg(long, value_name = "FILE", requires = "nanomdm_url")]
+    nanomdm_api_key_file: Option<PathBuf>,
+    /// How often the manifests folder is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Take devices learned from DDM reports as supervised (ADE fleets are) unless the
+    /// inventory says otherwise.
+    #[arg(long)]
+    assume_supervised: bool,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    value
+        .parse::<jiff::SignedDuration>()
+        .ok()
+        .and_then(|d| Duration::try_from(d).ok())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{value:?} is not a positive duration like 2s, 10m or 24h"))
+}
+
+fn read_key(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
+    path.map(|p| {
+        std::fs::read(p)
+            .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
+            .map_err(|e| CliError::Unreadable(format!("{}: {e}", p.display())))
+    })
+    .transpose()
+}
+
+pub fn run(args: RunArgs) -> Result<String, CliError> {
+    let Some(manifests) = args.manifests.clone() else {
+        return Err(CliError::Unreadable(
+            "Kubernetes mode is not available in this build yet; pass --manifests DIR to run standalone".into(),
+        ));
+    };
+    if !manifests.is_dir() {
+        return Err(CliError::Unreadable(format!(
+            "{}: not a folder",
+            manifests.display()
+        )));
+    }
+    let database = match &args.database {
+        Some(url) => PathBuf::from(url.strip_prefix("sqlite://").ok_or_else(|| {
+            CliError::Unreadable(format!(
+                "--database {url:?}: only sqlite://PATH is supported"
+            ))
+        })?),
+        None => args.data_dir.join("ddm.sqlite"),
+    };
+    let inventory = args.inventory.clone().or_else(|| {
+        let beside = manifests.parent()?.join("inventory.yaml");
+        beside.is_file().then(|| {
+            eprintln!("seeding devices from {}", beside.display());
+            beside
+        })
+    });
+    let catalog = if args.catalog.starts_with("https://") || args.catalog.starts_with("http://") {
+        CatalogSource::Url(args.catalog.clone())
+    } else {
+        CatalogSource::File(PathBuf::from(&args.catalog))
+    };
+    let nanomdm = match (
+        &args.nanomdm_url,
+        read_key(args.nanomdm_api_key_file.as_ref())?,
+    ) {
+        (Some(url), key) => Some(NanoMdmConfig::new(
+            url.clone(),
+            String::from_utf8_lossy(&key.unwrap_or_default()),
+        )),
+        (None, _) => None,
+    };
+    let config = RunConfig {
+        manifests,
+        catalog,
+        catalog_roots: args
+            .catalog_roots
+            .as_ref()
+            .map(|p| {
+                std::fs::read(p).map_err(|e| CliError::Unreadable(format!("{}: {e}", p.display())))
+            })
+            .transpose()?,
+        catalog_refresh: args.catalog_refresh,
+        data_dir: args.data_dir.clone(),
+        database,
+        inventory,
+        listen: args.listen,
+        base_path: args.base_path.clone(),
+        receive_key: read_key(args.dm_receive_key_file.as_ref())?,
+        send_key: read_key(args.dm_send_key_file.as_ref())?,
+        nanomdm,
+        poll_interval: args.poll_interval,
+        assume_supervised: args.assume_supervised,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Unreadable(format!("cannot start the async runtime: {e}")))?;
+    runtime
+        .block_on(crate::run::run(config))
+        .map_err(|e| CliError::Unreadable(e.to_string()))?;
+    Ok(String::new())
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics (prometheus-client): what platform teams alert on.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+    code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub source: String,
+    pub state: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    registry: Registry,
+    ddm_requests: Family<EndpointLabels, Counter>,
+    status_reports: Counter,
+    resolve_passes: Counter,
+    resolve_failures: Counter,
+    resolve_seconds: Histogram,
+    backend_writes: Counter,
+    catalog_fetch_failures: Counter,
+    catalog_posted_age_seconds: Gauge,
+    pub devices: Family<StateLabels, Gauge>,
+    distinct_declarations: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ddm_update_operator");
+        let ddm_requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "ddm_requests",
+            "DDM check-in requests by endpoint and HTTP status",
+            ddm_requests.clone(),
+        );
+        let status_reports = Counter::default();
+        registry.register(
+            "status_reports",
+            "Status reports durably stored",
+            status_reports.clone(),
+        );
+        let resolve_passes = Counter::default();
+        registry.register(
+            "resolve_passes",
+            "Resolver passes run",
+            resolve_passes.clone(),
+        );
+        let resolve_failures = Counter::default();
+        registry.register(
+            "resolve_failures",
+            "Resolver passes that could not be applied",
+            resolve_failures.clone(),
+        );
+        let resolve_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "resolve_duration_seconds",
+            "Time to resolve and apply one pass",
+            resolve_seconds.clone(),
+        );
+        let backend_writes = Counter::default();
+        registry.register(
+            "backend_assignment_changes",
+            "Enrollments whose declaration set changed",
+            backend_writes.clone(),
+        );
+        let catalog_fetch_failures = Counter::default();
+        registry.register(
+            "catalog_fetch_failures",
+            "Catalog fetches refused or failed",
+            catalog_fetch_failures.clone(),
+        );
+        let catalog_posted_age_seconds = Gauge::default();
+        registry.register(
+            "catalog_age_seconds",
+            "Seconds since the catalog in use was fetched (or since its newest posting date when loaded from a file)",
+            catalog_posted_age_seconds.clone(),
+        );
+        let devices = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "devices",
+            "Devices per resource and state bucket",
+            devices.clone(),
+        );
+        let distinct_declarations = Gauge::default();
+        registry.register(
+            "distinct_declarations",
+            "Distinct declarations in the last pass",
+            distinct_declarations.clone(),
+        );
+        Metrics {
+            registry,
+            ddm_requests,
+            status_reports,
+            resolve_passes,
+            resolve_failures,
+            resolve_seconds,
+            backend_writes,
+            catalog_fetch_failures,
+            catalog_posted_age_seconds,
+            devices,
+            distinct_declarations,
+        }
+    }
+
+    pub fn ddm_request(&self, endpoint: &'static str, code: u16) {
+        self.ddm_requests
+            .get_or_create(&EndpointLabels { endpoint, code })
+            .inc();
+    }
+
+    pub fn status_report(&self) {
+        self.status_reports.inc();
+    }
+
+    pub fn resolve_pass(&self, seconds: f64, ok: bool, changed: usize, declarations: usize) {
+        self.resolve_passes.inc();
+        if !ok {
+            self.resolve_failures.inc();
+        }
+        self.resolve_seconds.observe(seconds);
+        self.backend_writes.inc_by(changed as u64);
+        self.distinct_declarations
+            .set(i64::try_from(declarations).unwrap_or(i64::MAX));
+    }
+
+    pub fn catalog_fetch_failed(&self) {
+        self.catalog_fetch_failures.inc();
+    }
+
+    pub fn catalog_age(&self, seconds: i64) {
+        self.catalog_posted_age_seconds.set(seconds);
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,66 @@
+//! HTTP: the DDM endpoints, health and readiness, Prometheus metrics, and a read-only JSON API
+//! of resolved status. axum, bound to the configured address.
+
+pub mod ddm;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio::sync::RwLock;
+
+/// What the non-DDM routes read.
+pub struct AppState {
+    pub metrics: Arc<metrics::Metrics>,
+    /// Set once the first resolver pass has been applied.
+    pub ready: AtomicBool,
+    /// The last resolved status, as served by `GET /api/v1/status`.
+    pub status: RwLock<serde_json::Value>,
+}
+
+/// The whole router: DDM under `base_path` (such as `/ddm`), the rest at the root.
+pub fn router(base_path: &str, ddm_state: Arc<ddm::DdmState>, app: Arc<AppState>) -> Router {
+    let base = format!("/{}", base_path.trim_matches('/'));
+    let ddm = ddm::router(ddm_state).layer(DefaultBodyLimit::max(ddm::MAX_BODY_BYTES));
+    let app_routes = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/api/v1/status", get(status_json))
+        .with_state(app);
+    if base == "/" {
+        app_routes.merge(ddm)
+    } else {
+        app_routes.nest(&base, ddm)
+    }
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    if app.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no resolver pass applied yet\n",
+        )
+    }
+}
+
+async fn metrics_text(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+}
+
+async fn status_json(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(app.status.read().await.clone())
+}

@@ -1,0 +1,504 @@
+//! Standalone mode: the operator on a folder of manifests (a Git checkout), with the embedded
+//! backend and no cluster. One loop owns the resolver pass — the one writer of every device's
+//! set — and re-runs it when the folder changes, when the catalog is refreshed, and when devices
+//! report something the resolution depends on.
+
+mod devices;
+mod report;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::api::validate::{Checked, check_all};
+use crate::backend::embedded::Embedded;
+use crate::backend::nanomdm::{NanoMdmConfig, SyncTrigger};
+use crate::backend::store::Store;
+use crate::backend::{Assignment, Backend};
+use crate::catalog::fetch::{FetchConfig, Fetcher, LastGood, Refresh};
+use crate::catalog::{Catalog, PmvDocument, guard};
+use crate::declarations::{self, Declaration};
+use crate::http::metrics::Metrics;
+use crate::http::{AppState, ddm};
+use crate::inventory::Device;
+use crate::resolve::{self, Input};
+
+/// The catalog shipped with the binary (examples/catalog/pmv.json, Apple's answer of
+/// 2026-08-22): the last resort when Apple is unreachable and nothing was cached.
+pub const SHIPPED_CATALOG: &[u8] = include_bytes!("../../examples/catalog/pmv.json");
+
+/// Where the catalog comes from.
+#[derive(Debug, Clone)]
+pub enum CatalogSource {
+    /// Fetched and refreshed, with the last good copy cached on disk.
+    Url(String),
+    /// A fixed file.
+    File(PathBuf),
+}
+
+/// Everything `run` is configured with.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub manifests: PathBuf,
+    pub catalog: CatalogSource,
+    /// PEM roots trusted for the catalog host (default: Apple Root CA).
+    pub catalog_roots: Option<Vec<u8>>,
+    pub catalog_refresh: Duration,
+    pub data_dir: PathBuf,
+    pub database: PathBuf,
+    pub inventory: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub base_path: String,
+    pub receive_key: Option<Vec<u8>>,
+    pub send_key: Option<Vec<u8>>,
+    pub nanomdm: Option<NanoMdmConfig>,
+    /// How often the manifest folder is checked for changes.
+    pub poll_interval: Duration,
+    /// Devices learned from DDM reports are taken as supervised (ADE fleets are) unless the
+    /// inventory says otherwise.
+    pub assume_supervised: bool,
+}
+
+/// Why `run` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("serving HTTP: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// The catalog in use and where it came from, for status.
+struct CatalogState {
+    catalog: Arc<Catalog>,
+    document: PmvDocument,
+    origin: String,
+    problem: Option<String>,
+}
+
+/// Runs until the process is stopped.
+pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    let engine = Engine::start(config).await?;
+    engine.serve().await
+}
+
+/// A running operator: the HTTP server plus the resolver loop.
+pub struct Engine {
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    loop_task: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Opens the store, binds the listener, runs the first pass and starts the loop.
+    pub async fn start(config: RunConfig) -> Result<Self, RunError> {
+        let store =
+            Arc::new(Store::open(&config.database).map_err(|e| RunError::Setup(e.to_string()))?);
+        let http_client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let sync = config
+            .nanomdm
+            .clone()
+            .map(|c| SyncTrigger::start(c, http_client));
+        let backend = Embedded::new(store.clone(), sync);
+        let metrics = Arc::new(Metrics::new());
+        let (reported_tx, reported_rx) = mpsc::unbounded_channel();
+        let ddm_state = Arc::new(ddm::DdmState {
+            store: store.clone(),
+            reports: backend.reports.clone(),
+            receive_key: config.receive_key.clone(),
+            send_key: config.send_key.clone(),
+            bootstrap: bootstrap_declarations(),
+            reported: reported_tx,
+            metrics: metrics.clone(),
+        });
+        let app = Arc::new(AppState {
+            metrics: metrics.clone(),
+            ready: Default::default(),
+            status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
+        });
+        let router = crate::http::router(&config.base_path, ddm_state, app.clone());
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        tracing::info!(address = %listener.local_addr()?, base = %config.base_path, "serving DDM");
+
+        let mut engine_loop = Loop {
+            catalog: load_catalog(&config, &metrics).await,
+            config,
+            backend,
+            metrics,
+            app,
+            checked: None,
+            manifest_problems: Vec::new(),
+            notices: Vec::new(),
+            fingerprint: 0,
+            seed: Vec::new(),
+        };
+        engine_loop.reload_inventory();
+        engine_loop.reload_manifests();
+        engine_loop.pass().await;
+        let loop_task = tokio::spawn(engine_loop.run(reported_rx));
+        Ok(Engine {
+            listener,
+            router,
+            loop_task,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub async fn serve(self) -> Result<(), RunError> {
+        let result = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await;
+        self.loop_task.abort();
+        result.map_err(RunError::Serve)
+    }
+}
+
+/// A new enrollment's first set: subscriptions to what every DDM device can report, so the
+/// resolver learns its model and OS, and an activation for them.
+pub fn bootstrap_declarations() -> Vec<Declaration> {
+    let items: Vec<serde_json::Value> = declarations::STATUS_ITEMS
+        .iter()
+        // Only items every DDM platform offers; the resolved set adds the rest per OS.
+        .filter(|(_, availability)| availability.iter().all(Option::is_some))
+        .map(|(name, _)| serde_json::json!({ "Name": name }))
+        .collect();
+    let subscriptions = Declaration::hashed(
+        declarations::SUBSCRIPTIONS_TYPE,
+        "ddm.status",
+        serde_json::json!({ "StatusItems": items }),
+    );
+    let activation = declarations::activation(&[&subscriptions.identifier]);
+    vec![subscriptions, activation]
+}
+
+async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
+    let shipped = || {
+        let document = PmvDocument::from_slice(SHIPPED_CATALOG).unwrap_or_default();
+        CatalogState {
+            catalog: Arc::new(Catalog::from_document(&document).with_as_of(jiff::civil::date(2026, 8, 22))),
+            document,
+            origin: "the catalog shipped with the operator (2026-08-22); expiration dates are judged as of that day".into(),
+            problem: None,
+        }
+    };
+    match &config.catalog {
+        CatalogSource::File(path) => match std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| PmvDocument::from_slice(&b).map_err(|e| e.to_string()))
+            .and_then(|d| {
+                guard::check_not_empty(&d)
+                    .map(|()| d)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(document) => CatalogState {
+                catalog: Arc::new(Catalog::from_document(&document)),
+                document,
+                origin: path.display().to_string(),
+                problem: None,
+            },
+            Err(why) => {
+                tracing::error!(path = %path.display(), %why, "catalog file unusable; using the shipped catalog");
+                CatalogState {
+                    problem: Some(format!("{}: {why}", path.display())),
+                    ..shipped()
+                }
+            }
+        },
+        CatalogSource::Url(url) => {
+            let store = LastGood::new(config.data_dir.join("catalog"));
+            let mut fetch = FetchConfig {
+                url: url.clone(),
+                ..FetchConfig::default()
+            };
+            if let Some(roots) = &config.catalog_roots {
+                fetch.trusted_roots_pem = roots.clone();
+            }
+            let outcome = match Fetcher::new(fetch) {
+                Ok(fetcher) => crate::catalog::fetch::refresh(&fetcher, &store).await,
+                Err(e) => Err(e),
+            };
+            let problem = match &outcome {
+                Ok(_) => None,
+                Err(error) => {
+                    metrics.catalog_fetch_failed();
+                    tracing::warn!(%error, "catalog fetch failed");
+                    Some(error.to_string())
+                }
+            };
+            match (outcome, store.load()) {
+                (Ok(Refresh::Updated(document)), _) => CatalogState {
+                    catalog: Arc::new(Catalog::from_document(&document)),
+                    document: *document,
+                    origin: url.clone(),
+                    problem: None,
+                },
+                (_, Ok(Some((_, document)))) => CatalogState {
+                    catalog: Arc::new(match store.meta().fetched_at {
+                        Some(at) => {
+                            Catalog::from_document(&document).with_as_of(crate::cli::utc_date(at))
+                        }
+                        None => Catalog::from_document(&document),
+                    }),
+                    document,
+                    origin: format!(
+                        "the last good copy of {url} in {}",
+                        store.body_path().display()
+                    ),
+                    problem,
+                },
+                _ => {
+                    tracing::warn!(
+                        "Apple's catalog is unreachable and nothing is cached: using the shipped catalog of 2026-08-22"
+                    );
+                    CatalogState {
+                        problem,
+                        ..shipped()
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The resolver loop's state.
+struct Loop {
+    config: RunConfig,
+    backend: Embedded,
+    metrics: Arc<Metrics>,
+    app: Arc<AppState>,
+    catalog: CatalogState,
+    /// The last valid resources: an invalid change keeps them in force.
+    checked: Option<Checked>,
+    manifest_problems: Vec<String>,
+    notices: Vec<String>,
+    fingerprint: u64,
+    /// Devices from the inventory file.
+    seed: Vec<Device>,
+}
+
+impl Loop {
+    async fn run(mut self, mut reported: mpsc::UnboundedReceiver<String>) {
+        let mut poll = tokio::time::interval(self.config.poll_interval);
+        let mut refresh = tokio::time::interval(self.config.catalog_refresh);
+        refresh.tick().await; // the first tick fires at once; the catalog was just loaded
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    if self.reload_manifests() {
+                        self.pass().await;
+                    }
+                }
+                _ = refresh.tick() => {
+                    if matches!(self.config.catalog, CatalogSource::Url(_)) {
+                        self.catalog = load_catalog(&self.config, &self.metrics).await;
+                        self.pass().await;
+                    }
+                }
+                Some(_) = reported.recv() => {
+                    // Debounce: gather what else reports within half a second, then one pass.
+                    let deadline = tokio::time::sleep(Duration::from_millis(500));
+                    tokio::pin!(deadline);
+                    loop {
+                        tokio::select! {
+                            more = reported.recv() => if more.is_none() { break },
+                            () = &mut deadline => break,
+                        }
+                    }
+                    self.pass().await;
+                }
+            }
+        }
+    }
+
+    fn reload_inventory(&mut self) {
+        let Some(path) = &self.config.inventory else {
+            return;
+        };
+        match std::fs::read_to_string(path)
+            .map_err(|e| vec![e.to_string()])
+            .and_then(|t| crate::inventory::parse(&t))
+        {
+            Ok(devices) => self.seed = devices,
+            Err(problems) => {
+                for problem in problems {
+                    tracing::error!(path = %path.display(), %problem, "inventory");
+                }
+            }
+        }
+    }
+
+    /// Re-reads the folder if anything in it changed; true when the resources changed.
+    fn reload_manifests(&mut self) -> bool {
+        let fingerprint = folder_fingerprint(&self.config.manifests);
+        if fingerprint == self.fingerprint && self.checked.is_some() {
+            return false;
+        }
+        self.fingerprint = fingerprint;
+        let loaded = crate::manifests::load(std::slice::from_ref(&self.config.manifests))
+            .map_err(|e| match e {
+                crate::manifests::LoadError::Unreadable(why) => vec![why],
+                crate::manifests::LoadError::Invalid(problems) => problems,
+            })
+            .and_then(|m| {
+                self.notices = m.notices.clone();
+                check_all(&m.fleet_groups, &m.policies, &m.targets)
+            });
+        match loaded {
+            Ok(checked) => {
+                self.checked = Some(checked);
+                self.manifest_problems.clear();
+                true
+            }
+            Err(problems) => {
+                for problem in &problems {
+                    tracing::error!(%problem, "manifests invalid; the last valid resources stay in force");
+                }
+                self.manifest_problems = problems;
+                false
+            }
+        }
+    }
+
+    /// One resolver pass over every known device, applied to the backend.
+    async fn pass(&mut self) {
+        let started = Instant::now();
+        let Some(checked) = &self.checked else {
+            self.publish(None, &[], &[]).await;
+            return;
+        };
+        let records = match self.backend.devices().await {
+            Ok(records) => records,
+            Err(error) => {
+                tracing::error!(%error, "cannot read devices");
+                self.metrics
+                    .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
+                return;
+            }
+        };
+        let devices = devices::merge(&self.seed, &records, self.config.assume_supervised);
+        let plan = resolve::resolve(Input {
+            groups: &checked.groups,
+            policies: &checked.policies,
+            targets: &checked.targets,
+            devices: &devices,
+            catalog: &self.catalog.catalog,
+            now: jiff::Timestamp::now(),
+        });
+        let assignments: Vec<Assignment> = devices
+            .iter()
+            .zip(&plan.devices)
+            .filter(|(_, outcome)| !outcome.declarations.is_empty())
+            .map(|(device, outcome)| Assignment {
+                enrollment_id: device.enrollment_id.clone(),
+                identifiers: outcome
+                    .declarations
+                    .iter()
+                    .map(|i| plan.declarations[*i as usize].identifier.clone())
+                    .collect(),
+            })
+            .collect();
+        let applied = self.backend.apply(&plan.declarations, &assignments).await;
+        let ok = applied.is_ok();
+        let changed = match &applied {
+            Ok(report) => report.changed.len(),
+            Err(error) => {
+                tracing::error!(%error, reason = error.reason(), "cannot apply the pass; devices keep what they had");
+                0
+            }
+        };
+        self.metrics.resolve_pass(
+            started.elapsed().as_secs_f64(),
+            ok,
+            changed,
+            plan.declarations.len(),
+        );
+        if ok {
+            self.app.ready.store(true, Ordering::Release);
+        }
+        let records = self.backend.devices().await.unwrap_or(records);
+        self.publish(Some(&plan), &devices, &records).await;
+    }
+
+    async fn publish(
+        &self,
+        plan: Option<&resolve::Plan>,
+        devices: &[Device],
+        records: &[crate::backend::DeviceRecord],
+    ) {
+        let by_id: HashMap<&str, &crate::backend::DeviceRecord> = records
+            .iter()
+            .map(|r| (r.enrollment_id.as_str(), r))
+            .collect();
+        let mut status = match (plan, &self.checked) {
+            (Some(plan), Some(checked)) => report::status(
+                checked,
+                devices,
+                plan,
+                &by_id,
+                jiff::Timestamp::now(),
+                &self.metrics,
+            ),
+            _ => serde_json::json!({}),
+        };
+        if let serde_json::Value::Object(map) = &mut status {
+            map.insert(
+                "ready".into(),
+                self.app.ready.load(Ordering::Acquire).into(),
+            );
+            map.insert(
+                "manifestProblems".into(),
+                serde_json::json!(self.manifest_problems),
+            );
+            map.insert("notices".into(), serde_json::json!(self.notices));
+            map.insert(
+                "catalog".into(),
+                serde_json::json!({
+                    "origin": self.catalog.origin,
+                    "problem": self.catalog.problem,
+                    "entries": self.catalog.document.entry_counts().iter()
+                        .map(|(set, platform, n)| (format!("{set}.{platform}"), *n))
+                        .collect::<BTreeMap<_, _>>(),
+                }),
+            );
+        }
+        *self.app.status.write().await = status;
+    }
+}
+
+/// A cheap fingerprint of every file under the folder (path, size, modification time).
+fn folder_fingerprint(root: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut stack = vec![root.to_path_buf()];
+    let mut entries = Vec::new();
+    while let Some(dir) = stack.pop() {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            dir.hash(&mut hasher);
+            continue;
+        };
+        for entry in read.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(meta) = entry.metadata() {
+                entries.push((path, meta.len(), meta.modified().ok()));
+            }
+        }
+    }
+    entries.sort();
+    entries.hash(&mut hasher);
+    hasher.finish()
+}
