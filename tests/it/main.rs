@@ -2,3 +2,6 @@
 mod apple_schema;
 mod catalog_fetch;
 mod catalog_snapshots;
+mod plan_examples;
+mod ddm_http;
+mod durability;

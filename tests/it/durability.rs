@@ -1,0 +1,140 @@
+//! Killing the operator mid-run loses no status report it acknowledged: the real binary in
+//! standalone mode, concurrent devices reporting, SIGKILL, then the database is checked.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ddm_update_operator::backend::store::Store;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+struct Operator {
+    child: Child,
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn start(data_dir: &std::path::Path, port: u16) -> Operator {
+    let child = Command::new(BINARY)
+        .args(["run", "--manifests", &format!("{ROOT}/examples/gitops")])
+        .args([
+            "--catalog",
+            &format!("{ROOT}/tests/fixtures/gdmf/pmv-2026-08-22.json"),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the operator starts");
+    Operator { child }
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the operator did not become ready within 30 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_process_loses_no_acknowledged_report() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut operator = start(dir.path(), port);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    wait_ready(&client, &base).await;
+
+    const DEVICES: usize = 48;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acknowledged: Arc<Vec<AtomicU64>> =
+        Arc::new((0..DEVICES).map(|_| AtomicU64::new(0)).collect());
+    let mut tasks = Vec::new();
+    for device in 0..DEVICES {
+        let (client, base, stop, acknowledged) = (
+            client.clone(),
+            base.clone(),
+            stop.clone(),
+            acknowledged.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            // Bounded: at most 10,000 reports per device, and only until the kill.
+            while !stop.load(Ordering::Relaxed) && count < 10_000 {
+                count += 1;
+                let body = format!(
+                    r#"{{"StatusItems":{{"softwareupdate":{{"install-state":"downloading","failure-reason":{{"count":{count}}}}}}},"Errors":[]}}"#
+                );
+                let sent = client
+                    .put(format!("{base}/ddm/status"))
+                    .header("X-Enrollment-ID", format!("KILL-{device}"))
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(response) if response.status() == 200 => acknowledged[device].store(count, Ordering::SeqCst),
+                    _ => break,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    operator.child.kill().expect("SIGKILL");
+    let _ = operator.child.wait();
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        let _ = task.await;
+    }
+
+    let total: u64 = acknowledged.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    assert!(
+        total > 100,
+        "the test must have stored a meaningful number of reports ({total})"
+    );
+    eprintln!("{total} reports acknowledged before the kill");
+    let store =
+        Store::open(&dir.path().join("ddm.sqlite")).expect("the database opens after a kill");
+    for (device, acked) in acknowledged.iter().enumerate() {
+        let acked = acked.load(Ordering::SeqCst);
+        let items = store
+            .device_items(&format!("KILL-{device}"))
+            .expect("readable")
+            .unwrap_or_default();
+        let stored = items
+            .get("softwareupdate")
+            .and_then(|s| s.get("failure-reason"))
+            .and_then(|f| f.get("count"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        assert!(
+            stored >= acked,
+            "KILL-{device}: report {acked} was acknowledged but the store holds {stored}"
+        );
+    }
+}
