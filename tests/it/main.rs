@@ -5,3 +5,4 @@ mod catalog_snapshots;
 mod plan_examples;
 mod ddm_http;
 mod durability;
+mod nanomdm_sync;
