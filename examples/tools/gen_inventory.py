@@ -182,7 +182,8 @@ class Fleet:
         while True:
             if chip is None:  # Intel Mac: an RFC 4122 UUID
                 h = "".join(self.rng.choice("0123456789ABCDEF") for _ in range(32))
-                value = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{h[16:20]}-{h[20:]}"
+                variant = "89AB"[int(h[16], 16) % 4]
+                value = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
             else:  # Apple silicon and iOS: ECID form
                 value = chip + "-" + "".join(self.rng.choice("0123456789ABCDEF") for _ in range(16))
             if value not in self.ids:
