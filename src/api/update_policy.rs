@@ -61,7 +61,11 @@ pub struct UpdatePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment: Option<EnrollmentGate>,
     /// A page about the enforced update, shown on the device.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "detailsURL",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 2048))]
     pub details_url: Option<String>,
     /// Stop changing what devices get, without withdrawing anything.
@@ -196,7 +200,11 @@ pub struct SettingsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rapid_security_response: Option<RapidSecurityResponseSettings>,
     /// macOS: standard (non-admin) users may install major and minor updates.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "allowStandardUserOSUpdates",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub allow_standard_user_os_updates: Option<bool>,
     /// iOS: beta program enrollment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,7 +235,11 @@ pub struct Deferrals {
 pub struct AutomaticActions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download: Option<SwitchSetting>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "installOSUpdates",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub install_os_updates: Option<SwitchSetting>,
     /// macOS only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -141,11 +141,35 @@ struct Checker {
 }
 
 impl Checker {
+    /// Starts checking an object; its name and namespace are checked first (and shortened in
+    /// messages, so a hostile name is not echoed back megabytes long).
     fn new(kind: &str, key: &ObjectKey) -> Self {
-        Checker {
-            object: format!("{kind} {key}"),
+        let mut checker = Checker {
+            object: format!(
+                "{kind} {}/{}",
+                truncate(&key.namespace),
+                truncate(&key.name)
+            ),
             problems: Vec::new(),
+        };
+        checker.name("metadata.name", &key.name);
+        let namespace_ok = !key.namespace.is_empty()
+            && key.namespace.len() <= 63
+            && key
+                .namespace
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && key
+                .namespace
+                .starts_with(|c: char| c.is_ascii_alphanumeric())
+            && key.namespace.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !namespace_ok {
+            checker.fail(
+                "metadata.namespace",
+                "must be a DNS label: 1 to 63 lowercase letters, digits or '-'",
+            );
         }
+        checker
     }
 
     fn fail(&mut self, field: impl Into<String>, why: impl Into<String>) {
@@ -182,7 +206,13 @@ impl Checker {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
             && value.starts_with(|c: char| c.is_ascii_alphanumeric());
         if !ok && value.len() <= 253 && !value.trim().is_empty() {
-            self.fail(field, format!("{value:?} is not a valid object name"));
+            self.fail(
+                field,
+                format!(
+                    "{:?} is not a valid object name (lowercase letters, digits, '-' and '.')",
+                    truncate(value)
+                ),
+            );
         }
         ok
     }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use settings::{MergedSettings, settings_payload, settings_supported};
-pub use subscriptions::{STATUS_ITEMS, status_items_for};
+pub use subscriptions::{STATUS_ITEMS, ddm_supported, status_items_for, status_items_for_device};
 
 use crate::catalog::{OsVersion, Platform};
 use crate::inventory::{Device, EnrollmentType};
@@ -177,7 +177,7 @@ pub fn enforcement(
 
 /// The status subscriptions declaration for the items this device's OS offers.
 pub fn status_subscriptions(device: &Device) -> Declaration {
-    let items: Vec<serde_json::Value> = status_items_for(device.platform, &device.os_version)
+    let items: Vec<serde_json::Value> = status_items_for_device(device)
         .map(|name| serde_json::json!({ "Name": name }))
         .collect();
     Declaration::hashed(

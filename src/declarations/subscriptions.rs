@@ -2,6 +2,7 @@
 //! Apple's status schemas; the schema test checks this table against them).
 
 use crate::catalog::{OsVersion, Platform};
+use crate::inventory::{Device, EnrollmentType};
 
 /// (item, [iOS, macOS, tvOS, visionOS, watchOS] introduced; `None` where unavailable).
 type Availability = [Option<&'static str>; 5];
@@ -184,4 +185,36 @@ pub fn status_items_for(
         let introduced: OsVersion = availability[column(platform)]?.parse().ok()?;
         (base >= introduced).then_some(*name)
     })
+}
+
+/// The items this device may subscribe to: available on its OS and allowed for its enrollment.
+/// Apple allows `softwareupdate.*` only on supervised or device enrollments (supervised on
+/// macOS), and the serial number not on user enrollments.
+pub fn status_items_for_device(device: &Device) -> impl Iterator<Item = &'static str> + '_ {
+    let user = device.enrollment_type == EnrollmentType::User;
+    let unsupervised_mac = device.platform == Platform::MacOs && !device.supervised;
+    status_items_for(device.platform, &device.os_version).filter(move |name| {
+        if name.starts_with("softwareupdate.") {
+            !user && !unsupervised_mac
+        } else if *name == "device.identifier.serial-number" {
+            !user
+        } else {
+            true
+        }
+    })
+}
+
+/// Declarative Device Management itself: iOS/iPadOS 15, macOS 13, tvOS 16, visionOS 1.1,
+/// watchOS 10. Older devices get no declarations at all.
+pub fn ddm_supported(device: &Device) -> bool {
+    let introduced = match device.platform {
+        Platform::Ios | Platform::IpadOs => "15.0",
+        Platform::MacOs => "13.0",
+        Platform::TvOs | Platform::AudioOs => "16.0",
+        Platform::VisionOs => "1.1",
+        Platform::WatchOs => "10.0",
+    };
+    introduced
+        .parse::<OsVersion>()
+        .is_ok_and(|introduced| device.os_version.base() >= introduced)
 }

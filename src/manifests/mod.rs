@@ -135,6 +135,20 @@ pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &
             .and_then(|m| m.get("name"))
             .and_then(|n| n.as_str())
             .unwrap_or("<unnamed>");
+        // A hostile name must not be echoed back megabytes long.
+        let name: String = if name.len() > 64 {
+            format!("{}…", name.chars().take(64).collect::<String>())
+        } else {
+            name.to_string()
+        };
+        if api_version.is_empty()
+            && matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget")
+        {
+            problems.push(format!(
+                "{at}: {kind} {name} has no apiVersion; use {API_VERSION}"
+            ));
+            continue;
+        }
         if api_version.split('/').next() != Some(GROUP) {
             manifests.notices.push(format!(
                 "{at}: skipped {kind} {name} ({api_version}): not an {GROUP} resource"
@@ -181,7 +195,7 @@ fn push_typed<T>(
 {
     let mut unknown = BTreeSet::new();
     let typed: Result<T, _> = serde_ignored::deserialize(&document, |path| {
-        unknown.insert(path.to_string());
+        unknown.insert(path.to_string().replace(".?", ""));
     });
     let mut object = match typed {
         Ok(object) => object,

@@ -11,9 +11,14 @@ use crate::api::{
 /// Kubernetes label values and most tooling cap names at 63 characters.
 const MAX_NAME: usize = 63;
 
-/// `{policy}-{platform}-{version}[-{ring}]`, lowercase, dots as dashes: stable as long as the
-/// resolution is, so a resync rewrites the same object.
-pub fn target_name(policy: &str, ring: &str, target: &GeneratedTarget) -> String {
+/// `{policy}-{platform}-{version}[-{ring}][-{deadline}]`, lowercase, dots as dashes: stable as
+/// long as the resolution is, so a resync rewrites the same object.
+pub fn target_name(
+    policy: &str,
+    ring: &str,
+    target: &GeneratedTarget,
+    deadline: Option<jiff::civil::DateTime>,
+) -> String {
     let version = target
         .version
         .to_string()
@@ -27,6 +32,10 @@ pub fn target_name(policy: &str, ring: &str, target: &GeneratedTarget) -> String
         name.push('-');
         name.push_str(ring);
     }
+    if let Some(deadline) = deadline {
+        name.push('-');
+        name.push_str(&deadline.strftime("%Y%m%d%H%M").to_string());
+    }
     if name.len() > MAX_NAME {
         let hash = crate::declarations::content_hash(&[name.as_bytes()]);
         name.truncate(MAX_NAME - 9);
@@ -39,7 +48,7 @@ pub fn target_name(policy: &str, ring: &str, target: &GeneratedTarget) -> String
 /// a cluster) and labelled with the policy's name either way.
 pub fn target_object(policy: &CheckedPolicy, target: &GeneratedTarget) -> EnforcementTarget {
     let ring = &policy.rings[target.ring];
-    let name = target_name(&policy.key.name, &ring.name, target);
+    let name = target.name.clone();
     let owner_references = policy.uid.as_ref().map(|uid| {
         vec![OwnerReference {
             api_version: crate::api::API_VERSION.into(),

@@ -80,6 +80,8 @@ pub struct DevicePlan {
 /// An EnforcementTarget a policy generates: one per (ring, platform, version, deadline).
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedTarget {
+    /// The object name, unique within the policy's namespace.
+    pub name: String,
     pub policy: usize,
     pub ring: usize,
     pub platform: Platform,
@@ -386,6 +388,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
                         candidate.deadline,
                     ))
                     .or_insert_with(|| GeneratedTarget {
+                        name: String::new(),
                         policy: p,
                         ring: candidate.ring,
                         platform: device.platform,
@@ -411,9 +414,8 @@ pub fn resolve(input: Input<'_>) -> Plan {
         if let Some(index) = settings_declaration(&mut table, input, &out.policies, device) {
             configurations.push(index);
         }
-        if subscriptions_allowed(device) {
-            let items: Vec<&'static str> =
-                declarations::status_items_for(device.platform, &device.os_version).collect();
+        if subscriptions_allowed(device) && declarations::ddm_supported(device) {
+            let items: Vec<&'static str> = declarations::status_items_for_device(device).collect();
             let index = match table.subscriptions.get(&items) {
                 Some(index) => *index,
                 None => {
@@ -470,8 +472,35 @@ pub fn resolve(input: Input<'_>) -> Plan {
         }
     }
     plan.generated = generated.into_values().collect();
+    name_targets(input.policies, &mut plan.generated);
     plan.declarations = table.list;
     plan
+}
+
+/// Names generated targets `{policy}-{platform}-{version}[-{ring}]`; where two would share a
+/// name (one version, two deadlines: expiry dates differ per model), each gets its deadline too.
+fn name_targets(policies: &[CheckedPolicy], targets: &mut [GeneratedTarget]) {
+    let base: Vec<String> = targets
+        .iter()
+        .map(|t| {
+            let policy = &policies[t.policy];
+            target_name(&policy.key.name, &policy.rings[t.ring].name, t, None)
+        })
+        .collect();
+    for (i, target) in targets.iter_mut().enumerate() {
+        let shared = base.iter().filter(|b| **b == base[i]).count() > 1;
+        let policy = &policies[target.policy];
+        target.name = if shared {
+            target_name(
+                &policy.key.name,
+                &policy.rings[target.ring].name,
+                target,
+                Some(target.deadline),
+            )
+        } else {
+            base[i].clone()
+        };
+    }
 }
 
 type Decided = Result<(Candidate, Option<String>), (Reason, String)>;

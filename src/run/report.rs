@@ -10,7 +10,7 @@ use crate::api::validate::Checked;
 use crate::backend::DeviceRecord;
 use crate::http::metrics::{Metrics, StateLabels};
 use crate::inventory::Device;
-use crate::resolve::{Plan, Source, target_name};
+use crate::resolve::{Plan, Source};
 use crate::status::DeviceStatus;
 use crate::status::bucket::{Bucket, Standing, bucket};
 
@@ -108,7 +108,7 @@ pub fn status(
                 .filter(|t| t.policy == p)
                 .map(|t| {
                     json!({
-                        "name": target_name(&policy.key.name, &policy.rings[t.ring].name, t),
+                        "name": t.name,
                         "platform": t.platform,
                         "version": t.version.to_string(),
                         "deadline": t.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string(),

@@ -107,9 +107,8 @@ impl OsState {
     /// The running version including any supplemental extra.
     pub fn running(&self) -> OsVersion {
         match &self.supplemental {
-            Some(s) => {
-                OsVersion::with_extra(&self.version.numeric(), Some(&s.extra)).unwrap_or_else(|_| self.version.clone())
-            }
+            Some(s) => OsVersion::with_extra(&self.version.numeric(), Some(&s.extra))
+                .unwrap_or_else(|_| self.version.clone()),
             None => self.version.clone(),
         }
     }
@@ -627,9 +626,10 @@ impl SimDevice {
         let tokens: TokensResponse = parse_body("tokens", &tokens.body)?;
         let token = tokens.sync_tokens.declarations_token;
         if token.len() > 256 {
-            outcome
-                .warnings
-                .push(format!("DeclarationsToken is {} octets (at most 256)", token.len()));
+            outcome.warnings.push(format!(
+                "DeclarationsToken is {} octets (at most 256)",
+                token.len()
+            ));
         }
         if self.state.declarations_token.as_deref() != Some(token.as_str()) {
             outcome.declarations_changed = true;
@@ -970,7 +970,12 @@ impl SimDevice {
         }
         let unknown = unknown_keys(&held.payload, &["StandardConfigurations", "Predicate"]);
         if !unknown.is_empty() {
-            return (false, Validity::Invalid, vec![unknown_keys_reason(&unknown)], Vec::new());
+            return (
+                false,
+                Validity::Invalid,
+                vec![unknown_keys_reason(&unknown)],
+                Vec::new(),
+            );
         }
         let names: Option<Vec<String>> = held
             .payload
@@ -992,7 +997,8 @@ impl SimDevice {
             );
         };
         if let Some(predicate) = held.payload.get("Predicate") {
-            let details = |p: &str| json!({"Identifier": identifier, "ServerToken": token, "Predicate": p});
+            let details =
+                |p: &str| json!({"Identifier": identifier, "ServerToken": token, "Predicate": p});
             let Some(text) = predicate.as_str() else {
                 return (
                     false,
@@ -1021,7 +1027,9 @@ impl SimDevice {
                         Validity::Invalid,
                         vec![reason(
                             "Error.UnableToParsePredicate",
-                            format!("Activation “{identifier}:{token}” predicate cannot be parsed."),
+                            format!(
+                                "Activation “{identifier}:{token}” predicate cannot be parsed."
+                            ),
                             details(text),
                         )],
                         Vec::new(),
@@ -1140,10 +1148,7 @@ impl SimDevice {
                 match offered {
                     None => self.state.install = InstallState::None,
                     Some(false) => {
-                        let version = self
-                            .pending_version()
-                            .map(|(v, _)| v)
-                            .unwrap_or_default();
+                        let version = self.pending_version().map(|(v, _)| v).unwrap_or_default();
                         self.fail(format!(
                             "Download failed: no update to {version} is available for this device."
                         ));
@@ -1267,7 +1272,9 @@ impl SimDevice {
         let value = match name {
             "device.identifier.serial-number" => spec.serial_number.clone().into(),
             "device.identifier.udid" => spec.udid.clone().into(),
-            "device.model.family" => items::model_family(spec.platform, &spec.model_identifier).into(),
+            "device.model.family" => {
+                items::model_family(spec.platform, &spec.model_identifier).into()
+            }
             "device.model.identifier" => spec.model_identifier.clone().into(),
             "device.model.marketing-name" => {
                 items::marketing_name(spec.platform, &spec.model_identifier).into()
@@ -1316,7 +1323,9 @@ impl SimDevice {
                 Value::Object(value)
             }
             "softwareupdate.install-reason" => match &self.state.in_flight {
-                Some(flight) => json!({"reason": ["declaration"], "declaration-id": flight.declaration}),
+                Some(flight) => {
+                    json!({"reason": ["declaration"], "declaration-id": flight.declaration})
+                }
                 None => json!({"reason": []}),
             },
             _ => return None,
@@ -1354,7 +1363,11 @@ impl SimDevice {
 
 impl DeviceSpec {
     /// Checks an activated configuration: `Ok(Some)` for a valid enforcement.
-    fn check_configuration(&self, identifier: &str, held: &Held) -> Result<Option<Enforcement>, Value> {
+    fn check_configuration(
+        &self,
+        identifier: &str,
+        held: &Held,
+    ) -> Result<Option<Enforcement>, Value> {
         if !items::declaration_type_supported(&held.declaration_type, self.target()) {
             return Err(not_supported(identifier, &held.server_token));
         }
@@ -1467,13 +1480,20 @@ impl DeviceSpec {
     /// The version the declaration names, with the supplemental extra its build implies.
     fn literal_target(&self, enforcement: &Enforcement) -> OsVersion {
         let offered = enforcement.target_build.as_deref().and_then(|build| {
-            self.offered_updates
-                .iter()
-                .find(|o| o.build == build && o.version.base().starts_with(&enforcement.target_version.base()))
+            self.offered_updates.iter().find(|o| {
+                o.build == build
+                    && o.version
+                        .base()
+                        .starts_with(&enforcement.target_version.base())
+            })
         });
         match offered {
             Some(o) => o.version.clone(),
-            None => match enforcement.target_build.as_deref().and_then(supplemental_letter) {
+            None => match enforcement
+                .target_build
+                .as_deref()
+                .and_then(supplemental_letter)
+            {
                 Some(letter) if enforcement.target_version.extra().is_none() => {
                     OsVersion::with_extra(
                         &enforcement.target_version.numeric(),
@@ -1505,7 +1525,9 @@ impl DeviceSpec {
         let best = self
             .offered_updates
             .iter()
-            .filter(|o| o.version.base().starts_with(&wanted.base()) && o.version.extra() == supplemental)
+            .filter(|o| {
+                o.version.base().starts_with(&wanted.base()) && o.version.extra() == supplemental
+            })
             .max_by(|a, b| {
                 a.version
                     .cmp(&b.version)
@@ -1600,8 +1622,11 @@ fn supplemental_letter(build: &str) -> Option<String> {
     let digits = rest.chars().take_while(char::is_ascii_digit).count();
     let suffix = rest.get(digits..)?;
     let well_formed = build.len() > rest.len() + 1 && rest.len() < build.len();
-    (well_formed && digits >= 6 && !suffix.is_empty() && suffix.chars().all(|c| c.is_ascii_lowercase()))
-        .then(|| suffix.to_string())
+    (well_formed
+        && digits >= 6
+        && !suffix.is_empty()
+        && suffix.chars().all(|c| c.is_ascii_lowercase()))
+    .then(|| suffix.to_string())
 }
 
 /// A plausible build for a version the catalog does not list: `26.3.1` → `26S301`.
@@ -1667,7 +1692,9 @@ fn check_subscriptions(payload: &Map<String, Value>) -> Result<(), Value> {
     };
     for entry in list {
         let Some(entry) = entry.as_object() else {
-            return Err(cannot_deserialize("StatusItems entries must be dictionaries"));
+            return Err(cannot_deserialize(
+                "StatusItems entries must be dictionaries",
+            ));
         };
         let unknown = unknown_keys(entry, &["Name"]);
         if !unknown.is_empty() {
@@ -1715,10 +1742,7 @@ fn evaluate_predicate(text: &str, value: impl Fn(&str) -> Option<Value>) -> Resu
     let mut rest = trimmed;
     let mut result = true;
     loop {
-        rest = rest
-            .trim_start()
-            .strip_prefix("@status(")
-            .ok_or(())?;
+        rest = rest.trim_start().strip_prefix("@status(").ok_or(())?;
         let close = rest.find(')').ok_or(())?;
         let name = rest[..close].trim();
         rest = rest[close + 1..].trim_start();
@@ -1730,7 +1754,11 @@ fn evaluate_predicate(text: &str, value: impl Fn(&str) -> Option<Value>) -> Resu
             return Err(());
         };
         rest = after.trim_start();
-        let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"').ok_or(())?;
+        let quote = rest
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"')
+            .ok_or(())?;
         rest = &rest[1..];
         let end = rest.find(quote).ok_or(())?;
         let literal = &rest[..end];

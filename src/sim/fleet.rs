@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::SimError;
 use super::device::{DeviceSpec, FailureMode, OfferedUpdate, OsState, SimDevice};
+use super::{SimError, items};
 use crate::catalog::{AssetSet, Catalog, Platform, Release};
 
 /// How a fleet is drawn.
@@ -95,7 +95,8 @@ impl Fleet {
 
     /// `n` devices: a device id the catalog lists (uniformly), running a release of
     /// `AssetSets` that lists it (uniformly, so some already run the newest), offered every
-    /// `AssetSets` release and security improvement that lists it.
+    /// `AssetSets` release and security improvement that lists it. Only releases that speak
+    /// DDM (iOS 15, macOS 13, tvOS 16, visionOS 1.1) are drawn: older devices never check in.
     pub fn from_catalog_with(
         catalog: &Catalog,
         n: usize,
@@ -108,7 +109,11 @@ impl Fleet {
                 continue;
             }
             for device in &release.supported_devices {
-                installable.entry(device).or_default().push(release);
+                let speaks_ddm = Platform::of_device(release.key, device)
+                    .is_some_and(|p| items::ddm_available(p, &release.version));
+                if speaks_ddm {
+                    installable.entry(device).or_default().push(release);
+                }
             }
         }
         let candidates: Vec<(&str, Platform)> = catalog
@@ -192,7 +197,10 @@ fn offered_updates(catalog: &Catalog, device_id: &str) -> Arc<[OfferedUpdate]> {
             Some(OfferedUpdate {
                 version: r.version.clone(),
                 build: r.build.as_ref()?.as_str().to_string(),
-                prerequisite_build: r.prerequisite_build.as_ref().map(|b| b.as_str().to_string()),
+                prerequisite_build: r
+                    .prerequisite_build
+                    .as_ref()
+                    .map(|b| b.as_str().to_string()),
             })
         })
         .collect::<Vec<_>>()

@@ -57,9 +57,27 @@ const fn item(name: &'static str, introduced: Introduced, mac_needs_supervision:
 }
 
 const SOFTWARE_UPDATE: Introduced = [Some("17.0"), Some("14.0"), Some("18.4"), Some("26.0"), None];
-const DEVICE_15: Introduced = [Some("15.0"), Some("13.0"), Some("16.0"), Some("1.1"), Some("10.0")];
-const DEVICE_16: Introduced = [Some("16.0"), Some("13.0"), Some("16.0"), Some("1.1"), Some("10.0")];
-const SUPPLEMENTAL: Introduced = [Some("16.1"), Some("13.0"), Some("16.1"), Some("1.1"), Some("10.0")];
+const DEVICE_15: Introduced = [
+    Some("15.0"),
+    Some("13.0"),
+    Some("16.0"),
+    Some("1.1"),
+    Some("10.0"),
+];
+const DEVICE_16: Introduced = [
+    Some("16.0"),
+    Some("13.0"),
+    Some("16.0"),
+    Some("1.1"),
+    Some("10.0"),
+];
+const SUPPLEMENTAL: Introduced = [
+    Some("16.1"),
+    Some("13.0"),
+    Some("16.1"),
+    Some("1.1"),
+    Some("10.0"),
+];
 
 /// The status items the simulator can report, from `declarative/status/*.yaml`.
 const STATUS_ITEMS: &[Support] = &[
@@ -156,7 +174,13 @@ const MANAGEMENT: &[Support] = &[
     item("com.apple.management.organization-info", DEVICE_15, false),
     item(
         "com.apple.management.properties",
-        [Some("16.0"), Some("13.0"), Some("16.0"), Some("1.1"), Some("10.0")],
+        [
+            Some("16.0"),
+            Some("13.0"),
+            Some("16.0"),
+            Some("1.1"),
+            Some("10.0"),
+        ],
         false,
     ),
     item("com.apple.management.server-capabilities", DEVICE_15, false),
@@ -164,7 +188,13 @@ const MANAGEMENT: &[Support] = &[
 
 const ASSETS: &[Support] = &[item(
     "com.apple.asset.data",
-    [Some("17.0"), Some("14.0"), Some("17.0"), Some("1.1"), Some("10.0")],
+    [
+        Some("17.0"),
+        Some("14.0"),
+        Some("17.0"),
+        Some("1.1"),
+        Some("10.0"),
+    ],
     false,
 )];
 
@@ -234,6 +264,22 @@ pub(crate) fn client_capabilities(target: Target<'_>) -> serde_json::Value {
             "status-items": names(STATUS_ITEMS, target),
         },
     })
+}
+
+/// Whether the OS speaks DDM at all (`declarationbase.yaml` and the protocol schemas: iOS 15,
+/// macOS 13, tvOS 16, visionOS 1.1, watchOS 10). Older devices never check in through DDM.
+pub(crate) fn ddm_available(platform: Platform, version: &OsVersion) -> bool {
+    platform != Platform::AudioOs
+        && Support {
+            name: "",
+            introduced: DEVICE_15,
+            mac_needs_supervision: false,
+        }
+        .available(Target {
+            platform,
+            version,
+            supervised: true,
+        })
 }
 
 /// Whether the status report may carry `FullReport` (the key's own `supportedOS`: iOS 17,

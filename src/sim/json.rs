@@ -97,7 +97,8 @@ impl serde_json::ser::Formatter for AppleFormatter {
 /// Serialises in Apple's layout.
 pub(crate) fn to_apple_vec(value: &impl Serialize) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, AppleFormatter::default());
+    let mut serializer =
+        serde_json::Serializer::with_formatter(&mut out, AppleFormatter::default());
     // Serialising a `serde_json::Value` into memory cannot fail.
     if value.serialize(&mut serializer).is_err() {
         out.clear();

@@ -109,10 +109,7 @@ pub enum SimError {
     Status { endpoint: String, status: u16 },
     /// The response signature is missing or wrong.
     #[error("{endpoint}: response signature {why}")]
-    Signature {
-        endpoint: String,
-        why: &'static str,
-    },
+    Signature { endpoint: String, why: &'static str },
     /// The server broke the protocol (malformed body, mismatched identifier or token).
     #[error("{endpoint}: {why}")]
     Protocol { endpoint: String, why: String },

@@ -76,9 +76,11 @@ pub struct RunSummary {
     /// The first few errors, as text.
     pub sample_errors: Vec<String>,
     /// Devices per `softwareupdate.install-state` at the end.
-    pub install_states: BTreeMap<&'static str, usize>,
+    pub install_states: BTreeMap<InstallState, usize>,
     /// Devices holding at least one invalid declaration at the end.
     pub devices_with_invalid_declarations: usize,
+    /// The first few invalid declarations: device, identifier, type and reason.
+    pub sample_invalid: Vec<String>,
     pub installs_completed: u64,
     /// Devices per (platform, running version) at the end.
     pub os_versions: BTreeMap<String, usize>,
@@ -161,15 +163,47 @@ impl Fleet {
         }
 
         for state in InstallState::ALL {
-            summary.install_states.insert(state.as_str(), 0);
+            summary.install_states.insert(state, 0);
         }
         for device in &self.devices {
             *summary
                 .install_states
-                .entry(device.install_state().as_str())
+                .entry(device.install_state())
                 .or_default() += 1;
-            if device.declarations().iter().any(|d| d.valid == "invalid") {
+            let invalid: Vec<_> = device
+                .declarations()
+                .into_iter()
+                .filter(|d| d.valid == "invalid")
+                .collect();
+            if !invalid.is_empty() {
                 summary.devices_with_invalid_declarations += 1;
+            }
+            for declaration in invalid {
+                if summary.sample_invalid.len() >= SAMPLE_ERRORS {
+                    break;
+                }
+                let why = declaration
+                    .reason_objects
+                    .first()
+                    .map(|r| {
+                        let detail = r["details"]["Error"].as_str().unwrap_or_default();
+                        format!("{} {detail}", r["code"].as_str().unwrap_or_default())
+                    })
+                    .unwrap_or_default();
+                summary.sample_invalid.push(format!(
+                    "{} ({} {} on {} {}): {}: {}",
+                    device.enrollment_id(),
+                    device.spec().platform,
+                    device.spec().model_identifier,
+                    device.os().running(),
+                    if device.spec().supervised {
+                        "supervised"
+                    } else {
+                        "unsupervised"
+                    },
+                    declaration.identifier,
+                    why.trim()
+                ));
             }
             summary.installs_completed += u64::from(device.installs_completed());
             *summary
@@ -216,7 +250,7 @@ impl fmt::Display for RunSummary {
         let states: Vec<String> = self
             .install_states
             .iter()
-            .map(|(state, count)| format!("{state} {count}"))
+            .map(|(state, count)| format!("{} {count}", state.as_str()))
             .collect();
         writeln!(
             f,
@@ -233,6 +267,9 @@ impl fmt::Display for RunSummary {
             ms(self.latency.p99),
             ms(self.latency.max)
         )?;
+        for invalid in &self.sample_invalid {
+            writeln!(f, "  invalid: {invalid}")?;
+        }
         if !self.failures_by_kind.is_empty() {
             let kinds: Vec<String> = self
                 .failures_by_kind
@@ -264,8 +301,13 @@ impl RunSummary {
             "warnings": self.warnings,
             "failuresByKind": self.failures_by_kind,
             "sampleErrors": self.sample_errors,
-            "installStates": self.install_states,
+            "installStates": self
+                .install_states
+                .iter()
+                .map(|(state, count)| (state.as_str(), *count))
+                .collect::<BTreeMap<_, _>>(),
             "devicesWithInvalidDeclarations": self.devices_with_invalid_declarations,
+            "sampleInvalid": self.sample_invalid,
             "installsCompleted": self.installs_completed,
             "osVersions": self.os_versions,
             "latencyMs": {

@@ -2,7 +2,7 @@
 mod apple_schema;
 mod catalog_fetch;
 mod catalog_snapshots;
-mod plan_examples;
 mod ddm_http;
 mod durability;
 mod nanomdm_sync;
+mod plan_examples;
