@@ -622,3 +622,75 @@ pub fn check_all(
         Err(problems)
     }
 }
+
+/// Checked resources in Kubernetes mode, where one invalid object must not stop the others:
+/// valid objects are kept, and each invalid or dangling one has its problems listed under
+/// `Kind namespace/name`.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    pub checked: Checked,
+    pub problems: BTreeMap<String, Vec<String>>,
+}
+
+pub fn check_each(
+    groups: &[FleetGroup],
+    policies: &[UpdatePolicy],
+    targets: &[EnforcementTarget],
+) -> Partial {
+    let mut partial = Partial::default();
+    let mut record = |kind: &str, key: ObjectKey, list: Vec<Problem>| {
+        partial
+            .problems
+            .entry(format!("{kind} {key}"))
+            .or_default()
+            .extend(list.iter().map(|p| format!("{}: {}", p.field, p.why)));
+    };
+    for group in groups {
+        match fleet_group(group) {
+            Ok(checked) => partial.checked.groups.push(checked),
+            Err(list) => record("FleetGroup", ObjectKey::of(group), list),
+        }
+    }
+    for policy in policies {
+        match update_policy(policy) {
+            Ok(checked) => partial.checked.policies.push(checked),
+            Err(list) => record("UpdatePolicy", ObjectKey::of(policy), list),
+        }
+    }
+    for target in targets {
+        match enforcement_target(target) {
+            Ok(checked) => partial.checked.targets.push(checked),
+            Err(list) => record("EnforcementTarget", ObjectKey::of(target), list),
+        }
+    }
+    partial.checked.policies.sort_by(|a, b| a.key.cmp(&b.key));
+    partial.checked.groups.sort_by(|a, b| a.key.cmp(&b.key));
+    partial.checked.targets.sort_by(|a, b| a.key.cmp(&b.key));
+    let known: std::collections::BTreeSet<&ObjectKey> =
+        partial.checked.groups.iter().map(|g| &g.key).collect();
+    let mut dangling: Vec<(String, String)> = Vec::new();
+    for policy in &partial.checked.policies {
+        for group in policy.rings.iter().flat_map(|r| &r.groups) {
+            if !known.contains(group) {
+                dangling.push((
+                    format!("UpdatePolicy {}", policy.key),
+                    format!("FleetGroup {group} does not exist"),
+                ));
+            }
+        }
+    }
+    for target in partial.checked.targets.iter().filter(|t| !t.generated) {
+        for group in &target.groups {
+            if !known.contains(group) {
+                dangling.push((
+                    format!("EnforcementTarget {}", target.key),
+                    format!("FleetGroup {group} does not exist"),
+                ));
+            }
+        }
+    }
+    for (object, why) in dangling {
+        partial.problems.entry(object).or_default().push(why);
+    }
+    partial
+}

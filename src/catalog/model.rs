@@ -130,6 +130,17 @@ impl PmvDocument {
         counts
     }
 
+    /// The newest `PostingDate` in the document: close to the day it was fetched, for copies
+    /// whose fetch date is not known.
+    pub fn newest_posting_date(&self) -> Option<Date> {
+        self.sets()
+            .into_iter()
+            .filter_map(|(_, sets)| sets)
+            .flat_map(|sets| sets.platforms().flat_map(|(_, entries)| entries.iter()))
+            .map(|entry| entry.posting_date)
+            .max()
+    }
+
     /// Checks what serde cannot: versions and builds that parse, a non-empty device list.
     fn check(&self) -> Result<(), ParseError> {
         for (set, sets) in self.sets() {

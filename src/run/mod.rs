@@ -4,7 +4,8 @@
 //! report something the resolution depends on.
 
 mod devices;
-mod report;
+pub mod pass;
+pub mod report;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -19,14 +20,13 @@ use crate::api::validate::{Checked, check_all};
 use crate::backend::embedded::Embedded;
 use crate::backend::nanomdm::{NanoMdmConfig, SyncTrigger};
 use crate::backend::store::Store;
-use crate::backend::{Assignment, Backend};
 use crate::catalog::fetch::{FetchConfig, Fetcher, LastGood, Refresh};
 use crate::catalog::{Catalog, PmvDocument, guard};
 use crate::declarations::{self, Declaration};
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::inventory::Device;
-use crate::resolve::{self, Input};
+use crate::resolve;
 
 /// The catalog shipped with the binary (examples/catalog/pmv.json, Apple's answer of
 /// 2026-08-22): the last resort when Apple is unreachable and nothing was cached.
@@ -188,7 +188,7 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
     let shipped = || {
         let document = PmvDocument::from_slice(SHIPPED_CATALOG).unwrap_or_default();
         CatalogState {
-            catalog: Arc::new(Catalog::from_document(&document).with_as_of(jiff::civil::date(2026, 8, 22))),
+            catalog: Arc::new(as_of_newest_posting(&document)),
             document,
             origin: "the catalog shipped with the operator (2026-08-22); expiration dates are judged as of that day".into(),
             problem: None,
@@ -204,9 +204,12 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
                     .map_err(|e| e.to_string())
             }) {
             Ok(document) => CatalogState {
-                catalog: Arc::new(Catalog::from_document(&document)),
+                catalog: Arc::new(as_of_newest_posting(&document)),
                 document,
-                origin: path.display().to_string(),
+                origin: format!(
+                    "{}; expiration dates are judged as of its newest posting date",
+                    path.display()
+                ),
                 problem: None,
             },
             Err(why) => {
@@ -270,6 +273,16 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
                 }
             }
         }
+    }
+}
+
+/// A catalog file of unknown age, judged as of its newest posting date (Apple rolls expiration
+/// dates forward daily, so a copy's dates are only meaningful as of about then).
+fn as_of_newest_posting(document: &PmvDocument) -> Catalog {
+    let catalog = Catalog::from_document(document);
+    match document.newest_posting_date() {
+        Some(day) => catalog.with_as_of(day),
+        None => catalog,
     }
 }
 
@@ -379,8 +392,17 @@ impl Loop {
             self.publish(None, &[], &[]).await;
             return;
         };
-        let records = match self.backend.devices().await {
-            Ok(records) => records,
+        let result = pass::pass(
+            &self.backend,
+            checked,
+            &self.seed,
+            &self.catalog.catalog,
+            self.config.assume_supervised,
+            jiff::Timestamp::now(),
+        )
+        .await;
+        let result = match result {
+            Ok(result) => result,
             Err(error) => {
                 tracing::error!(%error, "cannot read devices");
                 self.metrics
@@ -388,31 +410,7 @@ impl Loop {
                 return;
             }
         };
-        let devices = devices::merge(&self.seed, &records, self.config.assume_supervised);
-        let plan = resolve::resolve(Input {
-            groups: &checked.groups,
-            policies: &checked.policies,
-            targets: &checked.targets,
-            devices: &devices,
-            catalog: &self.catalog.catalog,
-            now: jiff::Timestamp::now(),
-        });
-        let assignments: Vec<Assignment> = devices
-            .iter()
-            .zip(&plan.devices)
-            .filter(|(_, outcome)| !outcome.declarations.is_empty())
-            .map(|(device, outcome)| Assignment {
-                enrollment_id: device.enrollment_id.clone(),
-                identifiers: outcome
-                    .declarations
-                    .iter()
-                    .map(|i| plan.declarations[*i as usize].identifier.clone())
-                    .collect(),
-            })
-            .collect();
-        let applied = self.backend.apply(&plan.declarations, &assignments).await;
-        let ok = applied.is_ok();
-        let changed = match &applied {
+        let changed = match &result.applied {
             Ok(report) => report.changed.len(),
             Err(error) => {
                 tracing::error!(%error, reason = error.reason(), "cannot apply the pass; devices keep what they had");
@@ -421,15 +419,15 @@ impl Loop {
         };
         self.metrics.resolve_pass(
             started.elapsed().as_secs_f64(),
-            ok,
+            result.applied.is_ok(),
             changed,
-            plan.declarations.len(),
+            result.plan.declarations.len(),
         );
-        if ok {
+        if result.applied.is_ok() {
             self.app.ready.store(true, Ordering::Release);
         }
-        let records = self.backend.devices().await.unwrap_or(records);
-        self.publish(Some(&plan), &devices, &records).await;
+        self.publish(Some(&result.plan), &result.devices, &result.records)
+            .await;
     }
 
     async fn publish(

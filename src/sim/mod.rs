@@ -63,7 +63,7 @@
 //! with `pending-version`, `install-reason` (`declaration` + `declaration-id`) and, for
 //! enforced updates, `pending-version.target-local-date-time`. Among active, valid enforcements
 //! still above the running OS, the earliest `TargetLocalDateTime` is processed first (then the
-//! identifier). With [`SimDevice::local_time`] set, `prepared` waits for the deadline.
+//! identifier). With [`DeviceSpec::local_time`] set, `prepared` waits for the deadline.
 //! `TargetBuildVersion` picks the build when the catalog agrees it belongs to
 //! `TargetOSVersion` (or the catalog does not know it); when the catalog puts that build under a
 //! different version, `TargetOSVersion` wins, as the enforcement schema says. A two-part target
@@ -72,6 +72,16 @@
 //! iOS 18/macOS 15 it needs the base release first (invalid otherwise). A [`FailureMode`] sends
 //! the install to `failed` with `failure-reason {count, reason, timestamp}`; a failed install is
 //! retried after [`RETRY_AFTER_ADVANCES`] further steps.
+//!
+//! # Fleets and runs
+//!
+//! [`Fleet::from_catalog`] draws device ids from `Catalog::device_ids()` and a running release
+//! from `AssetSets` for each (only releases that speak DDM: iOS 15, macOS 13, tvOS 16,
+//! visionOS 1.1); each device is offered the `AssetSets` releases and security improvements
+//! that list it. Macs get their board id as `softwareupdate.device-id` and a made-up
+//! `MacNN,N` model identifier (the catalog has no model identifiers for Macs).
+//! [`Fleet::run`] advances and checks in every device once per round, `concurrency` at a time,
+//! and summarises requests, failures, install states and latency percentiles.
 
 mod client;
 mod device;
