@@ -125,4 +125,20 @@ pub struct EnforcementTargetStatus {
     /// Resolved build per model.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub builds: BTreeMap<String, String>,
+    /// The worst-off devices (failed or stale), at most ten, with their failure reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub worst_devices: Vec<DeviceProblem>,
+}
+
+/// A device that failed or went silent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceProblem {
+    pub enrollment_id: String,
+    pub model: String,
+    pub os_version: String,
+    /// `failed` or `stale`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
 }

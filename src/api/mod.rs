@@ -14,15 +14,16 @@ pub mod validate;
 
 pub use common::{DeletionPolicy, condition_types};
 pub use enforcement_target::{
-    EnforcementTarget, EnforcementTargetSpec, EnforcementTargetStatus, ModelBuild, StateCounts,
+    DeviceProblem, EnforcementTarget, EnforcementTargetSpec, EnforcementTargetStatus, ModelBuild,
+    StateCounts,
 };
 pub use fleet_group::{
     DeviceSelector, FleetGroup, FleetGroupSpec, FleetGroupStatus, Shard, VersionRange,
 };
 pub use update_policy::{
     AssetSetName, AutomaticActions, Beta, Cadence, DeadlineRule, Deferrals, EnrollmentGate,
-    FailurePolicy, RapidSecurityResponseSettings, Ring, SettingsSpec, SwitchSetting, TargetRule,
-    UpdatePolicy, UpdatePolicySpec, UpdatePolicyStatus,
+    FailurePolicy, RapidSecurityResponseSettings, ResolvedModel, Ring, SettingsSpec, SwitchSetting,
+    TargetRule, UpdatePolicy, UpdatePolicySpec, UpdatePolicyStatus,
 };
 
 /// API group of every kind here.
@@ -60,6 +61,7 @@ pub fn crd_files(with_cel: bool) -> Result<Vec<(String, String)>, serde_saphyr::
         .map(|crd| {
             let name = format!("{}.yaml", crd.metadata.name.as_deref().unwrap_or("crd"));
             let mut value = serde_json::to_value(&crd).unwrap_or_default();
+            drop_null_enum_values(&mut value);
             if !with_cel {
                 strip_cel(&mut value);
             }
@@ -76,6 +78,21 @@ pub fn crds_yaml(with_cel: bool) -> Result<String, serde_saphyr::ser_error::Erro
         out.push_str(&text);
     }
     Ok(out)
+}
+
+/// Optional enums come out of schemars as `enum: [..., null]` next to `nullable: true`; kubectl's
+/// validation refuses the `null` member, and `nullable` already says it.
+fn drop_null_enum_values(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::Array(members)) = map.get_mut("enum") {
+                members.retain(|m| !m.is_null());
+            }
+            map.values_mut().for_each(drop_null_enum_values);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_null_enum_values),
+        _ => {}
+    }
 }
 
 /// Removes every `x-kubernetes-validations` key, at any depth.

@@ -310,4 +310,34 @@ pub struct UpdatePolicyStatus {
     /// Device counts by state bucket.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub devices: BTreeMap<String, u64>,
+    /// What the policy resolved to, per platform and model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved: Vec<ResolvedModel>,
+}
+
+/// The version, build and deadline one model of one platform is taken to.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ResolvedModel {
+    pub platform: String,
+    /// Software-update device id (board id for Macs, product type otherwise).
+    pub model: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<String>,
+    /// Device-local deadline.
+    pub deadline: String,
+    /// Devices of this model being taken there.
+    pub devices: u64,
 }

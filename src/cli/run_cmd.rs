@@ -61,6 +61,15 @@ pub struct RunArgs {
     /// inventory says otherwise.
     #[arg(long)]
     assume_supervised: bool,
+    /// Kubernetes mode: namespace of the leader-election Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Kubernetes mode: this replica's identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Kubernetes mode: reconciles running at once per kind.
+    #[arg(long, default_value_t = 4)]
+    concurrency: u16,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -82,12 +91,9 @@ fn read_key(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
 }
 
 pub fn run(args: RunArgs) -> Result<String, CliError> {
-    let Some(manifests) = args.manifests.clone() else {
-        return Err(CliError::Unreadable(
-            "Kubernetes mode is not available in this build yet; pass --manifests DIR to run standalone".into(),
-        ));
-    };
-    if !manifests.is_dir() {
+    // Without --manifests the resources come from the Kubernetes API.
+    let manifests = args.manifests.clone().unwrap_or_default();
+    if args.manifests.is_some() && !manifests.is_dir() {
         return Err(CliError::Unreadable(format!(
             "{}: not a folder",
             manifests.display()
@@ -102,6 +108,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         None => args.data_dir.join("ddm.sqlite"),
     };
     let inventory = args.inventory.clone().or_else(|| {
+        args.manifests.as_ref()?;
         let beside = manifests.parent()?.join("inventory.yaml");
         beside.is_file().then(|| {
             eprintln!("seeding devices from {}", beside.display());
@@ -149,8 +156,33 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Unreadable(format!("cannot start the async runtime: {e}")))?;
-    runtime
-        .block_on(crate::run::run(config))
-        .map_err(|e| CliError::Unreadable(e.to_string()))?;
-    Ok(String::new())
+    if args.manifests.is_some() {
+        runtime
+            .block_on(crate::run::run(config))
+            .map_err(|e| CliError::Unreadable(e.to_string()))?;
+        return Ok(String::new());
+    }
+    let settings = crate::controller::KubeSettings {
+        lease_namespace: args.lease_namespace.clone(),
+        lease_name: "ddm-update-operator".into(),
+        identity: args
+            .identity
+            .clone()
+            .unwrap_or_else(|| format!("ddm-update-operator-{}", std::process::id())),
+        concurrency: args.concurrency.max(1),
+    };
+    runtime.block_on(async move {
+        let client = kube::Client::try_default().await.map_err(|e| {
+            CliError::Unreadable(format!(
+                "no Kubernetes configuration (in-cluster or KUBECONFIG): {e}"
+            ))
+        })?;
+        let running = crate::controller::start(client, config, settings)
+            .await
+            .map_err(CliError::Unreadable)?;
+        tracing::info!(address = %running.address, "operator running in Kubernetes mode");
+        let _ = tokio::signal::ctrl_c().await;
+        running.stop();
+        Ok(String::new())
+    })
 }

@@ -14,7 +14,12 @@ pub struct Desired {
 }
 
 impl Desired {
-    pub fn new(type_: &'static str, ok: bool, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
         Desired {
             type_,
             ok,
@@ -26,7 +31,12 @@ impl Desired {
 
 /// The conditions to write: `lastTransitionTime` is kept from `current` where the status did not
 /// change, and set to `now` where it did (or the condition is new).
-pub fn conditions(current: &[Condition], desired: &[Desired], generation: Option<i64>, now: jiff::Timestamp) -> Vec<Condition> {
+pub fn conditions(
+    current: &[Condition],
+    desired: &[Desired],
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) -> Vec<Condition> {
     desired
         .iter()
         .map(|d| {
@@ -57,12 +67,31 @@ mod tests {
     fn transition_time_moves_only_when_the_status_flips() {
         let t0: jiff::Timestamp = "2026-09-01T00:00:00Z".parse().expect("time");
         let t1: jiff::Timestamp = "2026-09-02T00:00:00Z".parse().expect("time");
-        let first = conditions(&[], &[Desired::new("Ready", false, "Resolving", "")], Some(1), t0);
+        let first = conditions(
+            &[],
+            &[Desired::new("Ready", false, "Resolving", "")],
+            Some(1),
+            t0,
+        );
         assert_eq!(first[0].last_transition_time, Time(t0));
-        let same = conditions(&first, &[Desired::new("Ready", false, "BackendError", "x")], Some(2), t1);
-        assert_eq!(same[0].last_transition_time, Time(t0), "reason changed, status did not");
+        let same = conditions(
+            &first,
+            &[Desired::new("Ready", false, "BackendError", "x")],
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            same[0].last_transition_time,
+            Time(t0),
+            "reason changed, status did not"
+        );
         assert_eq!(same[0].observed_generation, Some(2));
-        let flipped = conditions(&same, &[Desired::new("Ready", true, "Ready", "")], Some(2), t1);
+        let flipped = conditions(
+            &same,
+            &[Desired::new("Ready", true, "Ready", "")],
+            Some(2),
+            t1,
+        );
         assert_eq!(flipped[0].last_transition_time, Time(t1));
         assert_eq!(flipped[0].status, "True");
     }

@@ -14,6 +14,17 @@ struct EndpointLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WriteLabels {
+    kind: &'static str,
+    verb: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub source: String,
     pub state: String,
@@ -32,6 +43,11 @@ pub struct Metrics {
     catalog_posted_age_seconds: Gauge,
     pub devices: Family<StateLabels, Gauge>,
     distinct_declarations: Gauge,
+    reconciles: Family<KindLabels, Counter>,
+    reconcile_failures: Family<KindLabels, Counter>,
+    reconcile_seconds: Family<KindLabels, Histogram>,
+    kube_writes: Family<WriteLabels, Counter>,
+    backend_apply_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -103,7 +119,40 @@ impl Metrics {
             "Distinct declarations in the last pass",
             distinct_declarations.clone(),
         );
+        let reconciles = Family::<KindLabels, Counter>::default();
+        registry.register("reconciles", "Reconcile runs per kind", reconciles.clone());
+        let reconcile_failures = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Reconcile runs that failed, per kind",
+            reconcile_failures.clone(),
+        );
+        let reconcile_seconds = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration per kind",
+            reconcile_seconds.clone(),
+        );
+        let kube_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "kube_writes",
+            "Writes to the Kubernetes API per kind and verb",
+            kube_writes.clone(),
+        );
+        let backend_apply_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "backend_apply_duration_seconds",
+            "Time to write one pass to the backend",
+            backend_apply_seconds.clone(),
+        );
         Metrics {
+            reconciles,
+            reconcile_failures,
+            reconcile_seconds,
+            kube_writes,
+            backend_apply_seconds,
             registry,
             ddm_requests,
             status_reports,
@@ -137,6 +186,37 @@ impl Metrics {
         self.backend_writes.inc_by(changed as u64);
         self.distinct_declarations
             .set(i64::try_from(declarations).unwrap_or(i64::MAX));
+    }
+
+    pub fn reconciled(&self, kind: &'static str, seconds: f64, ok: bool) {
+        let labels = KindLabels { kind };
+        self.reconciles.get_or_create(&labels).inc();
+        if !ok {
+            self.reconcile_failures.get_or_create(&labels).inc();
+        }
+        self.reconcile_seconds
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+
+    pub fn kube_write(&self, kind: &'static str, verb: &'static str) {
+        self.kube_writes
+            .get_or_create(&WriteLabels { kind, verb })
+            .inc();
+    }
+
+    /// Writes to the Kubernetes API so far, all kinds and verbs.
+    pub fn kube_writes_total(&self) -> u64 {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out.lines()
+            .filter(|l| l.starts_with("ddm_update_operator_kube_writes_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    pub fn backend_applied(&self, seconds: f64) {
+        self.backend_apply_seconds.observe(seconds);
     }
 
     pub fn catalog_fetch_failed(&self) {

@@ -51,6 +51,8 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enforcement {
     pub source: Source,
+    /// The policy ring it comes from (0 for the policy's own groups and for targets).
+    pub ring: usize,
     pub version: OsVersion,
     pub build: Option<Build>,
     pub deadline: DateTime,
@@ -404,6 +406,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
             }
             out.enforcements.push(Enforcement {
                 source: candidate.source,
+                ring: candidate.ring,
                 version: candidate.version,
                 build: candidate.build,
                 deadline: candidate.deadline,

@@ -276,6 +276,32 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
     }
 }
 
+/// The catalog for Kubernetes mode: `(catalog, origin, problem)`.
+pub async fn load_catalog_for(
+    config: &RunConfig,
+    metrics: &Metrics,
+) -> (Arc<Catalog>, String, Option<String>) {
+    let state = load_catalog(config, metrics).await;
+    (state.catalog, state.origin, state.problem)
+}
+
+/// Devices from an inventory file; problems are logged and the file ignored.
+pub fn read_inventory(path: Option<&Path>) -> Vec<Device> {
+    let Some(path) = path else { return Vec::new() };
+    match std::fs::read_to_string(path)
+        .map_err(|e| vec![e.to_string()])
+        .and_then(|t| crate::inventory::parse(&t))
+    {
+        Ok(devices) => devices,
+        Err(problems) => {
+            for problem in problems {
+                tracing::error!(path = %path.display(), %problem, "inventory");
+            }
+            Vec::new()
+        }
+    }
+}
+
 /// A catalog file of unknown age, judged as of its newest posting date (Apple rolls expiration
 /// dates forward daily, so a copy's dates are only meaningful as of about then).
 fn as_of_newest_posting(document: &PmvDocument) -> Catalog {

@@ -17,16 +17,95 @@ use crate::status::bucket::{Bucket, Standing, bucket};
 /// Devices listed per resource as the worst off, at most.
 const WORST: usize = 10;
 
-pub fn status(
-    checked: &Checked,
+/// A device among the worst off for a resource.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorstDevice {
+    pub enrollment_id: String,
+    pub model: String,
+    pub os_version: String,
+    pub state: &'static str,
+    pub failure_reason: Option<String>,
+}
+
+/// How one resource's devices stand.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tally {
+    pub counts: BTreeMap<Bucket, u64>,
+    pub worst: Vec<WorstDevice>,
+}
+
+impl Tally {
+    fn add(&mut self, state: Bucket, device: &Device, status: Option<&DeviceStatus>) {
+        *self.counts.entry(state).or_default() += 1;
+        if matches!(state, Bucket::Failed | Bucket::Stale) && self.worst.len() < WORST {
+            self.worst.push(WorstDevice {
+                enrollment_id: device.enrollment_id.clone(),
+                model: device.model.clone(),
+                os_version: device.os_version.to_string(),
+                state: state.as_str(),
+                failure_reason: status.and_then(|s| s.failure_reason.clone()),
+            });
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    pub fn count(&self, state: Bucket) -> u64 {
+        self.counts.get(&state).copied().unwrap_or(0)
+    }
+
+    /// `compliant/total` over the devices the resource applies to.
+    pub fn compliance(&self) -> String {
+        let applicable = self.total() - self.count(Bucket::NotApplicable);
+        format!("{}/{applicable}", self.count(Bucket::Compliant))
+    }
+}
+
+/// Tallies per source, and per generated target (parallel to `Plan::generated`).
+#[derive(Debug, Clone, Default)]
+pub struct Standings {
+    pub by_source: BTreeMap<Source, Tally>,
+    pub by_generated: Vec<Tally>,
+}
+
+/// Where every device stands against every resource that selects it.
+pub fn standings(
     devices: &[Device],
     plan: &Plan,
     records: &HashMap<&str, &DeviceRecord>,
     now: Timestamp,
-    metrics: &Metrics,
-) -> Value {
-    let mut counts: BTreeMap<Source, BTreeMap<Bucket, u64>> = BTreeMap::new();
-    let mut worst: BTreeMap<Source, Vec<Value>> = BTreeMap::new();
+) -> Standings {
+    let mut standings = Standings {
+        by_source: BTreeMap::new(),
+        by_generated: vec![Tally::default(); plan.generated.len()],
+    };
+    type GeneratedKey = (
+        usize,
+        usize,
+        crate::catalog::Platform,
+        String,
+        jiff::civil::DateTime,
+    );
+    let generated: HashMap<GeneratedKey, usize> = plan
+        .generated
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                (
+                    t.policy,
+                    t.ring,
+                    t.platform,
+                    t.version.to_string(),
+                    t.deadline,
+                ),
+                i,
+            )
+        })
+        .collect();
     let empty = DeviceStatus::default();
     for (device, outcome) in devices.iter().zip(&plan.devices) {
         let record = records.get(device.enrollment_id.as_str());
@@ -59,27 +138,44 @@ pub fn status(
                 assigned_at: record.and_then(|r| r.assigned_at),
                 now,
             });
-            *counts.entry(source).or_default().entry(state).or_default() += 1;
-            if matches!(state, Bucket::Failed | Bucket::Stale) {
-                let list = worst.entry(source).or_default();
-                if list.len() < WORST {
-                    list.push(json!({
-                        "enrollmentId": device.enrollment_id,
-                        "model": device.model,
-                        "osVersion": device.os_version.to_string(),
-                        "state": state.as_str(),
-                        "failureReason": status.as_ref().and_then(|s| s.failure_reason.clone()),
-                    }));
-                }
+            standings
+                .by_source
+                .entry(source)
+                .or_default()
+                .add(state, device, status.as_ref());
+            if let (Source::Policy(p), Some(e)) = (source, enforcement)
+                && let Some(g) = generated.get(&(
+                    p,
+                    e.ring,
+                    device.platform,
+                    e.version.to_string(),
+                    e.deadline,
+                ))
+            {
+                standings.by_generated[*g].add(state, device, status.as_ref());
             }
         }
     }
+    standings
+}
 
+pub fn status(
+    checked: &Checked,
+    devices: &[Device],
+    plan: &Plan,
+    records: &HashMap<&str, &DeviceRecord>,
+    now: Timestamp,
+    metrics: &Metrics,
+) -> Value {
+    let standings = standings(devices, plan, records, now);
     metrics.devices.clear();
     let section = |source: Source, name: String| -> Value {
-        let by_state = counts.get(&source).cloned().unwrap_or_default();
-        let total: u64 = by_state.values().sum();
-        let compliant = by_state.get(&Bucket::Compliant).copied().unwrap_or(0);
+        let tally = standings
+            .by_source
+            .get(&source)
+            .cloned()
+            .unwrap_or_default();
+        let by_state = &tally.counts;
         for state in Bucket::ALL {
             metrics
                 .devices
@@ -92,8 +188,8 @@ pub fn status(
         json!({
             "name": name,
             "devices": by_state.iter().map(|(b, n)| (b.as_str(), *n)).collect::<BTreeMap<_, _>>(),
-            "compliance": format!("{compliant}/{total}"),
-            "worst": worst.get(&source).cloned().unwrap_or_default(),
+            "compliance": tally.compliance(),
+            "worst": tally.worst,
         })
     };
     let policies: Vec<Value> = checked

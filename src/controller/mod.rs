@@ -1,0 +1,392 @@
+//! Kubernetes mode: one kube-runtime controller per kind behind leader election, the resolver
+//! as the one writer of device sets, the embedded backend, and the same HTTP server as
+//! standalone mode (DDM endpoints, health, metrics, status).
+
+pub mod conditions;
+mod reconcile;
+pub mod resolver;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::Controller;
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::{EnforcementTarget, FleetGroup, UpdatePolicy};
+use crate::backend::embedded::Embedded;
+use crate::backend::nanomdm::SyncTrigger;
+use crate::backend::store::Store as DeviceStore;
+use crate::catalog::Catalog;
+use crate::http::metrics::Metrics;
+use crate::http::{AppState, ddm};
+use crate::run::RunConfig;
+use resolver::{Resolver, Snapshot};
+
+/// A reconcile failure, with a fixed reason for logs and metrics.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("the resolver has not processed this version of the object yet")]
+    ResolverBehind,
+}
+
+impl Error {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeError",
+            Error::Finalizer(_) => "FinalizerError",
+            Error::ResolverBehind => "ResolverBehind",
+        }
+    }
+}
+
+/// The catalog in use, shared with the resolver.
+pub struct CatalogHandle {
+    pub catalog: Arc<Catalog>,
+    pub origin: String,
+    pub problem: Option<String>,
+}
+
+/// What every reconcile reads.
+pub struct Context {
+    pub client: Client,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub resolve_now: mpsc::UnboundedSender<()>,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub targets: Store<EnforcementTarget>,
+}
+
+/// Kubernetes-mode settings beyond the shared ones.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// Namespace of the leader-election Lease.
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// This replica's identity (the pod name).
+    pub identity: String,
+    /// Reconciles running at once per kind.
+    pub concurrency: u16,
+}
+
+/// A running operator in Kubernetes mode (for tests: in-process, with handles to observe it).
+pub struct Running {
+    pub metrics: Arc<Metrics>,
+    pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    pub address: std::net::SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Checks the CRDs are installed before anything starts.
+async fn check_crds(client: &Client) -> Result<(), String> {
+    fn probe<T>(result: Result<T, kube::Error>, plural: &str) -> Result<(), String> {
+        match result {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Err(format!(
+                "the {plural}.updates.ddm.dev CRD is not installed: kubectl apply -f crds/"
+            )),
+            Err(error) => Err(format!("cannot list {plural}: {error}")),
+        }
+    }
+    let one = ListParams::default().limit(1);
+    probe(
+        Api::<FleetGroup>::all(client.clone()).list(&one).await,
+        "fleetgroups",
+    )?;
+    probe(
+        Api::<UpdatePolicy>::all(client.clone()).list(&one).await,
+        "updatepolicies",
+    )?;
+    probe(
+        Api::<EnforcementTarget>::all(client.clone())
+            .list(&one)
+            .await,
+        "enforcementtargets",
+    )
+}
+
+/// Starts everything and returns once it runs; leadership is awaited before any write.
+pub async fn start(
+    client: Client,
+    config: RunConfig,
+    settings: KubeSettings,
+) -> Result<Running, String> {
+    check_crds(&client).await?;
+    let store = Arc::new(DeviceStore::open(&config.database).map_err(|e| e.to_string())?);
+    let http_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let sync = config
+        .nanomdm
+        .clone()
+        .map(|c| SyncTrigger::start(c, http_client));
+    let backend = Embedded::new(store.clone(), sync);
+    let metrics = Arc::new(Metrics::new());
+
+    // Device reports feed the resolver's trigger channel.
+    let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<()>();
+    let (reported_tx, mut reported_rx) = mpsc::unbounded_channel::<String>();
+    let forward = trigger_tx.clone();
+    let mut tasks = vec![tokio::spawn(async move {
+        while reported_rx.recv().await.is_some() {
+            let _ = forward.send(());
+        }
+    })];
+
+    let app = Arc::new(AppState {
+        metrics: metrics.clone(),
+        ready: Default::default(),
+        status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
+    });
+    let ddm_state = Arc::new(ddm::DdmState {
+        store: store.clone(),
+        reports: backend.reports.clone(),
+        receive_key: config.receive_key.clone(),
+        send_key: config.send_key.clone(),
+        bootstrap: crate::run::bootstrap_declarations(),
+        reported: reported_tx,
+        metrics: metrics.clone(),
+    });
+    let router = crate::http::router(&config.base_path, ddm_state, app.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tasks.push(tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "HTTP server stopped");
+        }
+    }));
+
+    // Leader election: only the leader resolves, writes device sets and reconciles.
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(&settings.identity)
+        .with_duration(15)
+        .with_grace(5)
+        .with_field_manager(crate::api::FIELD_MANAGER)
+        .build()
+        .await
+        .map_err(|e| format!("leader election: {e}"))?;
+    let (mut leader, lease_task) = lease.watch().await;
+    tasks.push(tokio::spawn(async move {
+        let _ = lease_task.await;
+    }));
+    while !*leader.borrow_and_update() {
+        tracing::info!(identity = %settings.identity, "waiting to become the leader");
+        if leader.changed().await.is_err() {
+            return Err("leader election stopped".into());
+        }
+    }
+    tracing::info!(identity = %settings.identity, "leading");
+
+    let catalog = crate::run::load_catalog_for(&config, &metrics).await;
+    let catalog = Arc::new(tokio::sync::RwLock::new(CatalogHandle {
+        catalog: catalog.0,
+        origin: catalog.1,
+        problem: catalog.2,
+    }));
+    let seed = crate::run::read_inventory(config.inventory.as_deref());
+    // The catalog is fetched again on its interval; a new one triggers a pass.
+    if matches!(config.catalog, crate::run::CatalogSource::Url(_)) {
+        let (refresh_config, refresh_metrics, handle, trigger) = (
+            config.clone(),
+            metrics.clone(),
+            catalog.clone(),
+            trigger_tx.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut interval = tokio::time::interval(refresh_config.catalog_refresh);
+            interval.tick().await;
+            loop {
+                interval.tick().await;
+                let (catalog, origin, problem) =
+                    crate::run::load_catalog_for(&refresh_config, &refresh_metrics).await;
+                *handle.write().await = CatalogHandle {
+                    catalog,
+                    origin,
+                    problem,
+                };
+                let _ = trigger.send(());
+            }
+        }));
+    }
+
+    let wc = watcher::Config::default();
+    let groups = Controller::new(Api::<FleetGroup>::all(client.clone()), wc.clone());
+    let policies = Controller::new(Api::<UpdatePolicy>::all(client.clone()), wc.clone());
+    let targets = Controller::new(Api::<EnforcementTarget>::all(client.clone()), wc.clone());
+    let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
+    // The resolver keeps caches of its own; every change to them asks for a pass.
+    let resolver = Resolver {
+        groups: cache(
+            Api::<FleetGroup>::all(client.clone()),
+            &trigger_tx,
+            &mut tasks,
+        ),
+        policies: cache(
+            Api::<UpdatePolicy>::all(client.clone()),
+            &trigger_tx,
+            &mut tasks,
+        ),
+        targets: cache(
+            Api::<EnforcementTarget>::all(client.clone()),
+            &trigger_tx,
+            &mut tasks,
+        ),
+        backend,
+        catalog: catalog.clone(),
+        seed,
+        assume_supervised: config.assume_supervised,
+        metrics: metrics.clone(),
+        publish,
+        triggers: trigger_rx,
+        resync: Duration::from_secs(600),
+    };
+    let reporter = Reporter {
+        controller: "ddm-update-operator".into(),
+        instance: Some(settings.identity.clone()),
+    };
+    let context = Arc::new(Context {
+        client: client.clone(),
+        snapshots: snapshots.clone(),
+        resolve_now: trigger_tx.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        targets: targets.store(),
+    });
+    tasks.push(tokio::spawn(resolver.run()));
+
+    // Publish status JSON and readiness from each snapshot.
+    let mut watch_status = snapshots.clone();
+    let status_app = app.clone();
+    let status_metrics = metrics.clone();
+    tasks.push(tokio::spawn(async move {
+        while watch_status.changed().await.is_ok() {
+            let snapshot = watch_status.borrow_and_update().clone();
+            if snapshot.applied.is_ok() {
+                status_app
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Release);
+            }
+            let by_id: std::collections::HashMap<&str, &crate::backend::DeviceRecord> = snapshot
+                .records
+                .iter()
+                .map(|r| (r.enrollment_id.as_str(), r))
+                .collect();
+            let status = crate::run::report::status(
+                &snapshot.partial.checked,
+                &snapshot.devices,
+                &snapshot.plan,
+                &by_id,
+                snapshot.now,
+                &status_metrics,
+            );
+            *status_app.status.write().await = status;
+        }
+    }));
+
+    let config_for = || ControllerConfig::default().concurrency(settings.concurrency);
+    let every_pass = on_every_pass;
+    let ctx = context.clone();
+    tasks.push(tokio::spawn(
+        groups
+            .with_config(config_for())
+            .reconcile_all_on(every_pass(snapshots.clone()))
+            .run(reconcile::fleet_group, reconcile::error_policy, ctx)
+            .for_each(|_| async {}),
+    ));
+    let ctx = context.clone();
+    tasks.push(tokio::spawn(
+        policies
+            .with_config(config_for())
+            .owns(Api::<EnforcementTarget>::all(client.clone()), wc.clone())
+            .reconcile_all_on(every_pass(snapshots.clone()))
+            .run(reconcile::update_policy, reconcile::error_policy, ctx)
+            .for_each(|_| async {}),
+    ));
+    let ctx = context;
+    tasks.push(tokio::spawn(
+        targets
+            .with_config(config_for())
+            .reconcile_all_on(every_pass(snapshots.clone()))
+            .run(reconcile::enforcement_target, reconcile::error_policy, ctx)
+            .for_each(|_| async {}),
+    ));
+    // Losing the lease stops every writer: the process exits and is restarted as a follower.
+    tasks.push(tokio::spawn(async move {
+        while leader.changed().await.is_ok() {
+            if !*leader.borrow() {
+                tracing::error!("lost the leader lease; stopping");
+                std::process::exit(1);
+            }
+        }
+    }));
+    Ok(Running {
+        metrics,
+        snapshots,
+        address,
+        tasks,
+    })
+}
+
+/// A watch cache that pings `trigger` on every change.
+fn cache<K>(
+    api: Api<K>,
+    trigger: &mpsc::UnboundedSender<()>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    use kube::runtime::WatchStreamExt;
+    let (reader, writer) = kube::runtime::reflector::store();
+    let trigger = trigger.clone();
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(move |event| {
+            if let Err(error) = &event {
+                tracing::warn!(%error, "watch error; retrying");
+            }
+            let _ = trigger.send(());
+            futures::future::ready(())
+        });
+    tasks.push(tokio::spawn(stream));
+    reader
+}
+
+/// A stream that yields once per published snapshot.
+fn on_every_pass(
+    receiver: watch::Receiver<Arc<Snapshot>>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok()?;
+        Some(((), receiver))
+    })
+}

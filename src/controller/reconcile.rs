@@ -1,0 +1,640 @@
+//! The three reconcilers. Each is fetch → validate → resolve → apply → status: the object
+//! arrives from the watch cache; validation and resolution come from the resolver's latest pass
+//! (asking for a new one when the pass has not seen this version of the object yet); the only
+//! writes are the object's own status, and for a policy its generated EnforcementTargets — each
+//! made only when something differs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::conditions::{Desired, conditions};
+use super::resolver::{Snapshot, key};
+use super::{Context, Error};
+use crate::api::condition_types::{COMPLIANT, READY, RESOLVED, SYNCED};
+use crate::api::{
+    DeletionPolicy, DeviceProblem, EnforcementTarget, EnforcementTargetStatus, FIELD_MANAGER,
+    FINALIZER, FleetGroup, FleetGroupStatus, POLICY_LABEL, ResolvedModel, STATUS_FIELD_MANAGER,
+    StateCounts, UpdatePolicy, UpdatePolicyStatus,
+};
+use crate::resolve::{Source, target_object};
+use crate::run::report::Tally;
+use crate::status::bucket::Bucket;
+
+/// Waits (bounded) for a pass that has seen this version of the object.
+async fn snapshot_for(
+    ctx: &Context,
+    key: &str,
+    generation: Option<i64>,
+    deleting: bool,
+) -> Option<Arc<Snapshot>> {
+    let mut receiver = ctx.snapshots.clone();
+    let current = receiver.borrow().clone();
+    if current.has_seen(key, generation, deleting) {
+        return Some(current);
+    }
+    let _ = ctx.resolve_now.send(());
+    let deadline = tokio::time::sleep(Duration::from_secs(20));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            changed = receiver.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+                let snapshot = receiver.borrow_and_update().clone();
+                if snapshot.has_seen(key, generation, deleting) {
+                    return Some(snapshot);
+                }
+            }
+            () = &mut deadline => return None,
+        }
+    }
+}
+
+/// Runs the finalizer dance around `apply`; cleanup waits for the pass that withdraws.
+async fn with_finalizer<K, F, Fut>(
+    object: Arc<K>,
+    ctx: Arc<Context>,
+    kind: &'static str,
+    apply: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: FnOnce(Arc<K>, Arc<Snapshot>) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>>,
+{
+    let started = Instant::now();
+    let namespace = object.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let object_key = key(object.as_ref());
+    let generation = object.meta().generation;
+    let result = finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => {
+                let Some(snapshot) = snapshot_for(&ctx, &object_key, generation, false).await
+                else {
+                    return Err(Error::ResolverBehind);
+                };
+                apply(object, snapshot).await
+            }
+            Finalizer::Cleanup(object) => {
+                // Withdraw: wait until a pass has run without the object. Orphan: devices keep
+                // what they have until the next change of their set (see the README).
+                if deletion_policy(object.as_ref()) == DeletionPolicy::Withdraw
+                    && snapshot_for(&ctx, &object_key, generation, true)
+                        .await
+                        .is_none()
+                {
+                    return Err(Error::ResolverBehind);
+                }
+                ctx.publish_event(
+                    &*object,
+                    EventType::Normal,
+                    "Withdrawn",
+                    "Deleted: its declarations are withdrawn",
+                )
+                .await;
+                Ok(Action::await_change())
+            }
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .reconciled(kind, started.elapsed().as_secs_f64(), result.is_ok());
+    result
+}
+
+fn deletion_policy<K: Serialize>(object: &K) -> DeletionPolicy {
+    serde_json::to_value(object)
+        .ok()
+        .and_then(|v| {
+            v.get("spec")?
+                .get("deletionPolicy")?
+                .as_str()
+                .map(str::to_string)
+        })
+        .map_or(DeletionPolicy::Withdraw, |p| {
+            if p == "Orphan" {
+                DeletionPolicy::Orphan
+            } else {
+                DeletionPolicy::Withdraw
+            }
+        })
+}
+
+/// Resolved / Synced / Compliant / Ready from the object's problems, the pass and its devices.
+fn standard_conditions(
+    snapshot: &Snapshot,
+    object_key: &str,
+    suspended: bool,
+    tally: Option<&Tally>,
+) -> Vec<Desired> {
+    let problems = snapshot.partial.problems.get(object_key);
+    let resolved = match problems {
+        Some(problems)
+            if problems.iter().any(|p| p.contains("does not exist")) && problems.len() == 1 =>
+        {
+            Desired::new(RESOLVED, false, "FleetGroupNotFound", problems.join("; "))
+        }
+        Some(problems) => Desired::new(RESOLVED, false, "InvalidSpec", problems.join("; ")),
+        None => match &snapshot.catalog_problem {
+            Some(problem) => Desired::new(
+                RESOLVED,
+                true,
+                "CatalogFallback",
+                format!("resolved against {} ({problem})", snapshot.catalog_origin),
+            ),
+            None => Desired::new(
+                RESOLVED,
+                true,
+                "Resolved",
+                format!("resolved against {}", snapshot.catalog_origin),
+            ),
+        },
+    };
+    let synced = if suspended {
+        Desired::new(
+            SYNCED,
+            false,
+            "Suspended",
+            "spec.suspend is set: devices keep what they have",
+        )
+    } else {
+        match &snapshot.applied {
+            Ok(_) => Desired::new(
+                SYNCED,
+                true,
+                "Synced",
+                "the backend holds every device's set",
+            ),
+            Err(error) => Desired::new(SYNCED, false, "BackendError", error.clone()),
+        }
+    };
+    let mut list = vec![resolved.clone(), synced.clone()];
+    if let Some(tally) = tally {
+        let applicable = tally.total() - tally.count(Bucket::NotApplicable);
+        let compliant = tally.count(Bucket::Compliant);
+        let failed = tally.count(Bucket::Failed);
+        list.push(if applicable == 0 {
+            Desired::new(
+                COMPLIANT,
+                true,
+                "NoDevices",
+                "no device needs an update from this resource",
+            )
+        } else if compliant == applicable {
+            Desired::new(
+                COMPLIANT,
+                true,
+                "Compliant",
+                format!("{compliant}/{applicable} devices run the target"),
+            )
+        } else if failed > 0 {
+            Desired::new(
+                COMPLIANT,
+                false,
+                "UpdatesFailing",
+                format!("{compliant}/{applicable} compliant, {failed} failed"),
+            )
+        } else {
+            Desired::new(
+                COMPLIANT,
+                false,
+                "InProgress",
+                format!("{compliant}/{applicable} devices run the target"),
+            )
+        });
+    }
+    let ready = if !resolved.ok {
+        Desired::new(READY, false, resolved.reason, resolved.message)
+    } else if !synced.ok {
+        Desired::new(READY, false, synced.reason, synced.message)
+    } else {
+        Desired::new(READY, true, "Ready", "resolved and synced")
+    };
+    list.insert(0, ready);
+    list
+}
+
+fn counts(tally: &Tally) -> StateCounts {
+    StateCounts {
+        compliant: tally.count(Bucket::Compliant),
+        pending: tally.count(Bucket::Pending),
+        downloading: tally.count(Bucket::Downloading),
+        prepared: tally.count(Bucket::Prepared),
+        installing: tally.count(Bucket::Installing),
+        failed: tally.count(Bucket::Failed),
+        stale: tally.count(Bucket::Stale),
+        not_applicable: tally.count(Bucket::NotApplicable),
+    }
+}
+
+/// Writes the status by server-side apply with the status field manager, only if it differs.
+async fn write_status<K, S>(
+    ctx: &Context,
+    object: &K,
+    current: Option<&S>,
+    desired: S,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(&desired) {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(
+        ctx.client.clone(),
+        &object.namespace().unwrap_or_else(|| "default".into()),
+    );
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": desired,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    ctx.metrics.kube_write(kind_name::<K>(), "patch-status");
+    Ok(())
+}
+
+fn kind_name<K: Resource<DynamicType = ()>>() -> &'static str {
+    match K::kind(&()).as_ref() {
+        "FleetGroup" => "FleetGroup",
+        "UpdatePolicy" => "UpdatePolicy",
+        _ => "EnforcementTarget",
+    }
+}
+
+pub async fn fleet_group(object: Arc<FleetGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let apply_ctx = ctx.clone();
+    with_finalizer(object, ctx, "FleetGroup", |object, snapshot| async move {
+        let ctx = apply_ctx;
+        let object_key = key(object.as_ref());
+        let index = snapshot
+            .partial
+            .checked
+            .groups
+            .iter()
+            .position(|g| format!("FleetGroup {}", g.key) == object_key);
+        let members = index.and_then(|i| snapshot.plan.members.get(i));
+        let mut by_platform: BTreeMap<String, u64> = BTreeMap::new();
+        for member in members.into_iter().flatten() {
+            if let Some(device) = snapshot.devices.get(*member as usize) {
+                *by_platform.entry(device.platform.to_string()).or_default() += 1;
+            }
+        }
+        let current = object.status.as_ref();
+        let mut desired_conditions =
+            standard_conditions(&snapshot, &object_key, object.spec.suspend, None);
+        if members.is_some_and(Vec::is_empty) {
+            desired_conditions.push(Desired::new(
+                "Empty",
+                true,
+                "SelectsNothing",
+                "the selector matches no known device",
+            ));
+        }
+        let status = FleetGroupStatus {
+            observed_generation: object.metadata.generation,
+            conditions: conditions(
+                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                &desired_conditions,
+                object.metadata.generation,
+                snapshot.now,
+            ),
+            members: members.map_or(0, |m| m.len() as u64),
+            members_by_platform: by_platform,
+        };
+        write_status(&ctx, object.as_ref(), current, status).await?;
+        Ok(Action::await_change())
+    })
+    .await
+}
+
+pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let apply_ctx = ctx.clone();
+    with_finalizer(object, ctx, "UpdatePolicy", |object, snapshot| async move {
+        let ctx = apply_ctx;
+        let object_key = key(object.as_ref());
+        let index = snapshot
+            .partial
+            .checked
+            .policies
+            .iter()
+            .position(|p| format!("UpdatePolicy {}", p.key) == object_key);
+        let tally = index
+            .and_then(|p| snapshot.standings.by_source.get(&Source::Policy(p)))
+            .cloned()
+            .unwrap_or_default();
+        if !object.spec.suspend
+            && let Some(p) = index
+        {
+            sync_generated_targets(&ctx, &snapshot, p, object.as_ref()).await?;
+        }
+        let generated: Vec<&crate::resolve::GeneratedTarget> = snapshot
+            .plan
+            .generated
+            .iter()
+            .filter(|t| Some(t.policy) == index)
+            .collect();
+        let mut resolved: BTreeMap<(String, String, String, Option<String>, String), u64> =
+            BTreeMap::new();
+        if let Some(p) = index {
+            for (device, outcome) in snapshot.devices.iter().zip(&snapshot.plan.devices) {
+                for e in outcome
+                    .enforcements
+                    .iter()
+                    .filter(|e| e.source == Source::Policy(p))
+                {
+                    let model = device
+                        .catalog_device_id()
+                        .unwrap_or(&device.model)
+                        .to_string();
+                    let key = (
+                        device.platform.to_string(),
+                        model,
+                        e.version.to_string(),
+                        e.build.as_ref().map(ToString::to_string),
+                        e.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
+                    );
+                    *resolved.entry(key).or_default() += 1;
+                }
+            }
+        }
+        let current = object.status.as_ref();
+        let status = UpdatePolicyStatus {
+            observed_generation: object.metadata.generation,
+            conditions: conditions(
+                current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                &standard_conditions(&snapshot, &object_key, object.spec.suspend, Some(&tally)),
+                object.metadata.generation,
+                snapshot.now,
+            ),
+            targets: generated.len() as u32,
+            compliance: Some(tally.compliance()),
+            next_deadline: generated
+                .iter()
+                .map(|t| t.deadline)
+                .min()
+                .map(|d| d.strftime("%Y-%m-%dT%H:%M:%S").to_string()),
+            devices: tally
+                .counts
+                .iter()
+                .map(|(b, n)| (b.as_str().to_string(), *n))
+                .collect(),
+            resolved: resolved
+                .into_iter()
+                .take(500)
+                .map(
+                    |((platform, model, version, build, deadline), devices)| ResolvedModel {
+                        platform,
+                        model,
+                        version,
+                        build,
+                        deadline,
+                        devices,
+                    },
+                )
+                .collect(),
+        };
+        write_status(&ctx, object.as_ref(), current, status).await?;
+        Ok(Action::await_change())
+    })
+    .await
+}
+
+/// Creates or updates the policy's generated targets by server-side apply (owned by the policy,
+/// so deleting it cleans up) and deletes the ones no longer resolved; untouched when equal.
+async fn sync_generated_targets(
+    ctx: &Context,
+    snapshot: &Snapshot,
+    policy_index: usize,
+    policy: &UpdatePolicy,
+) -> Result<(), Error> {
+    let checked = &snapshot.partial.checked.policies[policy_index];
+    let namespace = checked.key.namespace.clone();
+    let api: Api<EnforcementTarget> = Api::namespaced(ctx.client.clone(), &namespace);
+    let existing: Vec<Arc<EnforcementTarget>> = ctx
+        .targets
+        .state()
+        .into_iter()
+        .filter(|t| {
+            t.namespace().as_deref() == Some(namespace.as_str())
+                && t.labels().get(POLICY_LABEL) == Some(&checked.key.name)
+        })
+        .collect();
+    let mut wanted = Vec::new();
+    for target in snapshot
+        .plan
+        .generated
+        .iter()
+        .filter(|t| t.policy == policy_index)
+    {
+        let desired = target_object(checked, target);
+        let name = desired.name_any();
+        wanted.push(name.clone());
+        let same = existing.iter().any(|e| {
+            e.name_any() == name
+                && e.spec == desired.spec
+                && e.metadata.labels == desired.metadata.labels
+                && e.metadata.owner_references == desired.metadata.owner_references
+        });
+        if same {
+            continue;
+        }
+        let was = existing
+            .iter()
+            .find(|e| e.name_any() == name)
+            .map(|e| e.spec.target_os_version.clone());
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&desired),
+        )
+        .await?;
+        ctx.metrics.kube_write("EnforcementTarget", "apply");
+        let models: Vec<String> = target
+            .builds
+            .iter()
+            .take(5)
+            .map(|(model, build)| format!("{model}: {build}"))
+            .collect();
+        let note = format!(
+            "{} {}{} → {}{}, due {} (device-local), {} device(s)",
+            target.platform,
+            was.map(|w| format!("{w} ")).unwrap_or_default(),
+            if models.is_empty() {
+                String::new()
+            } else {
+                format!("({})", models.join(", "))
+            },
+            target.version,
+            "",
+            target.deadline.strftime("%Y-%m-%dT%H:%M"),
+            target.devices
+        );
+        ctx.publish_event(policy, EventType::Normal, "Resolved", &note)
+            .await;
+    }
+    for stale in existing.iter().filter(|e| !wanted.contains(&e.name_any())) {
+        api.delete(&stale.name_any(), &DeleteParams::default())
+            .await?;
+        ctx.metrics.kube_write("EnforcementTarget", "delete");
+        ctx.publish_event(
+            policy,
+            EventType::Normal,
+            "TargetRetired",
+            &format!(
+                "EnforcementTarget {} is no longer resolved; deleted",
+                stale.name_any()
+            ),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+pub async fn enforcement_target(
+    object: Arc<EnforcementTarget>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let apply_ctx = ctx.clone();
+    with_finalizer(
+        object,
+        ctx,
+        "EnforcementTarget",
+        |object, snapshot| async move {
+            let ctx = apply_ctx;
+            let object_key = key(object.as_ref());
+            let name = object.name_any();
+            let namespace = object.namespace().unwrap_or_else(|| "default".into());
+            // Hand-written: its own source. Generated: the policy devices it names.
+            let (tally, builds) = match snapshot
+                .partial
+                .checked
+                .targets
+                .iter()
+                .position(|t| format!("EnforcementTarget {}", t.key) == object_key)
+            {
+                Some(t) if !snapshot.partial.checked.targets[t].generated => (
+                    snapshot
+                        .standings
+                        .by_source
+                        .get(&Source::Target(t))
+                        .cloned()
+                        .unwrap_or_default(),
+                    snapshot.partial.checked.targets[t]
+                        .builds
+                        .iter()
+                        .map(|(m, b)| (m.clone(), b.to_string()))
+                        .collect(),
+                ),
+                _ => match snapshot.plan.generated.iter().position(|g| {
+                    g.name == name
+                        && snapshot.partial.checked.policies[g.policy].key.namespace == namespace
+                }) {
+                    Some(g) => (
+                        snapshot
+                            .standings
+                            .by_generated
+                            .get(g)
+                            .cloned()
+                            .unwrap_or_default(),
+                        snapshot.plan.generated[g]
+                            .builds
+                            .iter()
+                            .map(|(m, b)| (m.clone(), b.to_string()))
+                            .collect(),
+                    ),
+                    None => (Tally::default(), BTreeMap::new()),
+                },
+            };
+            let current = object.status.as_ref();
+            let status = EnforcementTargetStatus {
+                observed_generation: object.metadata.generation,
+                conditions: conditions(
+                    current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
+                    &standard_conditions(&snapshot, &object_key, object.spec.suspend, Some(&tally)),
+                    object.metadata.generation,
+                    snapshot.now,
+                ),
+                compliance: Some(tally.compliance()),
+                devices: counts(&tally),
+                builds,
+                worst_devices: tally
+                    .worst
+                    .iter()
+                    .map(|w| DeviceProblem {
+                        enrollment_id: w.enrollment_id.clone(),
+                        model: w.model.clone(),
+                        os_version: w.os_version.clone(),
+                        state: w.state.to_string(),
+                        failure_reason: w.failure_reason.clone(),
+                    })
+                    .collect(),
+            };
+            write_status(&ctx, object.as_ref(), current, status).await?;
+            Ok(Action::await_change())
+        },
+    )
+    .await
+}
+
+/// Retries with a short back-off; an object the resolver has not caught up with yet is retried
+/// sooner.
+pub fn error_policy<K>(_object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, reason = error.reason(), "reconcile failed");
+    let _ = &ctx;
+    match error {
+        Error::ResolverBehind => Action::requeue(Duration::from_secs(2)),
+        _ => Action::requeue(Duration::from_secs(15)),
+    }
+}
+
+impl Context {
+    pub async fn publish_event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        note: &str,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, "cannot publish an event");
+        } else {
+            self.metrics.kube_write("Event", "create");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The one writer in Kubernetes mode: whenever a resource, the catalog or a device changes, one
+//! pass over every object in the watch caches computes every device's whole set and writes the
+//! sets that changed; the result is published as a snapshot the controllers report from.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use kube::runtime::reflector::Store;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::validate::{Partial, check_each};
+use crate::api::{EnforcementTarget, FleetGroup, UpdatePolicy};
+use crate::backend::DeviceRecord;
+use crate::backend::embedded::Embedded;
+use crate::http::metrics::Metrics;
+use crate::inventory::Device;
+use crate::resolve::Plan;
+use crate::run::pass;
+use crate::run::report::{Standings, standings};
+
+/// What the controllers read: the result of the latest pass.
+pub struct Snapshot {
+    /// Counts passes; 0 before the first.
+    pub pass: u64,
+    pub partial: Partial,
+    pub plan: Plan,
+    pub devices: Vec<Device>,
+    pub records: Vec<DeviceRecord>,
+    pub standings: Standings,
+    /// `Ok(changed enrollments)` or why the backend write failed.
+    pub applied: Result<usize, String>,
+    /// The catalog's origin and any problem fetching it.
+    pub catalog_origin: String,
+    pub catalog_problem: Option<String>,
+    /// `Kind namespace/name` → (generation, being deleted) of every object this pass saw.
+    pub seen: HashMap<String, (Option<i64>, bool)>,
+    pub now: jiff::Timestamp,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            pass: 0,
+            partial: Partial::default(),
+            plan: Plan::default(),
+            devices: Vec::new(),
+            records: Vec::new(),
+            standings: Standings::default(),
+            applied: Err("no pass has run yet".into()),
+            catalog_origin: String::new(),
+            catalog_problem: None,
+            seen: HashMap::new(),
+            now: jiff::Timestamp::UNIX_EPOCH,
+        }
+    }
+}
+
+impl Snapshot {
+    /// Whether this pass reflects this exact version of the object.
+    pub fn has_seen(&self, key: &str, generation: Option<i64>, deleting: bool) -> bool {
+        self.seen.get(key) == Some(&(generation, deleting))
+    }
+}
+
+/// The caches and channels the resolver works from.
+pub struct Resolver {
+    pub groups: Store<FleetGroup>,
+    pub policies: Store<UpdatePolicy>,
+    pub targets: Store<EnforcementTarget>,
+    pub backend: Embedded,
+    pub catalog: Arc<tokio::sync::RwLock<super::CatalogHandle>>,
+    pub seed: Vec<Device>,
+    pub assume_supervised: bool,
+    pub metrics: Arc<Metrics>,
+    pub publish: watch::Sender<Arc<Snapshot>>,
+    /// Pings from controllers (an object changed) and from device reports.
+    pub triggers: mpsc::UnboundedReceiver<()>,
+    /// A pass at least this often, so silent devices turn stale on time.
+    pub resync: Duration,
+}
+
+pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
+    format!(
+        "{} {}/{}",
+        K::kind(&()),
+        object.namespace().unwrap_or_else(|| "default".into()),
+        object.name_any()
+    )
+}
+
+impl Resolver {
+    pub async fn run(mut self) {
+        tracing::info!("resolver waiting for the watch caches");
+        for (name, ready) in [
+            ("FleetGroup", self.groups.wait_until_ready().await),
+            ("UpdatePolicy", self.policies.wait_until_ready().await),
+            ("EnforcementTarget", self.targets.wait_until_ready().await),
+        ] {
+            if ready.is_err() {
+                tracing::error!(kind = name, "watch cache never became ready");
+                return;
+            }
+        }
+        tracing::info!("watch caches ready; resolving");
+        let mut pass_number = 0u64;
+        loop {
+            pass_number += 1;
+            self.pass(pass_number).await;
+            // Wait for a trigger (or the resync), then gather what else arrives briefly.
+            tokio::select! {
+                trigger = self.triggers.recv() => if trigger.is_none() { return },
+                () = tokio::time::sleep(self.resync) => {}
+            }
+            let settle = tokio::time::sleep(Duration::from_millis(200));
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    more = self.triggers.recv() => if more.is_none() { return },
+                    () = &mut settle => break,
+                }
+            }
+        }
+    }
+
+    async fn pass(&mut self, number: u64) {
+        let started = Instant::now();
+        let mut seen = HashMap::new();
+        let live = |seen: &mut HashMap<String, (Option<i64>, bool)>,
+                    key: String,
+                    generation,
+                    deleting: bool| {
+            seen.insert(key, (generation, deleting));
+            !deleting
+        };
+        // Objects being deleted are left out: that is what withdraws their declarations.
+        let groups: Vec<FleetGroup> = self
+            .groups
+            .state()
+            .iter()
+            .filter(|o| {
+                live(
+                    &mut seen,
+                    key(o.as_ref()),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                )
+            })
+            .map(|o| (**o).clone())
+            .collect();
+        let policies: Vec<UpdatePolicy> = self
+            .policies
+            .state()
+            .iter()
+            .filter(|o| {
+                live(
+                    &mut seen,
+                    key(o.as_ref()),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                )
+            })
+            .map(|o| (**o).clone())
+            .collect();
+        let targets: Vec<EnforcementTarget> = self
+            .targets
+            .state()
+            .iter()
+            .filter(|o| {
+                live(
+                    &mut seen,
+                    key(o.as_ref()),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                )
+            })
+            .map(|o| (**o).clone())
+            .collect();
+        let partial = check_each(&groups, &policies, &targets);
+        let (catalog, catalog_origin, catalog_problem) = {
+            let handle = self.catalog.read().await;
+            (
+                handle.catalog.clone(),
+                handle.origin.clone(),
+                handle.problem.clone(),
+            )
+        };
+        let now = jiff::Timestamp::now();
+        let applied_at = Instant::now();
+        let result = pass::pass(
+            &self.backend,
+            &partial.checked,
+            &self.seed,
+            &catalog,
+            self.assume_supervised,
+            now,
+        )
+        .await;
+        self.metrics
+            .backend_applied(applied_at.elapsed().as_secs_f64());
+        let snapshot = match result {
+            Ok(result) => {
+                let applied = match &result.applied {
+                    Ok(report) => Ok(report.changed.len()),
+                    Err(error) => Err(error.to_string()),
+                };
+                self.metrics.resolve_pass(
+                    started.elapsed().as_secs_f64(),
+                    applied.is_ok(),
+                    *applied.as_ref().unwrap_or(&0),
+                    result.plan.declarations.len(),
+                );
+                let by_id: HashMap<&str, &DeviceRecord> = result
+                    .records
+                    .iter()
+                    .map(|r| (r.enrollment_id.as_str(), r))
+                    .collect();
+                let standings = standings(&result.devices, &result.plan, &by_id, now);
+                Snapshot {
+                    pass: number,
+                    partial,
+                    standings,
+                    plan: result.plan,
+                    devices: result.devices,
+                    records: result.records,
+                    applied,
+                    catalog_origin,
+                    catalog_problem,
+                    seen,
+                    now,
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read devices from the backend");
+                self.metrics
+                    .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
+                Snapshot {
+                    pass: number,
+                    partial,
+                    applied: Err(error.to_string()),
+                    catalog_origin,
+                    catalog_problem,
+                    seen,
+                    now,
+                    ..Snapshot::default()
+                }
+            }
+        };
+        let _ = self.publish.send(Arc::new(snapshot));
+    }
+}
