@@ -157,7 +157,13 @@ pub fn load_catalog(source: &str, trusted_roots: Option<&PathBuf>) -> Result<Cat
         .map_err(|e| CliError::Invalid(vec![format!("{source}: {e}")]))?;
     guard::check_not_empty(&document)
         .map_err(|e| CliError::Invalid(vec![format!("{source}: {e}")]))?;
-    Ok(Catalog::from_document(&document))
+    let catalog = Catalog::from_document(&document);
+    // A file's expiration dates are those of the day it was fetched (Apple rolls them forward
+    // daily): judge them as of its newest posting date, as `run` does.
+    Ok(match document.newest_posting_date() {
+        Some(day) if !source.starts_with("http") => catalog.with_as_of(day),
+        _ => catalog,
+    })
 }
 
 fn to_json(value: &impl serde::Serialize) -> Result<String, CliError> {

@@ -66,7 +66,7 @@ pub struct Device {
 
 impl Device {
     /// The id to look the device up in the catalog; `None` for a Mac whose board id is not
-    /// known yet (Macs report it from macOS 14.4).
+    /// known yet (DDM reports it from macOS 15; MDM and MachineInfo from 14.4).
     pub fn catalog_device_id(&self) -> Option<&str> {
         match (&self.software_update_device_id, self.platform) {
             (Some(id), _) => Some(id),

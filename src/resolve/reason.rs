@@ -14,7 +14,8 @@ pub enum Reason {
     NoSignedRelease,
     /// The catalog lists the device, but nothing matches the strategy (a pin it cannot get).
     NoMatchingRelease,
-    /// No software-update device id yet (Macs before 14.4, devices that have not reported).
+    /// No software-update device id yet: Macs report it through DDM from macOS 15 (MachineInfo
+    /// and MDM from 14.4), so it must come from the inventory for older Macs.
     DeviceIdUnknown,
     /// The declaration needs supervision (or a device enrollment) the device lacks.
     NotSupervised,

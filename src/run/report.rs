@@ -209,6 +209,8 @@ pub fn status(
                         "version": t.version.to_string(),
                         "deadline": t.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
                         "devices": t.devices,
+                        // A suspended policy's devices keep what they had: this is not in force.
+                        "applied": !policy.suspend,
                         "builds": t.builds.iter().map(|(m, b)| (m.clone(), b.to_string())).collect::<BTreeMap<_, _>>(),
                     })
                 })

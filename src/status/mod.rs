@@ -65,14 +65,24 @@ pub fn merge(state: &mut Map<String, Value>, report: &StatusReport) {
         *state = report.status_items.clone();
         return;
     }
-    merge_objects(state, &report.status_items);
+    merge_objects(state, &report.status_items, "");
 }
 
-fn merge_objects(into: &mut Map<String, Value>, from: &Map<String, Value>) {
+/// Objects merge key by key down to a status item; an item's value is replaced whole, so a key
+/// the device dropped (a failure reason after a successful retry) does not linger.
+fn merge_objects(into: &mut Map<String, Value>, from: &Map<String, Value>, prefix: &str) {
     for (key, value) in from {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        let is_item = crate::declarations::STATUS_ITEMS
+            .iter()
+            .any(|(name, _)| *name == path);
         match (into.get_mut(key), value) {
-            (Some(Value::Object(existing)), Value::Object(incoming)) => {
-                merge_objects(existing, incoming)
+            (Some(Value::Object(existing)), Value::Object(incoming)) if !is_item => {
+                merge_objects(existing, incoming, &path)
             }
             _ => {
                 into.insert(key.clone(), value.clone());
@@ -303,6 +313,28 @@ mod tests {
         assert_eq!(status.install_state, Some(InstallState::Installing));
         assert_eq!(status.pending_version.as_deref(), Some("26.4"));
         assert_eq!(status.os_version.as_deref(), Some("26.3"));
+
+        // An item's value is replaced whole: the dropped `reason` does not linger.
+        let failed = StatusReport::from_slice(
+            br#"{"StatusItems":{"softwareupdate":{"failure-reason":{"count":1,"reason":"X"}}}}"#,
+        )
+        .expect("valid");
+        let recovered = StatusReport::from_slice(
+            br#"{"StatusItems":{"softwareupdate":{"failure-reason":{"count":0}}}}"#,
+        )
+        .expect("valid");
+        merge(&mut state, &failed);
+        merge(&mut state, &recovered);
+        let status = DeviceStatus::from_items(&state);
+        assert_eq!(
+            (status.failure_count, status.failure_reason),
+            (Some(0), None)
+        );
+        assert_eq!(
+            status.pending_version.as_deref(),
+            Some("26.4"),
+            "siblings stay"
+        );
 
         let full = StatusReport::from_slice(
             br#"{"StatusItems":{"device":{"operating-system":{"version":"26.4"}}},"FullReport":true}"#,

@@ -6,3 +6,4 @@ mod ddm_http;
 mod durability;
 mod nanomdm_sync;
 mod plan_examples;
+mod standalone_e2e;
