@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use jiff::Timestamp;
 use serde::Serialize;
 
-use super::{CliError, load_catalog, parse_at, to_json};
+use super::{CliError, load_catalog, parse_at};
 use crate::api::EnforcementTarget;
 use crate::api::validate::{Checked, check_all};
 use crate::declarations::Declaration;
@@ -79,7 +79,22 @@ pub fn run(args: PlanArgs) -> Result<String, CliError> {
     });
     let report = Report::new(&checked, &devices, &plan);
     match args.output {
-        PlanOutput::Json => to_json(&report),
+        // Streamed: at 100,000 devices the document is hundreds of megabytes.
+        PlanOutput::Json => {
+            use std::io::Write;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            let written = serde_json::to_writer_pretty(&mut out, &report)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+                .and_then(|()| out.flush());
+            match written {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(CliError::Unreadable(format!("standard output: {e}")))
+                }
+                _ => Ok(String::new()),
+            }
+        }
         PlanOutput::Table => Ok(report.table()),
         PlanOutput::Markdown => Ok(report.markdown(&checked, &devices, &plan)),
     }

@@ -10,7 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 pub use settings::{MergedSettings, settings_payload, settings_supported};
-pub use subscriptions::{STATUS_ITEMS, ddm_supported, status_items_for, status_items_for_device};
+pub use subscriptions::{
+    STATUS_ITEMS, ddm_supported, items_of_mask, status_items_for, status_items_for_device,
+    status_items_mask,
+};
 
 use crate::catalog::{OsVersion, Platform};
 use crate::inventory::{Device, EnrollmentType};
@@ -112,10 +115,10 @@ pub enum Unsupported {
 /// supervised or device enrollment; never watchOS).
 pub fn enforcement_supported(device: &Device) -> Result<(), Unsupported> {
     let (introduced, supervision_required) = match device.platform {
-        Platform::Ios | Platform::IpadOs => ("17.0", false),
-        Platform::MacOs => ("14.0", true),
-        Platform::TvOs => ("18.4", false),
-        Platform::VisionOs => ("26.0", false),
+        Platform::Ios | Platform::IpadOs => ((17, 0), false),
+        Platform::MacOs => ((14, 0), true),
+        Platform::TvOs => ((18, 4), false),
+        Platform::VisionOs => ((26, 0), false),
         Platform::WatchOs | Platform::AudioOs => return Err(Unsupported::OsTooOld),
     };
     check_channel(device, introduced, supervision_required)
@@ -124,7 +127,7 @@ pub fn enforcement_supported(device: &Device) -> Result<(), Unsupported> {
 /// Apple's schemas list `supervised`/`device` enrollments; a user enrollment never qualifies.
 fn check_channel(
     device: &Device,
-    introduced: &str,
+    introduced: (u32, u32),
     supervision_required: bool,
 ) -> Result<(), Unsupported> {
     if device.enrollment_type == EnrollmentType::User
@@ -132,11 +135,15 @@ fn check_channel(
     {
         return Err(Unsupported::NotSupervised);
     }
-    let introduced: OsVersion = introduced.parse().map_err(|_| Unsupported::OsTooOld)?;
-    if device.os_version.base() < introduced {
+    if !at_least(&device.os_version, introduced) {
         return Err(Unsupported::OsTooOld);
     }
     Ok(())
+}
+
+/// `version` is `major.minor` or later (no parsing on the per-device path).
+pub fn at_least(version: &OsVersion, (major, minor): (u32, u32)) -> bool {
+    (version.major(), version.minor()) >= (major, minor)
 }
 
 /// The enforcement declaration for one (version, build, deadline, details URL).

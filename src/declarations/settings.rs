@@ -74,8 +74,8 @@ impl MergedSettings {
 /// enrollment; macOS 15 supervised).
 pub fn settings_supported(device: &Device) -> Result<(), Unsupported> {
     match device.platform {
-        Platform::Ios | Platform::IpadOs => check_channel(device, "18.0", false),
-        Platform::MacOs => check_channel(device, "15.0", true),
+        Platform::Ios | Platform::IpadOs => check_channel(device, (18, 0), false),
+        Platform::MacOs => check_channel(device, (15, 0), true),
         _ => Err(Unsupported::OsTooOld),
     }
 }

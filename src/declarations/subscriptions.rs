@@ -175,6 +175,48 @@ fn column(platform: Platform) -> usize {
     }
 }
 
+/// The table with versions parsed once (the resolver asks per device).
+static PARSED: std::sync::LazyLock<Vec<[Option<OsVersion>; 5]>> = std::sync::LazyLock::new(|| {
+    STATUS_ITEMS
+        .iter()
+        .map(|(_, availability)| availability.map(|v| v.and_then(|v| v.parse().ok())))
+        .collect()
+});
+
+/// The items a device may subscribe to, as a bit per row of [`STATUS_ITEMS`]: a cheap key for
+/// sharing one subscriptions declaration among devices.
+pub fn status_items_mask(device: &Device) -> u32 {
+    let user = device.enrollment_type == EnrollmentType::User;
+    let unsupervised_mac = device.platform == Platform::MacOs && !device.supervised;
+    let column = column(device.platform);
+    let mut mask = 0u32;
+    for (row, ((name, _), versions)) in STATUS_ITEMS.iter().zip(PARSED.iter()).enumerate() {
+        let available = versions[column]
+            .as_ref()
+            .is_some_and(|v| device.os_version >= *v);
+        let allowed = if name.starts_with("softwareupdate.") {
+            !user && !unsupervised_mac
+        } else if *name == "device.identifier.serial-number" {
+            !user
+        } else {
+            true
+        };
+        if available && allowed {
+            mask |= 1 << row;
+        }
+    }
+    mask
+}
+
+/// The item names a mask stands for, in table order.
+pub fn items_of_mask(mask: u32) -> impl Iterator<Item = &'static str> {
+    STATUS_ITEMS
+        .iter()
+        .enumerate()
+        .filter(move |(row, _)| mask & (1 << row) != 0)
+        .map(|(_, (name, _))| *name)
+}
+
 /// The items a device on `platform` at `version` can report, in table order.
 pub fn status_items_for(
     platform: Platform,
@@ -190,31 +232,19 @@ pub fn status_items_for(
 /// The items this device may subscribe to: available on its OS and allowed for its enrollment.
 /// Apple allows `softwareupdate.*` only on supervised or device enrollments (supervised on
 /// macOS), and the serial number not on user enrollments.
-pub fn status_items_for_device(device: &Device) -> impl Iterator<Item = &'static str> + '_ {
-    let user = device.enrollment_type == EnrollmentType::User;
-    let unsupervised_mac = device.platform == Platform::MacOs && !device.supervised;
-    status_items_for(device.platform, &device.os_version).filter(move |name| {
-        if name.starts_with("softwareupdate.") {
-            !user && !unsupervised_mac
-        } else if *name == "device.identifier.serial-number" {
-            !user
-        } else {
-            true
-        }
-    })
+pub fn status_items_for_device(device: &Device) -> impl Iterator<Item = &'static str> {
+    items_of_mask(status_items_mask(device))
 }
 
 /// Declarative Device Management itself: iOS/iPadOS 15, macOS 13, tvOS 16, visionOS 1.1,
 /// watchOS 10. Older devices get no declarations at all.
 pub fn ddm_supported(device: &Device) -> bool {
     let introduced = match device.platform {
-        Platform::Ios | Platform::IpadOs => "15.0",
-        Platform::MacOs => "13.0",
-        Platform::TvOs | Platform::AudioOs => "16.0",
-        Platform::VisionOs => "1.1",
-        Platform::WatchOs => "10.0",
+        Platform::Ios | Platform::IpadOs => (15, 0),
+        Platform::MacOs => (13, 0),
+        Platform::TvOs | Platform::AudioOs => (16, 0),
+        Platform::VisionOs => (1, 1),
+        Platform::WatchOs => (10, 0),
     };
-    introduced
-        .parse::<OsVersion>()
-        .is_ok_and(|introduced| device.os_version.base() >= introduced)
+    super::at_least(&device.os_version, introduced)
 }

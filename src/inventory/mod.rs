@@ -76,40 +76,67 @@ impl Device {
     }
 }
 
-/// The inventory file: a list of devices, or `{devices: [...]}`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawInventory {
-    List(Vec<serde_json::Value>),
-    Wrapped { devices: Vec<serde_json::Value> },
+/// Reads YAML (JSON is YAML, but read by serde_json when it is JSON: much faster) with a budget
+/// sized for inventories of a few hundred thousand devices; alias limits stay at their defaults.
+fn read_document(text: &str) -> Result<serde_json::Value, String> {
+    let trimmed = text.trim_start();
+    if (trimmed.starts_with('[') || trimmed.starts_with('{'))
+        && let Ok(value) = serde_json::from_str(text)
+    {
+        return Ok(value);
+    }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 50_000_000;
+    budget.max_events = 100_000_000;
+    budget.max_total_scalar_bytes = 512 * 1024 * 1024;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| e.to_string())
 }
 
-/// Reads an inventory from YAML or JSON text (JSON is YAML). Every bad device is listed as
-/// `devices[i] (enrollmentId): why`; duplicates of an enrollment id are refused.
+/// Reads an inventory from YAML or JSON text: a list of devices, or `{devices: [...]}`. Every
+/// bad device is listed as `devices[i] (enrollmentId): why`; duplicates of an enrollment id are
+/// refused.
 pub fn parse(text: &str) -> Result<Vec<Device>, Vec<String>> {
-    let raw: RawInventory = serde_saphyr::from_str(text)
-        .map_err(|e| vec![format!("not an inventory (a list of devices): {e}")])?;
-    let values = match raw {
-        RawInventory::List(values) | RawInventory::Wrapped { devices: values } => values,
+    let not_inventory = |why: String| vec![format!("not an inventory (a list of devices): {why}")];
+    let values = match read_document(text).map_err(not_inventory)? {
+        serde_json::Value::Array(values) => values,
+        serde_json::Value::Object(mut map) => match map.remove("devices") {
+            Some(serde_json::Value::Array(values)) if map.is_empty() => values,
+            _ => {
+                return Err(not_inventory(
+                    "expected a list, or an object with only `devices: [...]`".into(),
+                ));
+            }
+        },
+        _ => return Err(not_inventory("expected a list of devices".into())),
     };
     let mut devices = Vec::with_capacity(values.len());
     let mut problems = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (index, value) in values.into_iter().enumerate() {
-        let label = value
-            .get("enrollmentId")
-            .and_then(|v| v.as_str())
-            .map(|id| format!("devices[{index}] ({id})"))
-            .unwrap_or_else(|| format!("devices[{index}]"));
+    for (index, value) in values.iter().enumerate() {
+        // Built only when needed: most devices are fine.
+        let label = || {
+            value
+                .get("enrollmentId")
+                .and_then(|v| v.as_str())
+                .map(|id| {
+                    format!(
+                        "devices[{index}] ({})",
+                        id.chars().take(64).collect::<String>()
+                    )
+                })
+                .unwrap_or_else(|| format!("devices[{index}]"))
+        };
         match device(value) {
             Ok(device) => {
                 if seen.insert(device.enrollment_id.clone()) {
                     devices.push(device);
                 } else {
-                    problems.push(format!("{label}: enrollmentId appears more than once"));
+                    problems.push(format!("{}: enrollmentId appears more than once", label()));
                 }
             }
-            Err(why) => problems.push(format!("{label}: {why}")),
+            Err(why) => problems.push(format!("{}: {why}", label())),
         }
     }
     if problems.is_empty() {
@@ -119,8 +146,23 @@ pub fn parse(text: &str) -> Result<Vec<Device>, Vec<String>> {
     }
 }
 
-fn device(value: serde_json::Value) -> Result<Device, String> {
-    let raw: RawDevice = serde_json::from_value(value).map_err(|e| e.to_string())?;
+fn device(value: &serde_json::Value) -> Result<Device, String> {
+    // YAML reads `17.10` as the number 17.1 and `22E240` as a float: say so instead of guessing.
+    for field in [
+        "osVersion",
+        "buildVersion",
+        "softwareUpdateDeviceId",
+        "serialNumber",
+        "enrollmentId",
+        "model",
+    ] {
+        if value.get(field).is_some_and(serde_json::Value::is_number) {
+            return Err(format!(
+                "{field} must be a quoted string (YAML reads unquoted 17.10 as the number 17.1)"
+            ));
+        }
+    }
+    let raw = RawDevice::deserialize(value).map_err(|e| e.to_string())?;
     let nonempty = |field: &str, s: &str| {
         if s.trim().is_empty() || s.len() > 256 {
             Err(format!("{field} must be 1 to 256 characters"))

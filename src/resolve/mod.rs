@@ -145,7 +145,7 @@ struct Declarations {
     list: Vec<Declaration>,
     by_identifier: HashMap<String, u32>,
     enforcement: HashMap<(String, Option<String>, DateTime, Option<String>), u32>,
-    subscriptions: HashMap<Vec<&'static str>, u32>,
+    subscriptions: HashMap<u32, u32>,
     settings: HashMap<(Vec<usize>, Platform, bool), Option<u32>>,
     activation: HashMap<Vec<u32>, u32>,
 }
@@ -418,7 +418,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
             configurations.push(index);
         }
         if subscriptions_allowed(device) && declarations::ddm_supported(device) {
-            let items: Vec<&'static str> = declarations::status_items_for_device(device).collect();
+            let items = declarations::status_items_mask(device);
             let index = match table.subscriptions.get(&items) {
                 Some(index) => *index,
                 None => {
