@@ -43,3 +43,12 @@ where
     Ok(Option::<Vec<ObjectOnly<T>>>::deserialize(deserializer)?
         .map(|v| v.into_iter().map(|o| o.0).collect()))
 }
+
+/// Reads `null` as the type's default (an empty list or map).
+pub fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}

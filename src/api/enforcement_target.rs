@@ -58,7 +58,10 @@ pub struct EnforcementTargetSpec {
     pub target_os_version: String,
     /// The exact build per model, where the version has several builds or is a security
     /// improvement. Models without an entry get the version alone.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["model".into()]))]
     pub target_build_versions: Vec<ModelBuild>,
     /// Device-local deadline, `YYYY-MM-DDTHH:MM:SS` without an offset.
@@ -123,10 +126,16 @@ pub struct EnforcementTargetStatus {
     #[serde(default)]
     pub devices: StateCounts,
     /// Resolved build per model.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     pub builds: BTreeMap<String, String>,
     /// The worst-off devices (failed or stale), at most ten, with their failure reasons.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     pub worst_devices: Vec<DeviceProblem>,
 }
 

@@ -123,6 +123,9 @@ pub struct FleetGroupStatus {
     #[serde(default)]
     pub members: u64,
     /// Member devices per platform.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     pub members_by_platform: BTreeMap<String, u64>,
 }

@@ -308,10 +308,16 @@ pub struct UpdatePolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_deadline: Option<String>,
     /// Device counts by state bucket.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     pub devices: BTreeMap<String, u64>,
     /// What the policy resolved to, per platform and model.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
+    // into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
     pub resolved: Vec<ResolvedModel>,
 }
 

@@ -237,6 +237,12 @@ pub async fn start(
     let targets = Controller::new(Api::<EnforcementTarget>::all(client.clone()), wc.clone());
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
     // The resolver keeps caches of its own; every change to them asks for a pass.
+    // Generated targets are compared against the resolver's (waited-for) target cache.
+    let target_cache = cache(
+        Api::<EnforcementTarget>::all(client.clone()),
+        &trigger_tx,
+        &mut tasks,
+    );
     let resolver = Resolver {
         groups: cache(
             Api::<FleetGroup>::all(client.clone()),
@@ -248,11 +254,7 @@ pub async fn start(
             &trigger_tx,
             &mut tasks,
         ),
-        targets: cache(
-            Api::<EnforcementTarget>::all(client.clone()),
-            &trigger_tx,
-            &mut tasks,
-        ),
+        targets: target_cache.clone(),
         backend,
         catalog: catalog.clone(),
         seed,
@@ -272,7 +274,7 @@ pub async fn start(
         resolve_now: trigger_tx.clone(),
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
-        targets: targets.store(),
+        targets: target_cache,
     });
     tasks.push(tokio::spawn(resolver.run()));
 

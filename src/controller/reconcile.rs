@@ -485,21 +485,30 @@ async fn sync_generated_targets(
             .map(|(model, build)| format!("{model}: {build}"))
             .collect();
         let note = format!(
-            "{} {}{} → {}{}, due {} (device-local), {} device(s)",
+            "{}{} → {}{}, due {} (device-local), {} device(s) to update",
             target.platform,
-            was.map(|w| format!("{w} ")).unwrap_or_default(),
+            was.map(|w| format!(" {w}")).unwrap_or_default(),
+            target.version,
             if models.is_empty() {
                 String::new()
             } else {
-                format!("({})", models.join(", "))
+                format!(" ({})", models.join(", "))
             },
-            target.version,
-            "",
             target.deadline.strftime("%Y-%m-%dT%H:%M"),
-            target.devices
+            target.devices,
         );
-        ctx.publish_event(policy, EventType::Normal, "Resolved", &note)
-            .await;
+        // The target as the related object and the deadline in the action: kube's recorder
+        // folds events with the same key, which must not swallow a changed resolution.
+        let action = format!("Apply{}", target.deadline.strftime("%Y%m%d%H%M"));
+        ctx.publish_related_event(
+            policy,
+            EventType::Normal,
+            "Resolved",
+            &action,
+            &note,
+            Some(desired.object_ref(&())),
+        )
+        .await;
     }
     for stale in existing.iter().filter(|e| !wanted.contains(&e.name_any())) {
         api.delete(&stale.name_any(), &DeleteParams::default())
@@ -617,6 +626,29 @@ pub fn error_policy<K>(_object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Act
 }
 
 impl Context {
+    pub async fn publish_related_event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: &str,
+        related: Option<k8s_openapi::api::core::v1::ObjectReference>,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.chars().take(128).collect(),
+            secondary: related,
+        };
+        if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(%error, "cannot publish an event");
+        } else {
+            self.metrics.kube_write("Event", "create");
+        }
+    }
+
     pub async fn publish_event<K: Resource<DynamicType = ()>>(
         &self,
         object: &K,

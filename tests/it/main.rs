@@ -4,6 +4,7 @@ mod catalog_fetch;
 mod catalog_snapshots;
 mod ddm_http;
 mod durability;
+mod kubernetes;
 mod nanomdm_sync;
 mod plan_examples;
 mod standalone_e2e;
