@@ -90,6 +90,23 @@ pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
+/// The cached objects not being deleted; every object's (generation, deleting) goes to `seen`.
+fn live_objects<K>(store: &Store<K>, seen: &mut HashMap<String, (Option<i64>, bool)>) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|o| {
+            let deleting = o.meta().deletion_timestamp.is_some();
+            seen.insert(key(o.as_ref()), (o.meta().generation, deleting));
+            !deleting
+        })
+        .map(|o| (**o).clone())
+        .collect()
+}
+
 impl Resolver {
     pub async fn run(mut self) {
         tracing::info!("resolver waiting for the watch caches");
@@ -127,56 +144,10 @@ impl Resolver {
     async fn pass(&mut self, number: u64) {
         let started = Instant::now();
         let mut seen = HashMap::new();
-        let live = |seen: &mut HashMap<String, (Option<i64>, bool)>,
-                    key: String,
-                    generation,
-                    deleting: bool| {
-            seen.insert(key, (generation, deleting));
-            !deleting
-        };
         // Objects being deleted are left out: that is what withdraws their declarations.
-        let groups: Vec<FleetGroup> = self
-            .groups
-            .state()
-            .iter()
-            .filter(|o| {
-                live(
-                    &mut seen,
-                    key(o.as_ref()),
-                    o.metadata.generation,
-                    o.metadata.deletion_timestamp.is_some(),
-                )
-            })
-            .map(|o| (**o).clone())
-            .collect();
-        let policies: Vec<UpdatePolicy> = self
-            .policies
-            .state()
-            .iter()
-            .filter(|o| {
-                live(
-                    &mut seen,
-                    key(o.as_ref()),
-                    o.metadata.generation,
-                    o.metadata.deletion_timestamp.is_some(),
-                )
-            })
-            .map(|o| (**o).clone())
-            .collect();
-        let targets: Vec<EnforcementTarget> = self
-            .targets
-            .state()
-            .iter()
-            .filter(|o| {
-                live(
-                    &mut seen,
-                    key(o.as_ref()),
-                    o.metadata.generation,
-                    o.metadata.deletion_timestamp.is_some(),
-                )
-            })
-            .map(|o| (**o).clone())
-            .collect();
+        let groups = live_objects(&self.groups, &mut seen);
+        let policies = live_objects(&self.policies, &mut seen);
+        let targets = live_objects(&self.targets, &mut seen);
         let partial = check_each(&groups, &policies, &targets);
         let (catalog, catalog_origin, catalog_problem) = {
             let handle = self.catalog.read().await;
