@@ -446,6 +446,8 @@ async fn sync_generated_targets(
         .filter(|t| {
             t.namespace().as_deref() == Some(namespace.as_str())
                 && t.labels().get(POLICY_LABEL) == Some(&checked.key.name)
+                // Already being deleted: deleting again only repeats the event.
+                && t.metadata.deletion_timestamp.is_none()
         })
         .collect();
     let mut wanted = Vec::new();
@@ -511,8 +513,12 @@ async fn sync_generated_targets(
         .await;
     }
     for stale in existing.iter().filter(|e| !wanted.contains(&e.name_any())) {
-        api.delete(&stale.name_any(), &DeleteParams::default())
-            .await?;
+        match api.delete(&stale.name_any(), &DeleteParams::default()).await {
+            Ok(_) => {}
+            // Gone already: that is what we wanted.
+            Err(kube::Error::Api(status)) if status.code == 404 => continue,
+            Err(error) => return Err(error.into()),
+        }
         ctx.metrics.kube_write("EnforcementTarget", "delete");
         ctx.publish_event(
             policy,
