@@ -513,7 +513,10 @@ async fn sync_generated_targets(
         .await;
     }
     for stale in existing.iter().filter(|e| !wanted.contains(&e.name_any())) {
-        match api.delete(&stale.name_any(), &DeleteParams::default()).await {
+        match api
+            .delete(&stale.name_any(), &DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             // Gone already: that is what we wanted.
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
