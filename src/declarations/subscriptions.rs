@@ -222,11 +222,12 @@ pub fn status_items_for(
     platform: Platform,
     version: &OsVersion,
 ) -> impl Iterator<Item = &'static str> {
-    let base = version.base();
-    STATUS_ITEMS.iter().filter_map(move |(name, availability)| {
-        let introduced: OsVersion = availability[column(platform)]?.parse().ok()?;
-        (base >= introduced).then_some(*name)
-    })
+    let column = column(platform);
+    STATUS_ITEMS
+        .iter()
+        .zip(PARSED.iter())
+        .filter(move |(_, versions)| versions[column].as_ref().is_some_and(|v| version >= v))
+        .map(|((name, _), _)| *name)
 }
 
 /// The items this device may subscribe to: available on its OS and allowed for its enrollment.
