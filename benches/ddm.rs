@@ -550,6 +550,7 @@ fn main() {
         metrics,
         ready: Default::default(),
         status: tokio::sync::RwLock::new(json!({"ready": true})),
+        enrollment: Default::default(),
     });
     let (ours, stop_ours) = serve(&server_rt, http::router("/ddm", ddm_state, app));
     let trivial = Router::new().route(

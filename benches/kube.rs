@@ -1753,6 +1753,7 @@ async fn scenario(
         nanomdm: None,
         poll_interval: Duration::from_secs(1),
         assume_supervised: true,
+        enroll: Default::default(),
     };
     let settings = KubeSettings {
         lease_namespace: NAMESPACE.into(),

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cli;
 pub mod controller;
 pub mod declarations;
+pub mod enroll;
 pub mod http;
 pub mod inventory;
 pub mod manifests;

@@ -21,9 +21,10 @@ pub use fleet_group::{
     DeviceSelector, FleetGroup, FleetGroupSpec, FleetGroupStatus, Shard, VersionRange,
 };
 pub use update_policy::{
-    AssetSetName, AutomaticActions, Beta, Cadence, DeadlineRule, Deferrals, EnrollmentGate,
-    FailurePolicy, RapidSecurityResponseSettings, ResolvedModel, Ring, SettingsSpec, SwitchSetting,
-    TargetRule, UpdatePolicy, UpdatePolicySpec, UpdatePolicyStatus,
+    AssetSetName, AutomaticActions, Beta, BetaProgram, Cadence, DeadlineRule, Deferrals,
+    EnrollmentGate, EnrollmentGateStatus, FailurePolicy, RapidSecurityResponseSettings,
+    ResolvedModel, Ring, SettingsSpec, SwitchSetting, TargetRule, UpdatePolicy, UpdatePolicySpec,
+    UpdatePolicyStatus,
 };
 
 /// API group of every kind here.

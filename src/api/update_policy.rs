@@ -285,6 +285,20 @@ pub struct EnrollmentGate {
     pub minimum_version: String,
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// Enroll held devices in a beta program so they can be required to update to its builds
+    /// (Apple's `RequireBetaProgram`; iOS 17.5 / macOS 14.5). The seeding token is a secret: it
+    /// comes from the operator's `--enroll-beta-token-file`, not from Git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub beta_program: Option<BetaProgram>,
+}
+
+/// A beta program devices are enrolled in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BetaProgram {
+    /// What the program is, for people (Apple's `Description`).
+    #[schemars(length(min = 1, max = 256))]
+    pub description: String,
 }
 
 /// What the policy resolved to and how its devices are doing.
@@ -319,6 +333,28 @@ pub struct UpdatePolicyStatus {
     #[serde(default, deserialize_with = "crate::strict::null_as_default")]
     #[schemars(extend("nullable" = true))]
     pub resolved: Vec<ResolvedModel>,
+    /// What the enrollment gate decided, when the policy has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<EnrollmentGateStatus>,
+}
+
+/// Enrollment gate decisions made by this policy since the operator started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentGateStatus {
+    /// When counting started (the operator's start).
+    pub since: String,
+    /// Decisions by outcome: `Allowed`, `UpdateRequired`, `CannotUpdate`, `FailedOpen`,
+    /// `FailedClosed`.
+    // Nullable: server-side apply on Kubernetes 1.20 turns an emptied map into null.
+    #[serde(default, deserialize_with = "crate::strict::null_as_default")]
+    #[schemars(extend("nullable" = true))]
+    pub decisions: BTreeMap<String, u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_decision_time: Option<String>,
+    /// The last time the gate could not decide (catalog unavailable, model unknown), and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
 }
 
 /// The version, build and deadline one model of one platform is taken to.

@@ -92,6 +92,15 @@ pub enum MinimumVersion {
     Version(OsVersion),
 }
 
+/// A checked enrollment gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedGate {
+    pub minimum: MinimumVersion,
+    pub failure_policy: super::FailurePolicy,
+    /// Enroll devices in this beta program (its description) with the operator's seeding token.
+    pub beta_program: Option<String>,
+}
+
 /// One ring of a policy: its groups and deadline delay. The policy's own `fleetGroups` are the
 /// first ring, named `""`, with no delay.
 #[derive(Debug, Clone)]
@@ -113,7 +122,7 @@ pub struct CheckedPolicy {
     pub majors: Vec<u32>,
     pub deadline: CheckedDeadline,
     pub settings: Option<SettingsSpec>,
-    pub enrollment: Option<(MinimumVersion, super::FailurePolicy)>,
+    pub enrollment: Option<CheckedGate>,
     pub details_url: Option<String>,
     pub suspend: bool,
     pub deletion_policy: DeletionPolicy,
@@ -462,12 +471,27 @@ pub fn update_policy(policy: &UpdatePolicy) -> Result<CheckedPolicy, Vec<Problem
     });
 
     let enrollment = spec.enrollment.as_ref().and_then(|gate| {
-        if gate.minimum_version == "Target" {
-            Some((MinimumVersion::Target, gate.failure_policy))
+        let minimum = if gate.minimum_version == "Target" {
+            Some(MinimumVersion::Target)
         } else {
             c.version("spec.enrollment.minimumVersion", &gate.minimum_version)
-                .map(|v| (MinimumVersion::Version(v), gate.failure_policy))
-        }
+                .map(MinimumVersion::Version)
+        };
+        let beta_program = gate.beta_program.as_ref().and_then(|beta| {
+            if beta.description.trim().is_empty() || beta.description.len() > 256 {
+                c.fail(
+                    "spec.enrollment.betaProgram.description",
+                    "give a description of 1 to 256 characters",
+                );
+                return None;
+            }
+            Some(beta.description.clone())
+        });
+        Some(CheckedGate {
+            minimum: minimum?,
+            failure_policy: gate.failure_policy,
+            beta_program,
+        })
     });
     let details_url = c.url("spec.detailsURL", spec.details_url.as_ref());
 

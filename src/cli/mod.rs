@@ -33,7 +33,7 @@ pub enum Command {
     /// Print the CustomResourceDefinitions.
     Crds(crds_cmd::CrdsArgs),
     /// Run the operator: serve devices and keep their declarations current.
-    Run(run_cmd::RunArgs),
+    Run(Box<run_cmd::RunArgs>),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -79,7 +79,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Catalog(command) => catalog_cmd::run(command),
         Command::Plan(args) => plan_cmd::run(args),
         Command::Crds(args) => crds_cmd::run(args),
-        Command::Run(args) => run_cmd::run(args),
+        Command::Run(args) => run_cmd::run(*args),
     };
     match result {
         Ok(output) => {

@@ -10,6 +10,7 @@ use clap::Args;
 use super::CliError;
 use crate::backend::nanomdm::NanoMdmConfig;
 use crate::catalog::fetch::DEFAULT_URL;
+use crate::http::enroll::EnrollConfig;
 use crate::run::{CatalogSource, RunConfig};
 
 #[derive(Debug, Args)]
@@ -70,6 +71,24 @@ pub struct RunArgs {
     /// Kubernetes mode: reconciles running at once per kind.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// Path of the enrollment gate: Setup Assistant posts MachineInfo here (point the ADE
+    /// profile's `url` at `https://HOST/enroll`).
+    #[arg(long, default_value = "/enroll")]
+    enroll_path: String,
+    /// Devices the gate lets through are proxied to this enrollment URL (the MDM's own).
+    #[arg(long, value_name = "URL", conflicts_with = "enroll_profile")]
+    enroll_upstream: Option<String>,
+    /// Or served this enrollment profile (`application/x-apple-aspen-config`).
+    #[arg(long, value_name = "FILE")]
+    enroll_profile: Option<PathBuf>,
+    /// PEM CAs the MachineInfo signer must chain to (Apple's device CAs in production); with
+    /// it, unsigned MachineInfo is refused.
+    #[arg(long, value_name = "FILE")]
+    enroll_ca_bundle: Option<PathBuf>,
+    /// File with the Apple Business Manager seeding service token, for policies whose gate
+    /// asks for a beta program.
+    #[arg(long, value_name = "FILE")]
+    enroll_beta_token_file: Option<PathBuf>,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -81,13 +100,16 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{value:?} is not a positive duration like 2s, 10m or 24h"))
 }
 
-fn read_key(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
+fn read_file(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
     path.map(|p| {
-        std::fs::read(p)
-            .map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec())
-            .map_err(|e| CliError::Unreadable(format!("{}: {e}", p.display())))
+        std::fs::read(p).map_err(|e| CliError::Unreadable(format!("{}: {e}", p.display())))
     })
     .transpose()
+}
+
+/// A key file's content without surrounding whitespace (a trailing newline is not key).
+fn read_key(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
+    Ok(read_file(path)?.map(|bytes| String::from_utf8_lossy(&bytes).trim().as_bytes().to_vec()))
 }
 
 pub fn run(args: RunArgs) -> Result<String, CliError> {
@@ -133,13 +155,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
     let config = RunConfig {
         manifests,
         catalog,
-        catalog_roots: args
-            .catalog_roots
-            .as_ref()
-            .map(|p| {
-                std::fs::read(p).map_err(|e| CliError::Unreadable(format!("{}: {e}", p.display())))
-            })
-            .transpose()?,
+        catalog_roots: read_file(args.catalog_roots.as_ref())?,
         catalog_refresh: args.catalog_refresh,
         data_dir: args.data_dir.clone(),
         database,
@@ -151,6 +167,14 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         nanomdm,
         poll_interval: args.poll_interval,
         assume_supervised: args.assume_supervised,
+        enroll: EnrollConfig {
+            path: args.enroll_path.clone(),
+            upstream: args.enroll_upstream.clone(),
+            profile: read_file(args.enroll_profile.as_ref())?,
+            ca_bundle: read_file(args.enroll_ca_bundle.as_ref())?,
+            beta_token: read_file(args.enroll_beta_token_file.as_ref())?
+                .map(|t| String::from_utf8_lossy(&t).trim().to_string()),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

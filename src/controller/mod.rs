@@ -23,7 +23,8 @@ use crate::api::{EnforcementTarget, FleetGroup, UpdatePolicy};
 use crate::backend::embedded::Embedded;
 use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store as DeviceStore;
-use crate::catalog::Catalog;
+use crate::enroll::GateView;
+use crate::enroll::tally::Tally;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::run::RunConfig;
@@ -50,13 +51,6 @@ impl Error {
     }
 }
 
-/// The catalog in use, shared with the resolver.
-pub struct CatalogHandle {
-    pub catalog: Arc<Catalog>,
-    pub origin: String,
-    pub problem: Option<String>,
-}
-
 /// What every reconcile reads.
 pub struct Context {
     pub client: Client,
@@ -65,6 +59,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
     pub targets: Store<EnforcementTarget>,
+    /// Enrollment gate decisions, shown in gated policies' status.
+    pub enrollment: Arc<Tally>,
 }
 
 /// Kubernetes-mode settings beyond the shared ones.
@@ -152,11 +148,19 @@ pub async fn start(
         }
     })];
 
+    let tally = Arc::new(Tally::default());
     let app = Arc::new(AppState {
         metrics: metrics.clone(),
         ready: Default::default(),
         status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
+        enrollment: tally.clone(),
     });
+    let (gate, gate_view) = watch::channel(Arc::new(GateView::unavailable(
+        "this replica is not the leader or has not resolved yet",
+    )));
+    let enroll_state = config
+        .enroll
+        .state(gate_view, tally.clone(), metrics.clone())?;
     let ddm_state = Arc::new(ddm::DdmState {
         store: store.clone(),
         reports: backend.reports.clone(),
@@ -166,7 +170,9 @@ pub async fn start(
         reported: reported_tx,
         metrics: metrics.clone(),
     });
-    let router = crate::http::router(&config.base_path, ddm_state, app.clone());
+    let router = crate::http::router(&config.base_path, ddm_state, app.clone()).merge(
+        crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
+    );
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| e.to_string())?;
@@ -199,12 +205,9 @@ pub async fn start(
     }
     tracing::info!(identity = %settings.identity, "leading");
 
-    let catalog = crate::run::load_catalog_for(&config, &metrics).await;
-    let catalog = Arc::new(tokio::sync::RwLock::new(CatalogHandle {
-        catalog: catalog.0,
-        origin: catalog.1,
-        problem: catalog.2,
-    }));
+    let catalog = Arc::new(tokio::sync::RwLock::new(
+        crate::run::load_catalog(&config, &metrics).await,
+    ));
     let seed = crate::run::read_inventory(config.inventory.as_deref());
     // The catalog is fetched again on its interval; a new one triggers a pass.
     if matches!(config.catalog, crate::run::CatalogSource::Url(_)) {
@@ -219,13 +222,8 @@ pub async fn start(
             interval.tick().await;
             loop {
                 interval.tick().await;
-                let (catalog, origin, problem) =
-                    crate::run::load_catalog_for(&refresh_config, &refresh_metrics).await;
-                *handle.write().await = CatalogHandle {
-                    catalog,
-                    origin,
-                    problem,
-                };
+                *handle.write().await =
+                    crate::run::load_catalog(&refresh_config, &refresh_metrics).await;
                 let _ = trigger.send(());
             }
         }));
@@ -261,6 +259,7 @@ pub async fn start(
         assume_supervised: config.assume_supervised,
         metrics: metrics.clone(),
         publish,
+        gate,
         triggers: trigger_rx,
         resync: Duration::from_secs(600),
     };
@@ -275,6 +274,7 @@ pub async fn start(
         metrics: metrics.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         targets: target_cache,
+        enrollment: tally.clone(),
     });
     tasks.push(tokio::spawn(resolver.run()));
 
@@ -322,7 +322,10 @@ pub async fn start(
         policies
             .with_config(config_for())
             .owns(Api::<EnforcementTarget>::all(client.clone()), wc.clone())
-            .reconcile_all_on(every_pass(snapshots.clone()))
+            .reconcile_all_on(futures::stream::select(
+                every_pass(snapshots.clone()),
+                every_decisions(tally.subscribe()),
+            ))
             .run(reconcile::update_policy, reconcile::error_policy, ctx)
             .for_each(|_| async {}),
     ));
@@ -381,6 +384,19 @@ where
         });
     tasks.push(tokio::spawn(stream));
     reader
+}
+
+/// A stream that yields at most every 10 seconds while enrollment decisions are made, so gated
+/// policies' status follows without a write per decision.
+fn every_decisions(
+    receiver: watch::Receiver<u64>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.changed().await.ok()?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        receiver.borrow_and_update();
+        Some(((), receiver))
+    })
 }
 
 /// A stream that yields once per published snapshot.

@@ -20,6 +20,7 @@ use super::conditions::{Desired, conditions};
 use super::resolver::{Snapshot, key};
 use super::{Context, Error};
 use crate::api::condition_types::{COMPLIANT, READY, RESOLVED, SYNCED};
+use crate::api::validate::ObjectKey;
 use crate::api::{
     DeletionPolicy, DeviceProblem, EnforcementTarget, EnforcementTargetStatus, FIELD_MANAGER,
     FINALIZER, FleetGroup, FleetGroupStatus, POLICY_LABEL, ResolvedModel, STATUS_FIELD_MANAGER,
@@ -421,6 +422,12 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
                     },
                 )
                 .collect(),
+            enrollment: object.spec.enrollment.as_ref().map(|_| {
+                ctx.enrollment.status_of(&ObjectKey {
+                    namespace: object.namespace().unwrap_or_else(|| "default".into()),
+                    name: object.name_any(),
+                })
+            }),
         };
         write_status(&ctx, object.as_ref(), current, status).await?;
         Ok(Action::await_change())

@@ -14,6 +14,7 @@ use crate::api::validate::{Partial, check_each};
 use crate::api::{EnforcementTarget, FleetGroup, UpdatePolicy};
 use crate::backend::DeviceRecord;
 use crate::backend::embedded::Embedded;
+use crate::enroll::GateView;
 use crate::http::metrics::Metrics;
 use crate::inventory::Device;
 use crate::resolve::Plan;
@@ -26,7 +27,7 @@ pub struct Snapshot {
     pub pass: u64,
     pub partial: Partial,
     pub plan: Plan,
-    pub devices: Vec<Device>,
+    pub devices: Arc<Vec<Device>>,
     pub records: Vec<DeviceRecord>,
     pub standings: Standings,
     /// `Ok(changed enrollments)` or why the backend write failed.
@@ -45,7 +46,7 @@ impl Default for Snapshot {
             pass: 0,
             partial: Partial::default(),
             plan: Plan::default(),
-            devices: Vec::new(),
+            devices: Arc::default(),
             records: Vec::new(),
             standings: Standings::default(),
             applied: Err("no pass has run yet".into()),
@@ -70,11 +71,13 @@ pub struct Resolver {
     pub policies: Store<UpdatePolicy>,
     pub targets: Store<EnforcementTarget>,
     pub backend: Embedded,
-    pub catalog: Arc<tokio::sync::RwLock<super::CatalogHandle>>,
+    pub catalog: Arc<tokio::sync::RwLock<crate::run::CatalogState>>,
     pub seed: Vec<Device>,
     pub assume_supervised: bool,
     pub metrics: Arc<Metrics>,
     pub publish: watch::Sender<Arc<Snapshot>>,
+    /// What the enrollment gate decides from.
+    pub gate: watch::Sender<Arc<GateView>>,
     /// Pings from controllers (an object changed) and from device reports.
     pub triggers: mpsc::UnboundedReceiver<()>,
     /// A pass at least this often, so silent devices turn stale on time.
@@ -149,12 +152,13 @@ impl Resolver {
         let policies = live_objects(&self.policies, &mut seen);
         let targets = live_objects(&self.targets, &mut seen);
         let partial = check_each(&groups, &policies, &targets);
-        let (catalog, catalog_origin, catalog_problem) = {
+        let (catalog, catalog_origin, catalog_problem, gate_catalog) = {
             let handle = self.catalog.read().await;
             (
                 handle.catalog.clone(),
                 handle.origin.clone(),
                 handle.problem.clone(),
+                handle.for_gate(),
             )
         };
         let now = jiff::Timestamp::now();
@@ -188,12 +192,19 @@ impl Resolver {
                     .map(|r| (r.enrollment_id.as_str(), r))
                     .collect();
                 let standings = standings(&result.devices, &result.plan, &by_id, now);
+                let devices = Arc::new(result.devices);
+                self.gate.send_replace(Arc::new(GateView::new(
+                    &partial.checked.groups,
+                    &partial.checked.policies,
+                    devices.clone(),
+                    gate_catalog,
+                )));
                 Snapshot {
                     pass: number,
                     partial,
                     standings,
                     plan: result.plan,
-                    devices: result.devices,
+                    devices,
                     records: result.records,
                     applied,
                     catalog_origin,

@@ -25,6 +25,13 @@ struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    /// `namespace/name` of the deciding UpdatePolicy; empty when no gate applies.
+    policy: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub source: String,
     pub state: String,
@@ -48,6 +55,8 @@ pub struct Metrics {
     reconcile_seconds: Family<KindLabels, Histogram>,
     kube_writes: Family<WriteLabels, Counter>,
     backend_apply_seconds: Histogram,
+    enrollment_decisions: Family<DecisionLabels, Counter>,
+    enrollment_seconds: Histogram,
 }
 
 impl Default for Metrics {
@@ -147,7 +156,21 @@ impl Metrics {
             "Time to write one pass to the backend",
             backend_apply_seconds.clone(),
         );
+        let enrollment_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "enrollment_decisions",
+            "Enrollment gate decisions per deciding UpdatePolicy: Allowed, UpdateRequired, CannotUpdate, FailedOpen, FailedClosed, Ungated",
+            enrollment_decisions.clone(),
+        );
+        let enrollment_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
+        registry.register(
+            "enrollment_decision_duration_seconds",
+            "Time to verify MachineInfo and decide, without forwarding",
+            enrollment_seconds.clone(),
+        );
         Metrics {
+            enrollment_decisions,
+            enrollment_seconds,
             reconciles,
             reconcile_failures,
             reconcile_seconds,
@@ -171,6 +194,13 @@ impl Metrics {
         self.ddm_requests
             .get_or_create(&EndpointLabels { endpoint, code })
             .inc();
+    }
+
+    pub fn enrollment_decision(&self, policy: String, decision: &'static str, seconds: f64) {
+        self.enrollment_decisions
+            .get_or_create(&DecisionLabels { policy, decision })
+            .inc();
+        self.enrollment_seconds.observe(seconds);
     }
 
     pub fn status_report(&self) {

@@ -2,6 +2,7 @@
 //! of resolved status. axum, bound to the configured address.
 
 pub mod ddm;
+pub mod enroll;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -21,9 +22,12 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The last resolved status, as served by `GET /api/v1/status`.
     pub status: RwLock<serde_json::Value>,
+    /// Enrollment gate decisions, added live to the status.
+    pub enrollment: Arc<crate::enroll::tally::Tally>,
 }
 
-/// The whole router: DDM under `base_path` (such as `/ddm`), the rest at the root.
+/// The router: DDM under `base_path` (such as `/ddm`), the rest at the root. The enrollment
+/// gate (`enroll::router`) is merged in by the callers that serve it.
 pub fn router(base_path: &str, ddm_state: Arc<ddm::DdmState>, app: Arc<AppState>) -> Router {
     let base = format!("/{}", base_path.trim_matches('/'));
     let ddm = ddm::router(ddm_state).layer(DefaultBodyLimit::max(ddm::MAX_BODY_BYTES));
@@ -62,5 +66,26 @@ async fn metrics_text(State(app): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn status_json(State(app): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(app.status.read().await.clone())
+    let mut status = app.status.read().await.clone();
+    if let serde_json::Value::Object(map) = &mut status {
+        let time = |t: jiff::Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let enrollment: serde_json::Map<String, serde_json::Value> = app
+            .enrollment
+            .all()
+            .into_iter()
+            .map(|(policy, tally)| {
+                let policy = if policy.is_empty() { "(no gate)".to_string() } else { policy };
+                (
+                    policy,
+                    serde_json::json!({
+                        "decisions": tally.decisions,
+                        "lastDecisionTime": tally.last_decision.map(time),
+                        "lastProblem": tally.last_problem.map(|(at, why)| format!("{}: {why}", time(at))),
+                    }),
+                )
+            })
+            .collect();
+        map.insert("enrollment".into(), enrollment.into());
+    }
+    axum::Json(status)
 }

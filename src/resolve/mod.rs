@@ -7,6 +7,7 @@ mod deadline;
 mod generate;
 mod reason;
 mod select;
+mod single;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,6 +18,7 @@ pub use deadline::deadline;
 pub use generate::{target_name, target_object};
 pub use reason::Reason;
 pub use select::{selects, shard_bucket};
+pub use single::{Required, lowest_at_least, policy_target};
 
 use crate::api::validate::{CheckedGroup, CheckedPolicy, CheckedTarget, ObjectKey};
 use crate::catalog::{
@@ -306,7 +308,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
                 };
                 for (p, ring) in &applying {
                     let policy = &input.policies[*p];
-                    match policy_candidate(input, policy, *ring, os, today) {
+                    match policy_candidate(input, policy, policy.asset_set, *ring, os, today) {
                         Ok((candidate, two_step)) => {
                             if let Some(base) = two_step {
                                 out.notes.push(Note {
@@ -512,6 +514,7 @@ type Decided = Result<(Candidate, Option<String>), (Reason, String)>;
 fn policy_candidate(
     input: Input<'_>,
     policy: &CheckedPolicy,
+    asset_set: AssetSet,
     ring: usize,
     os: DeviceOs<'_>,
     today: jiff::civil::Date,
@@ -519,14 +522,14 @@ fn policy_candidate(
     let strategy = scoped_strategy(policy, os.version);
     let query = Query {
         strategy,
-        asset_set: policy.asset_set,
+        asset_set,
         security_improvements: policy.security_improvements,
         on: today,
     };
     let choice = input.catalog.resolve(os, &query).map_err(|r| {
         (
             Reason::from(r),
-            format!("{} from {:?}", query.strategy, policy.asset_set),
+            format!("{} from {:?}", query.strategy, asset_set),
         )
     })?;
     let delay = policy.rings[ring].delay_days;
@@ -574,7 +577,7 @@ fn policy_candidate(
     }
     Ok(candidate(
         input.catalog,
-        policy.asset_set,
+        asset_set,
         os.device_id,
         chosen,
         ring,

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::api::validate::{Checked, check_all};
 use crate::backend::embedded::Embedded;
@@ -23,6 +23,8 @@ use crate::backend::store::Store;
 use crate::catalog::fetch::{FetchConfig, Fetcher, LastGood, Refresh};
 use crate::catalog::{Catalog, PmvDocument, guard};
 use crate::declarations::{self, Declaration};
+use crate::enroll::GateView;
+use crate::enroll::tally::Tally;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::inventory::Device;
@@ -62,6 +64,8 @@ pub struct RunConfig {
     /// Devices learned from DDM reports are taken as supervised (ADE fleets are) unless the
     /// inventory says otherwise.
     pub assume_supervised: bool,
+    /// The enrollment gate.
+    pub enroll: crate::http::enroll::EnrollConfig,
 }
 
 /// Why `run` stopped.
@@ -74,11 +78,25 @@ pub enum RunError {
 }
 
 /// The catalog in use and where it came from, for status.
-struct CatalogState {
-    catalog: Arc<Catalog>,
-    document: PmvDocument,
-    origin: String,
-    problem: Option<String>,
+pub struct CatalogState {
+    pub catalog: Arc<Catalog>,
+    pub document: PmvDocument,
+    pub origin: String,
+    pub problem: Option<String>,
+    /// Whether the enrollment gate may hold devices against this copy: not the shipped one, and
+    /// not a cached one older than `GATE_CATALOG_MAX_AGE` (Apple stops signing old builds, so a
+    /// device told to install one would be stuck in Setup Assistant).
+    pub gate: Result<(), String>,
+}
+
+/// The oldest cached catalog copy the enrollment gate still trusts.
+pub const GATE_CATALOG_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(72);
+
+impl CatalogState {
+    /// The catalog as the enrollment gate may use it.
+    pub fn for_gate(&self) -> Result<Arc<Catalog>, String> {
+        self.gate.clone().map(|()| self.catalog.clone())
+    }
 }
 
 /// Runs until the process is stopped.
@@ -119,14 +137,24 @@ impl Engine {
             reported: reported_tx,
             metrics: metrics.clone(),
         });
+        let tally = Arc::new(Tally::default());
         let app = Arc::new(AppState {
             metrics: metrics.clone(),
             ready: Default::default(),
             status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
+            enrollment: tally.clone(),
         });
-        let router = crate::http::router(&config.base_path, ddm_state, app.clone());
+        let (gate, gate_view) =
+            watch::channel(Arc::new(GateView::unavailable("no resolver pass yet")));
+        let enroll_state = config
+            .enroll
+            .state(gate_view, tally, metrics.clone())
+            .map_err(RunError::Setup)?;
+        let router = crate::http::router(&config.base_path, ddm_state, app.clone()).merge(
+            crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
+        );
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(address = %listener.local_addr()?, base = %config.base_path, "serving DDM");
+        tracing::info!(address = %listener.local_addr()?, base = %config.base_path, enroll = %config.enroll.route(), "serving DDM and the enrollment gate");
 
         let mut engine_loop = Loop {
             catalog: load_catalog(&config, &metrics).await,
@@ -134,6 +162,7 @@ impl Engine {
             backend,
             metrics,
             app,
+            gate,
             checked: None,
             manifest_problems: Vec::new(),
             notices: Vec::new(),
@@ -184,7 +213,8 @@ pub fn bootstrap_declarations() -> Vec<Declaration> {
     vec![subscriptions, activation]
 }
 
-async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
+/// Loads the catalog: the file, or Apple's URL with the cached and shipped fallbacks.
+pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
     let shipped = || {
         let document = PmvDocument::from_slice(SHIPPED_CATALOG).unwrap_or_default();
         CatalogState {
@@ -192,6 +222,7 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
             document,
             origin: "the catalog shipped with the operator (2026-08-22); expiration dates are judged as of that day".into(),
             problem: None,
+            gate: Err("Apple's catalog could not be fetched and no recent copy is cached; the gate does not hold devices against the shipped copy of 2026-08-22".into()),
         }
     };
     match &config.catalog {
@@ -211,6 +242,7 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
                     path.display()
                 ),
                 problem: None,
+                gate: Ok(()),
             },
             Err(why) => {
                 tracing::error!(path = %path.display(), %why, "catalog file unusable; using the shipped catalog");
@@ -247,8 +279,10 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
                     document: *document,
                     origin: url.clone(),
                     problem: None,
+                    gate: Ok(()),
                 },
                 (_, Ok(Some((_, document)))) => CatalogState {
+                    gate: cached_copy_for_gate(store.meta().fetched_at, problem.as_deref()),
                     catalog: Arc::new(match store.meta().fetched_at {
                         Some(at) => {
                             Catalog::from_document(&document).with_as_of(crate::cli::utc_date(at))
@@ -276,13 +310,24 @@ async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
     }
 }
 
-/// The catalog for Kubernetes mode: `(catalog, origin, problem)`.
-pub async fn load_catalog_for(
-    config: &RunConfig,
-    metrics: &Metrics,
-) -> (Arc<Catalog>, String, Option<String>) {
-    let state = load_catalog(config, metrics).await;
-    (state.catalog, state.origin, state.problem)
+/// Whether the gate trusts a cached copy fetched at `fetched_at` (unknown: no).
+fn cached_copy_for_gate(
+    fetched_at: Option<jiff::Timestamp>,
+    problem: Option<&str>,
+) -> Result<(), String> {
+    let age = fetched_at.map(|at| jiff::Timestamp::now().duration_since(at));
+    match age {
+        Some(age) if age <= GATE_CATALOG_MAX_AGE => Ok(()),
+        _ => Err(format!(
+            "Apple's catalog could not be fetched ({}) and the cached copy is {}; the gate holds devices only against a copy at most {} hours old",
+            problem.unwrap_or("not yet refreshed"),
+            age.map_or("of unknown age".to_string(), |a| format!(
+                "{} hours old",
+                a.as_secs() / 3600
+            )),
+            GATE_CATALOG_MAX_AGE.as_secs() / 3600
+        )),
+    }
 }
 
 /// Devices from an inventory file; problems are logged and the file ignored.
@@ -319,6 +364,8 @@ struct Loop {
     metrics: Arc<Metrics>,
     app: Arc<AppState>,
     catalog: CatalogState,
+    /// What the enrollment gate decides from, renewed by every pass.
+    gate: watch::Sender<Arc<GateView>>,
     /// The last valid resources: an invalid change keeps them in force.
     checked: Option<Checked>,
     manifest_problems: Vec<String>,
@@ -427,7 +474,7 @@ impl Loop {
             jiff::Timestamp::now(),
         )
         .await;
-        let result = match result {
+        let mut result = match result {
             Ok(result) => result,
             Err(error) => {
                 tracing::error!(%error, "cannot read devices");
@@ -452,7 +499,16 @@ impl Loop {
         if result.applied.is_ok() {
             self.app.ready.store(true, Ordering::Release);
         }
-        self.publish(Some(&result.plan), &result.devices, &result.records)
+        let devices = Arc::new(std::mem::take(&mut result.devices));
+        if let Some(checked) = &self.checked {
+            self.gate.send_replace(Arc::new(GateView::new(
+                &checked.groups,
+                &checked.policies,
+                devices.clone(),
+                self.catalog.for_gate(),
+            )));
+        }
+        self.publish(Some(&result.plan), &devices, &result.records)
             .await;
     }
 

@@ -84,6 +84,7 @@
 //! and summarises requests, failures, install states and latency percentiles.
 
 mod client;
+pub mod enroll;
 mod device;
 mod fleet;
 mod items;

@@ -525,6 +525,7 @@ impl Env {
             nanomdm: None,
             poll_interval: Duration::from_secs(1),
             assume_supervised: true,
+            enroll: Default::default(),
         };
         let log = Arc::new(RequestLog::default());
         let scoped = scoped_client(client.clone(), &namespace, log.clone(), None);

@@ -3,6 +3,7 @@ mod apple_schema;
 mod catalog_fetch;
 mod catalog_snapshots;
 mod ddm_http;
+mod enroll_gate;
 mod durability;
 mod kubernetes;
 mod nanomdm_sync;

@@ -1,0 +1,404 @@
+//! The gate's decision, pure: MachineInfo + the resources + the catalog → let the device enroll,
+//! require an update first, or fall back to the policy's `failurePolicy`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jiff::Timestamp;
+
+use super::machine_info::MachineInfo;
+use crate::api::FailurePolicy;
+use crate::api::validate::{CheckedGate, CheckedGroup, CheckedPolicy, MinimumVersion, ObjectKey};
+use crate::catalog::{AssetSet, Build, Catalog, OsVersion, Platform};
+use crate::inventory::{Device, EnrollmentType};
+use crate::resolve::{Reason, Required, lowest_at_least, policy_target, selects};
+
+/// What the gate decides from: published by every resolver pass.
+#[derive(Debug, Clone)]
+pub struct GateView {
+    groups: Vec<CheckedGroup>,
+    /// Policies with an enrollment gate, and their gates.
+    policies: Vec<CheckedPolicy>,
+    gates: Vec<CheckedGate>,
+    /// Known devices (inventory and reports), for labels and enrollment ids.
+    devices: Arc<Vec<Device>>,
+    by_serial: HashMap<String, u32>,
+    /// The catalog, or why the gate cannot trust one now.
+    catalog: Result<Arc<Catalog>, String>,
+}
+
+impl GateView {
+    /// Before the first pass: nothing is known, so nothing can be decided.
+    pub fn unavailable(why: &str) -> Self {
+        GateView {
+            groups: Vec::new(),
+            policies: Vec::new(),
+            gates: Vec::new(),
+            devices: Arc::default(),
+            by_serial: HashMap::new(),
+            catalog: Err(why.to_string()),
+        }
+    }
+
+    pub fn new(
+        groups: &[CheckedGroup],
+        policies: &[CheckedPolicy],
+        devices: Arc<Vec<Device>>,
+        catalog: Result<Arc<Catalog>, String>,
+    ) -> Self {
+        let (policies, gates): (Vec<CheckedPolicy>, Vec<CheckedGate>) = policies
+            .iter()
+            .filter(|p| !p.suspend)
+            .filter_map(|p| Some((p.clone(), p.enrollment.clone()?)))
+            .unzip();
+        // Devices are only looked up when a gate exists.
+        let by_serial = if policies.is_empty() {
+            HashMap::new()
+        } else {
+            devices
+                .iter()
+                .enumerate()
+                .filter_map(|(i, d)| Some((d.serial_number.clone()?, u32::try_from(i).ok()?)))
+                .collect()
+        };
+        GateView {
+            groups: groups.to_vec(),
+            policies,
+            gates,
+            devices,
+            by_serial,
+            catalog,
+        }
+    }
+
+    /// Whether any policy gates enrollment.
+    pub fn gates(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// Whether the view came from a resolver pass.
+    pub fn is_ready(&self) -> bool {
+        self.catalog.is_ok() || !self.groups.is_empty() || self.gates()
+    }
+}
+
+/// What the gate answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// No policy with a gate applies to the device.
+    Ungated,
+    /// The device runs every applicable minimum or newer.
+    Allowed,
+    /// Below a minimum (or undecidable) but the device cannot be told to update during setup:
+    /// it enrolls and the declarations take it there afterwards.
+    CannotUpdate,
+    /// HTTP 403 `com.apple.softwareupdate.required`.
+    UpdateRequired {
+        required: Required,
+        /// The beta program's description, when the policy asks for one.
+        beta_program: Option<String>,
+    },
+    /// The gate could not decide and the policy's `failurePolicy: Open` lets the device enroll.
+    FailedOpen(String),
+    /// The gate could not decide and `failurePolicy: Closed` answers 503.
+    FailedClosed(String),
+}
+
+impl Verdict {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Ungated => "Ungated",
+            Verdict::Allowed => "Allowed",
+            Verdict::CannotUpdate => "CannotUpdate",
+            Verdict::UpdateRequired { .. } => "UpdateRequired",
+            Verdict::FailedOpen(_) => "FailedOpen",
+            Verdict::FailedClosed(_) => "FailedClosed",
+        }
+    }
+}
+
+/// A decision and the policy that made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// The deciding policy; `None` when no gate applies.
+    pub policy: Option<ObjectKey>,
+    /// The device as the gate understood it (for messages).
+    pub platform: Option<Platform>,
+    pub running: Option<String>,
+}
+
+/// One policy's answer before they are combined.
+enum PolicyAnswer {
+    Allowed,
+    Update(Required),
+    Failed(String),
+}
+
+/// Decides for one MachineInfo.
+pub fn decide(view: &GateView, info: &MachineInfo, now: Timestamp) -> Decision {
+    let device = device_from(view, info);
+    let (device, why_unknown) = match device {
+        Ok(device) => (Some(device), None),
+        Err(why) => (None, Some(why)),
+    };
+    let applicable: Vec<(usize, usize)> = match &device {
+        Some(device) => applicable_policies(view, device),
+        // The device cannot be placed (unknown product, no OS version): every gate that names
+        // it by serial applies, else every gate — the failure policy decides.
+        None => {
+            let by_serial: Vec<(usize, usize)> = applicable_by_serial(view, &info.serial);
+            if by_serial.is_empty() {
+                (0..view.policies.len()).map(|p| (p, 0)).collect()
+            } else {
+                by_serial
+            }
+        }
+    };
+    let running = info
+        .os_version
+        .as_ref()
+        .map(|v| match &info.supplemental_extra {
+            Some(extra) => format!("{v} {extra} ({})", info.build),
+            None => format!("{v} ({})", info.build),
+        });
+    let decision = |verdict: Verdict, policy: Option<usize>| Decision {
+        verdict,
+        policy: policy.map(|p| view.policies[p].key.clone()),
+        platform: device.as_ref().map(|d| d.platform),
+        running: running.clone(),
+    };
+    if applicable.is_empty() {
+        return decision(Verdict::Ungated, None);
+    }
+
+    let mut answers: Vec<(usize, PolicyAnswer)> = Vec::with_capacity(applicable.len());
+    for (p, ring) in &applicable {
+        let answer = match (&device, &why_unknown) {
+            (Some(device), _) => answer(
+                view,
+                &view.policies[*p],
+                &view.gates[*p],
+                *ring,
+                device,
+                now,
+            ),
+            (None, Some(why)) => PolicyAnswer::Failed(why.clone()),
+            (None, None) => PolicyAnswer::Failed("the device could not be identified".into()),
+        };
+        answers.push((*p, answer));
+    }
+
+    // The strictest requirement wins: the highest version any policy requires.
+    let strictest = answers
+        .iter()
+        .filter_map(|(p, a)| match a {
+            PolicyAnswer::Update(required) => Some((*p, required)),
+            _ => None,
+        })
+        .max_by(|(pa, a), (pb, b)| a.version.cmp(&b.version).then(pb.cmp(pa)));
+    let failed = |closed: bool| {
+        answers.iter().find_map(|(p, a)| match a {
+            PolicyAnswer::Failed(why)
+                if (view.gates[*p].failure_policy == FailurePolicy::Closed) == closed =>
+            {
+                Some((*p, why.clone()))
+            }
+            _ => None,
+        })
+    };
+    let (verdict, policy) = if let Some((p, required)) = strictest {
+        (
+            Verdict::UpdateRequired {
+                required: required.clone(),
+                beta_program: view.gates[p].beta_program.clone(),
+            },
+            p,
+        )
+    } else if let Some((p, why)) = failed(true) {
+        (Verdict::FailedClosed(why), p)
+    } else if let Some((p, why)) = failed(false) {
+        (Verdict::FailedOpen(why), p)
+    } else {
+        (Verdict::Allowed, answers[0].0)
+    };
+    // Only a device that says it can be told to update during setup is held.
+    let verdict = match verdict {
+        Verdict::UpdateRequired { .. } | Verdict::FailedClosed(_) | Verdict::FailedOpen(_)
+            if !info.can_request_update =>
+        {
+            Verdict::CannotUpdate
+        }
+        other => other,
+    };
+    decision(verdict, Some(policy))
+}
+
+/// What one policy requires of the device.
+fn answer(
+    view: &GateView,
+    policy: &CheckedPolicy,
+    gate: &CheckedGate,
+    ring: usize,
+    device: &Device,
+    now: Timestamp,
+) -> PolicyAnswer {
+    if let MinimumVersion::Version(minimum) = &gate.minimum
+        && device.os_version >= *minimum
+    {
+        return PolicyAnswer::Allowed;
+    }
+    let catalog = match &view.catalog {
+        Ok(catalog) => catalog,
+        Err(why) => return PolicyAnswer::Failed(why.clone()),
+    };
+    // Before macOS 15 a Mac may only be asked for what Software Update offers the public.
+    let asset_set = if device.platform == Platform::MacOs && device.os_version.major() < 15 {
+        AssetSet::Public
+    } else {
+        policy.asset_set
+    };
+    let target = policy_target(catalog, policy, ring, device, asset_set, now);
+    let model = device.catalog_device_id().unwrap_or(&device.model);
+    let not_in_catalog = || format!("{model} is not in Apple's catalog");
+    match (&gate.minimum, target) {
+        (MinimumVersion::Target, Ok(required)) => PolicyAnswer::Update(required),
+        (MinimumVersion::Target, Err((Reason::UpToDate, _))) => PolicyAnswer::Allowed,
+        (_, Err((Reason::DeviceNotInCatalog | Reason::DeviceIdUnknown, _))) => {
+            PolicyAnswer::Failed(not_in_catalog())
+        }
+        (MinimumVersion::Target, Err((reason, detail))) => PolicyAnswer::Failed(format!(
+            "no target for {model}: {} ({detail})",
+            reason.as_str()
+        )),
+        (MinimumVersion::Version(minimum), target) => match target {
+            Ok(required) if required.version >= *minimum => PolicyAnswer::Update(required),
+            // The policy's own target is below the minimum (or the device already runs it):
+            // the smallest release that meets the minimum.
+            _ => match lowest_at_least(
+                catalog,
+                device,
+                asset_set,
+                policy.security_improvements,
+                minimum,
+                now,
+            ) {
+                Some(required) => PolicyAnswer::Update(required),
+                None => PolicyAnswer::Failed(format!(
+                    "Apple offers {model} no release of at least {minimum} now"
+                )),
+            },
+        },
+    }
+}
+
+/// The device as the resolver sees it: what MachineInfo says, plus what the inventory knows
+/// (labels, supervision, enrollment id) under the same serial.
+fn device_from(view: &GateView, info: &MachineInfo) -> Result<Device, String> {
+    let platform = platform_of(&info.product)
+        .ok_or_else(|| format!("product {:?} is not a known Apple device", info.product))?;
+    let version = info.os_version.as_deref().ok_or_else(|| {
+        "MachineInfo has no OS_VERSION (sent from iOS 17 and macOS 14)".to_string()
+    })?;
+    let with_extra = match &info.supplemental_extra {
+        Some(extra) if !extra.is_empty() => format!("{version} {extra}"),
+        _ => version.to_string(),
+    };
+    let os_version: OsVersion = with_extra
+        .parse()
+        .map_err(|e| format!("OS_VERSION {version:?}: {e}"))?;
+    let known = view
+        .by_serial
+        .get(&info.serial)
+        .and_then(|i| view.devices.get(*i as usize));
+    Ok(Device {
+        enrollment_id: known
+            .map(|d| d.enrollment_id.clone())
+            .or_else(|| info.udid.clone())
+            .unwrap_or_else(|| info.serial.clone()),
+        serial_number: Some(info.serial.clone()),
+        platform,
+        model: info.product.clone(),
+        software_update_device_id: info
+            .software_update_device_id
+            .clone()
+            .filter(|id| !id.is_empty())
+            .or_else(|| known.and_then(|d| d.software_update_device_id.clone())),
+        os_version,
+        build_version: Some(Build::new(&info.build)),
+        // Automated Device Enrollment supervises.
+        supervised: true,
+        enrollment_type: EnrollmentType::Device,
+        labels: known.map(|d| d.labels.clone()).unwrap_or_default(),
+    })
+}
+
+/// The platform from the product type.
+pub fn platform_of(product: &str) -> Option<Platform> {
+    let family: String = product
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect();
+    let rest = &product[family.len()..];
+    // A product type is a family followed by `major,minor`.
+    let (major, minor) = rest.split_once(',')?;
+    if major.is_empty()
+        || minor.is_empty()
+        || !major.bytes().all(|b| b.is_ascii_digit())
+        || !minor.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    match family.as_str() {
+        "iPhone" | "iPod" => Some(Platform::Ios),
+        "iPad" => Some(Platform::IpadOs),
+        "AppleTV" => Some(Platform::TvOs),
+        "Watch" => Some(Platform::WatchOs),
+        "RealityDevice" => Some(Platform::VisionOs),
+        "Mac" | "MacBookPro" | "MacBookAir" | "MacBook" | "iMac" | "iMacPro" | "Macmini"
+        | "MacPro" | "VirtualMac" => Some(Platform::MacOs),
+        _ => None,
+    }
+}
+
+/// Gated policies whose groups select the device, each with the first ring naming it.
+fn applicable_policies(view: &GateView, device: &Device) -> Vec<(usize, usize)> {
+    let selected: Vec<&ObjectKey> = view
+        .groups
+        .iter()
+        .filter(|g| selects(g, device))
+        .map(|g| &g.key)
+        .collect();
+    view.policies
+        .iter()
+        .enumerate()
+        .filter_map(|(p, policy)| {
+            policy
+                .rings
+                .iter()
+                .position(|ring| ring.groups.iter().any(|g| selected.contains(&g)))
+                .map(|ring| (p, ring))
+        })
+        .collect()
+}
+
+/// Gated policies with a group that lists the serial number.
+fn applicable_by_serial(view: &GateView, serial: &str) -> Vec<(usize, usize)> {
+    let named: Vec<&ObjectKey> = view
+        .groups
+        .iter()
+        .filter(|g| g.serial_numbers.iter().any(|s| s == serial))
+        .map(|g| &g.key)
+        .collect();
+    view.policies
+        .iter()
+        .enumerate()
+        .filter_map(|(p, policy)| {
+            policy
+                .rings
+                .iter()
+                .position(|ring| ring.groups.iter().any(|g| named.contains(&g)))
+                .map(|ring| (p, ring))
+        })
+        .collect()
+}

@@ -1,0 +1,106 @@
+//! The 403 body Apple defines in `mdm/errors/softwareupdate.required.yaml`, as JSON or as an XML
+//! plist.
+
+use crate::catalog::Platform;
+use crate::resolve::Required;
+
+/// The body's format, from the request's `Accept`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Xml,
+}
+
+impl Format {
+    /// XML when the client asks for XML and not for JSON; JSON otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let Some(accept) = accept else {
+            return Format::Json;
+        };
+        let wants = |kind: &str| {
+            accept
+                .split(',')
+                .any(|part| part.trim().to_ascii_lowercase().starts_with(kind))
+        };
+        if (wants("application/xml") || wants("text/xml")) && !wants("application/json") {
+            Format::Xml
+        } else {
+            Format::Json
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Json => "application/json",
+            Format::Xml => "application/xml",
+        }
+    }
+}
+
+/// A beta program to enroll the device in: `(description, seeding token)`.
+pub type BetaProgram<'a> = (&'a str, &'a str);
+
+/// The body of HTTP 403 `com.apple.softwareupdate.required`.
+pub fn update_required(
+    required: &Required,
+    beta: Option<BetaProgram<'_>>,
+    platform: Option<Platform>,
+    running: Option<&str>,
+    policy: &str,
+    format: Format,
+) -> Vec<u8> {
+    let os = platform.map_or("the operating system".to_string(), |p| p.to_string());
+    let version = required.version.to_string();
+    let message = format!(
+        "This device needs {os} {version} before it can be set up. It will update now and then continue setup."
+    );
+    let description = format!(
+        "UpdatePolicy {policy} requires {version}{} (running {})",
+        required
+            .build
+            .as_ref()
+            .map(|b| format!(" ({b})"))
+            .unwrap_or_default(),
+        running.unwrap_or("an unknown version"),
+    );
+    let mut details = serde_json::Map::new();
+    details.insert("OSVersion".into(), version.into());
+    if let Some(build) = &required.build {
+        details.insert("BuildVersion".into(), build.to_string().into());
+    }
+    if let Some((description, token)) = beta {
+        details.insert(
+            "RequireBetaProgram".into(),
+            serde_json::json!({"Description": description, "Token": token}),
+        );
+    }
+    let body = serde_json::json!({
+        "code": "com.apple.softwareupdate.required",
+        "message": message,
+        "description": description,
+        "details": details,
+    });
+    match format {
+        Format::Json => serde_json::to_vec(&body).unwrap_or_default(),
+        Format::Xml => {
+            let mut out = Vec::new();
+            // Writing a plist of strings to a Vec cannot fail.
+            let _ = to_plist(&body).to_writer_xml(&mut out);
+            out
+        }
+    }
+}
+
+fn to_plist(value: &serde_json::Value) -> plist::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            plist::Value::Dictionary(map.iter().map(|(k, v)| (k.clone(), to_plist(v))).collect())
+        }
+        serde_json::Value::Array(items) => {
+            plist::Value::Array(items.iter().map(to_plist).collect())
+        }
+        serde_json::Value::String(s) => plist::Value::String(s.clone()),
+        serde_json::Value::Bool(b) => plist::Value::Boolean(*b),
+        other => plist::Value::String(other.to_string()),
+    }
+}

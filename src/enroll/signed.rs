@@ -1,0 +1,293 @@
+//! The CMS SignedData envelope around MachineInfo (`application/pkcs7-signature`): parsed with
+//! RustCrypto's `cms`, the signature checked with aws-lc-rs (the one crypto provider of the
+//! build), the signer optionally chained to configured CAs with rustls-webpki.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use cms::cert::CertificateChoices;
+use cms::cert::x509::Certificate;
+use cms::cert::x509::der::asn1::OctetString;
+use cms::cert::x509::der::oid::ObjectIdentifier;
+use cms::cert::x509::der::{Decode, Encode};
+use cms::content_info::ContentInfo;
+use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+
+use super::EnrollError;
+
+const ID_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.1");
+const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.7.2");
+const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
+const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+const ID_SHA1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.14.3.2.26");
+const ID_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.1");
+const ID_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.2");
+const ID_SHA512: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.16.840.1.101.3.4.2.3");
+const RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const SHA1_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.5");
+const SHA256_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.11");
+const SHA384_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.12");
+const SHA512_WITH_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.13");
+const EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const ECDSA_SHA256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.2");
+const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.4.3.3");
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+
+/// A verified envelope: the signed content and the certificate that signed it.
+#[derive(Debug)]
+pub struct Verified {
+    pub content: Vec<u8>,
+    pub signer: CertificateDer<'static>,
+}
+
+/// Trust anchors the signer must chain to.
+pub struct Anchors {
+    /// DER of each CA, kept so the parsed anchors can borrow from it.
+    certificates: Vec<CertificateDer<'static>>,
+}
+
+impl Anchors {
+    /// Reads a PEM bundle; at least one certificate, every one parseable as a trust anchor.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
+        use rustls_pki_types::pem::PemObject;
+        let certificates = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("CA bundle: {e}"))?;
+        if certificates.is_empty() {
+            return Err("CA bundle: no certificate in it".into());
+        }
+        for certificate in &certificates {
+            webpki::anchor_from_trusted_cert(certificate)
+                .map_err(|e| format!("CA bundle: not a usable CA certificate: {e}"))?;
+        }
+        Ok(Anchors { certificates })
+    }
+
+    fn anchors(&self) -> Vec<TrustAnchor<'_>> {
+        self.certificates
+            .iter()
+            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
+            .collect()
+    }
+}
+
+/// Any extended key usage: the signer is a device identity, not a TLS peer.
+struct AnyUsage;
+
+impl webpki::ExtendedKeyUsageValidator for AnyUsage {
+    fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
+        Ok(())
+    }
+}
+
+/// Opens a DER SignedData: checks the signature over the content and, when `anchors` are given,
+/// that the signer chains to one of them (with the envelope's other certificates as
+/// intermediates) at `now`.
+pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Verified, EnrollError> {
+    let bad = |why: String| EnrollError::Cms(why);
+    let info = ContentInfo::from_der(der).map_err(|e| bad(format!("not a CMS message: {e}")))?;
+    if info.content_type != ID_SIGNED_DATA {
+        return Err(bad(format!(
+            "CMS content type {} is not SignedData",
+            info.content_type
+        )));
+    }
+    let signed: SignedData = info
+        .content
+        .decode_as()
+        .map_err(|e| bad(format!("SignedData: {e}")))?;
+    let content = signed
+        .encap_content_info
+        .econtent
+        .as_ref()
+        .ok_or_else(|| bad("the SignedData carries no content (detached signature)".into()))?
+        .decode_as::<OctetString>()
+        .map_err(|e| bad(format!("content: {e}")))?
+        .into_bytes();
+    let certificates: Vec<&Certificate> = signed
+        .certificates
+        .iter()
+        .flat_map(|set| set.0.iter())
+        .filter_map(|choice| match choice {
+            CertificateChoices::Certificate(c) => Some(c),
+            CertificateChoices::Other(_) => None,
+        })
+        .collect();
+    let signer_info = match signed.signer_infos.0.as_slice() {
+        [one] => one,
+        [] => return Err(bad("no signer".into())),
+        _ => return Err(bad("more than one signer".into())),
+    };
+    let signer = certificates
+        .iter()
+        .find(|c| identifies(&signer_info.sid, c))
+        .ok_or_else(|| bad("the signer's certificate is not in the message".into()))?;
+    verify_signer_info(
+        signer_info,
+        signer,
+        &content,
+        signed.encap_content_info.econtent_type,
+    )?;
+    let signer_der = signer
+        .to_der()
+        .map_err(|e| bad(format!("signer certificate: {e}")))?;
+    if let Some(anchors) = anchors {
+        let intermediates: Vec<CertificateDer<'static>> = certificates
+            .iter()
+            .filter(|c| !std::ptr::eq(**c, *signer))
+            .filter_map(|c| c.to_der().ok().map(CertificateDer::from))
+            .collect();
+        let signer_der = CertificateDer::from(signer_der.as_slice());
+        let end_entity = webpki::EndEntityCert::try_from(&signer_der)
+            .map_err(|e| EnrollError::Untrusted(format!("signer certificate: {e}")))?;
+        end_entity
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &anchors.anchors(),
+                &intermediates,
+                now,
+                AnyUsage,
+                None,
+                None,
+            )
+            .map_err(|e| {
+                EnrollError::Untrusted(format!("the signer does not chain to the CA bundle: {e}"))
+            })?;
+    }
+    Ok(Verified {
+        content,
+        signer: CertificateDer::from(signer_der),
+    })
+}
+
+fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
+    let tbs = &certificate.tbs_certificate;
+    match sid {
+        SignerIdentifier::IssuerAndSerialNumber(id) => {
+            id.issuer == tbs.issuer && id.serial_number == tbs.serial_number
+        }
+        SignerIdentifier::SubjectKeyIdentifier(ski) => tbs
+            .extensions
+            .iter()
+            .flatten()
+            .filter(|e| e.extn_id == SUBJECT_KEY_IDENTIFIER)
+            .any(|e| {
+                cms::cert::x509::ext::pkix::SubjectKeyIdentifier::from_der(e.extn_value.as_bytes())
+                    .is_ok_and(|found| found == *ski)
+            }),
+    }
+}
+
+const SUBJECT_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
+
+fn verify_signer_info(
+    signer_info: &SignerInfo,
+    signer: &Certificate,
+    content: &[u8],
+    content_type: ObjectIdentifier,
+) -> Result<(), EnrollError> {
+    let bad = |why: &str| EnrollError::Cms(why.to_string());
+    let digest_algorithm = match signer_info.digest_alg.oid {
+        ID_SHA1 => &digest::SHA1_FOR_LEGACY_USE_ONLY,
+        ID_SHA256 => &digest::SHA256,
+        ID_SHA384 => &digest::SHA384,
+        ID_SHA512 => &digest::SHA512,
+        other => {
+            return Err(EnrollError::Cms(format!(
+                "digest algorithm {other} not supported"
+            )));
+        }
+    };
+    let signed_message = match &signer_info.signed_attrs {
+        Some(attributes) => {
+            // With signed attributes the signature covers them (DER, as a SET OF), and they
+            // carry the content's digest and type.
+            let value_of = |oid: ObjectIdentifier| {
+                attributes
+                    .iter()
+                    .find(|a| a.oid == oid)
+                    .and_then(|a| a.values.iter().next())
+            };
+            let digest_value = value_of(ID_MESSAGE_DIGEST)
+                .ok_or_else(|| bad("signed attributes lack the message digest"))?
+                .decode_as::<OctetString>()
+                .map_err(|_| bad("the message-digest attribute is not an octet string"))?;
+            if digest_value.as_bytes() != digest::digest(digest_algorithm, content).as_ref() {
+                return Err(EnrollError::Signature(
+                    "the content does not match the signed digest".into(),
+                ));
+            }
+            let declared_type = value_of(ID_CONTENT_TYPE)
+                .ok_or_else(|| bad("signed attributes lack the content type"))?
+                .decode_as::<ObjectIdentifier>()
+                .map_err(|_| bad("the content-type attribute is not an object identifier"))?;
+            if declared_type != content_type {
+                return Err(EnrollError::Signature(
+                    "the signed content type differs from the content's".into(),
+                ));
+            }
+            attributes
+                .to_der()
+                .map_err(|e| EnrollError::Cms(format!("signed attributes: {e}")))?
+        }
+        None => {
+            if content_type != ID_DATA {
+                return Err(bad("content other than data needs signed attributes"));
+            }
+            content.to_vec()
+        }
+    };
+    let key_info = &signer.tbs_certificate.subject_public_key_info;
+    let key = key_info.subject_public_key.raw_bytes();
+    let algorithm: &'static dyn VerificationAlgorithm = match (
+        key_info.algorithm.oid,
+        signer_info.signature_algorithm.oid,
+        signer_info.digest_alg.oid,
+    ) {
+        (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA1) | (RSA_ENCRYPTION, SHA1_WITH_RSA, _) => {
+            &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+        }
+        (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA256) | (RSA_ENCRYPTION, SHA256_WITH_RSA, _) => {
+            &signature::RSA_PKCS1_2048_8192_SHA256
+        }
+        (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA384) | (RSA_ENCRYPTION, SHA384_WITH_RSA, _) => {
+            &signature::RSA_PKCS1_2048_8192_SHA384
+        }
+        (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA512) | (RSA_ENCRYPTION, SHA512_WITH_RSA, _) => {
+            &signature::RSA_PKCS1_2048_8192_SHA512
+        }
+        (EC_PUBLIC_KEY, signature_oid, digest_oid) => {
+            let curve = key_info
+                .algorithm
+                .parameters
+                .as_ref()
+                .and_then(|p| p.decode_as::<ObjectIdentifier>().ok());
+            let hash = match signature_oid {
+                ECDSA_SHA256 => ID_SHA256,
+                ECDSA_SHA384 => ID_SHA384,
+                EC_PUBLIC_KEY => digest_oid,
+                other => {
+                    return Err(EnrollError::Cms(format!(
+                        "signature algorithm {other} not supported"
+                    )));
+                }
+            };
+            match (curve, hash) {
+                (Some(P256), ID_SHA256) => &signature::ECDSA_P256_SHA256_ASN1,
+                (Some(P256), ID_SHA384) => &signature::ECDSA_P256_SHA384_ASN1,
+                (Some(P384), ID_SHA384) => &signature::ECDSA_P384_SHA384_ASN1,
+                (Some(P384), ID_SHA256) => &signature::ECDSA_P384_SHA256_ASN1,
+                _ => return Err(bad("EC key curve or hash not supported")),
+            }
+        }
+        (key_oid, signature_oid, _) => {
+            return Err(EnrollError::Cms(format!(
+                "key {key_oid} with signature algorithm {signature_oid} not supported"
+            )));
+        }
+    };
+    UnparsedPublicKey::new(algorithm, key)
+        .verify(&signed_message, signer_info.signature.as_bytes())
+        .map_err(|_| EnrollError::Signature("the signature does not verify".into()))
+}

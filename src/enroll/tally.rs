@@ -1,0 +1,110 @@
+//! Enrollment decisions counted per deciding policy since the operator started, for the
+//! policy's status and the standalone status JSON. Metrics count the same decisions.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+use tokio::sync::watch;
+
+use super::decide::{Decision, Verdict};
+use crate::api::EnrollmentGateStatus;
+use crate::api::validate::ObjectKey;
+
+/// One policy's decisions.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyTally {
+    pub decisions: BTreeMap<&'static str, u64>,
+    pub last_decision: Option<Timestamp>,
+    /// When the gate last could not decide, and why.
+    pub last_problem: Option<(Timestamp, String)>,
+}
+
+/// Decisions per policy (`namespace/name`; `""` for devices no gate applies to).
+#[derive(Debug)]
+pub struct Tally {
+    since: Timestamp,
+    by_policy: Mutex<BTreeMap<String, PolicyTally>>,
+    /// Bumped on every decision, so Kubernetes mode can refresh policy status (debounced).
+    changes: watch::Sender<u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally::new(Timestamp::now())
+    }
+}
+
+impl Tally {
+    pub fn new(since: Timestamp) -> Self {
+        Tally {
+            since,
+            by_policy: Mutex::default(),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    pub fn record(&self, decision: &Decision, at: Timestamp) {
+        let key = decision
+            .policy
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        {
+            let mut by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
+            let tally = by_policy.entry(key).or_default();
+            *tally
+                .decisions
+                .entry(decision.verdict.as_str())
+                .or_default() += 1;
+            tally.last_decision = Some(at);
+            if let Verdict::FailedOpen(why) | Verdict::FailedClosed(why) = &decision.verdict {
+                tally.last_problem = Some((at, why.clone()));
+            }
+        }
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Notes a problem that did not change the decision (such as a missing beta token).
+    pub fn problem(&self, policy: &ObjectKey, at: Timestamp, why: String) {
+        let mut by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
+        by_policy
+            .entry(policy.to_string())
+            .or_default()
+            .last_problem = Some((at, why));
+    }
+
+    pub fn of(&self, policy: &ObjectKey) -> Option<PolicyTally> {
+        let by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
+        by_policy.get(&policy.to_string()).cloned()
+    }
+
+    pub fn all(&self) -> BTreeMap<String, PolicyTally> {
+        self.by_policy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The status a gated policy shows.
+    pub fn status_of(&self, policy: &ObjectKey) -> EnrollmentGateStatus {
+        let tally = self.of(policy).unwrap_or_default();
+        let time = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        EnrollmentGateStatus {
+            since: time(self.since),
+            decisions: tally
+                .decisions
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
+            last_decision_time: tally.last_decision.map(time),
+            last_problem: tally
+                .last_problem
+                .map(|(at, why)| format!("{}: {why}", time(at))),
+        }
+    }
+}

@@ -1,0 +1,398 @@
+//! The enrollment gate over HTTP: `POST` MachineInfo (CMS-signed, or a plain plist behind a
+//! proxy that unwrapped it) and the web flow's `GET` with `x-apple-aspen-deviceinfo`. Held
+//! devices get 403 `com.apple.softwareupdate.required`; the rest are forwarded to the upstream
+//! enrollment URL or served the configured profile.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use tokio::sync::watch;
+
+use super::metrics::Metrics;
+use crate::enroll::response::{self, Format};
+use crate::enroll::tally::Tally;
+use crate::enroll::{Anchors, EnrollError, Envelope, GateView, Verdict, decide};
+
+/// MachineInfo is a few hundred bytes signed; anything near this is not MachineInfo.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The web flow's header: base64 of the CMS-signed MachineInfo.
+pub const DEVICE_INFO_HEADER: &str = "x-apple-aspen-deviceinfo";
+/// Largest upstream answer passed back (an enrollment profile is a few KiB).
+const MAX_UPSTREAM_BYTES: usize = 1024 * 1024;
+/// How long a device is asked to wait when the gate cannot decide and fails closed.
+const RETRY_AFTER_SECONDS: u64 = 300;
+
+/// Where a device the gate lets through goes.
+#[derive(Debug, Clone)]
+pub enum Forward {
+    /// Proxied to the MDM's own enrollment URL.
+    Upstream {
+        url: reqwest::Url,
+        client: reqwest::Client,
+    },
+    /// Served this enrollment profile (`application/x-apple-aspen-config`).
+    Profile(Bytes),
+    /// Nothing configured: the decision is answered, but no profile can be given.
+    Nothing,
+}
+
+/// What the gate's handlers read.
+pub struct EnrollState {
+    pub view: watch::Receiver<Arc<GateView>>,
+    pub tally: Arc<Tally>,
+    pub metrics: Arc<Metrics>,
+    /// Require the signer to chain to these.
+    pub anchors: Option<Anchors>,
+    /// The seeding service token for `RequireBetaProgram`.
+    pub beta_token: Option<String>,
+    pub forward: Forward,
+}
+
+pub fn router(path: &str, state: Arc<EnrollState>) -> Router {
+    Router::new()
+        .route(path, get(web_flow).post(posted))
+        .with_state(state)
+}
+
+async fn posted(State(state): State<Arc<EnrollState>>, headers: HeaderMap, body: Body) -> Response {
+    // Read at most the limit ourselves: an oversized body is a bad request, said plainly.
+    let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => {
+            return refuse(
+                &state,
+                &EnrollError::Request(format!(
+                    "the body is larger than {} KiB; MachineInfo is much smaller",
+                    MAX_BODY_BYTES / 1024
+                )),
+            );
+        }
+    };
+    let envelope = Envelope::detect(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        &body,
+    );
+    gate(&state, Method::POST, &headers, body, envelope).await
+}
+
+async fn web_flow(State(state): State<Arc<EnrollState>>, headers: HeaderMap) -> Response {
+    let Some(value) = headers.get(DEVICE_INFO_HEADER) else {
+        return refuse(
+            &state,
+            &EnrollError::Request(format!(
+                "GET needs the {DEVICE_INFO_HEADER} header (base64 of the signed MachineInfo)"
+            )),
+        );
+    };
+    if value.len() > MAX_BODY_BYTES * 4 / 3 + 4 {
+        return refuse(
+            &state,
+            &EnrollError::Request(format!("the {DEVICE_INFO_HEADER} header is too large")),
+        );
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(value.as_bytes().trim_ascii())
+        .map_err(|e| EnrollError::Request(format!("{DEVICE_INFO_HEADER} is not base64: {e}")));
+    match decoded {
+        Ok(body) => {
+            gate(
+                &state,
+                Method::GET,
+                &headers,
+                Bytes::from(body),
+                Envelope::Signed,
+            )
+            .await
+        }
+        Err(error) => refuse(&state, &error),
+    }
+}
+
+async fn gate(
+    state: &EnrollState,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+    envelope: Envelope,
+) -> Response {
+    let started = Instant::now();
+    let info = match crate::enroll::read(
+        &body,
+        envelope,
+        state.anchors.as_ref(),
+        rustls_pki_types::UnixTime::now(),
+    ) {
+        Ok(info) => info,
+        Err(error) => return refuse(state, &error),
+    };
+    let view = state.view.borrow().clone();
+    if !view.is_ready() {
+        state.metrics.ddm_request("enroll", 503);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, HeaderValue::from_static("30"))],
+            "the enrollment gate is starting: no resolver pass yet\n",
+        )
+            .into_response();
+    }
+    let now = jiff::Timestamp::now();
+    let decision = decide(&view, &info, now);
+    state.tally.record(&decision, now);
+    let policy = decision
+        .policy
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    state.metrics.enrollment_decision(
+        policy.clone(),
+        decision.verdict.as_str(),
+        started.elapsed().as_secs_f64(),
+    );
+    tracing::info!(
+        serial = %info.serial,
+        product = %info.product,
+        running = decision.running.as_deref().unwrap_or("unknown"),
+        can_update = info.can_request_update,
+        decision = decision.verdict.as_str(),
+        %policy,
+        "enrollment"
+    );
+    match &decision.verdict {
+        Verdict::UpdateRequired {
+            required,
+            beta_program,
+        } => {
+            let beta = match (beta_program, &state.beta_token, &decision.policy) {
+                (Some(description), Some(token), _) => Some((description.as_str(), token.as_str())),
+                (Some(_), None, Some(key)) => {
+                    let why = "the policy asks for a beta program but the operator has no --enroll-beta-token-file; RequireBetaProgram left out".to_string();
+                    tracing::error!(%policy, "{why}");
+                    state.tally.problem(key, now, why);
+                    None
+                }
+                _ => None,
+            };
+            let format =
+                Format::from_accept(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
+            let body = response::update_required(
+                required,
+                beta,
+                decision.platform,
+                decision.running.as_deref(),
+                &policy,
+                format,
+            );
+            state.metrics.ddm_request("enroll", 403);
+            (
+                StatusCode::FORBIDDEN,
+                [(header::CONTENT_TYPE, format.content_type())],
+                body,
+            )
+                .into_response()
+        }
+        Verdict::FailedClosed(why) => {
+            tracing::warn!(serial = %info.serial, %policy, %why, "enrollment held: the gate cannot decide and fails closed");
+            state.metrics.ddm_request("enroll", 503);
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())],
+                format!("enrollment is held until the gate can decide: {why}\n"),
+            )
+                .into_response()
+        }
+        Verdict::FailedOpen(why) => {
+            tracing::warn!(serial = %info.serial, %policy, %why, "enrollment let through: the gate cannot decide and fails open");
+            forward(state, method, headers, body).await
+        }
+        Verdict::Ungated | Verdict::Allowed | Verdict::CannotUpdate => {
+            forward(state, method, headers, body).await
+        }
+    }
+}
+
+fn refuse(state: &EnrollState, error: &EnrollError) -> Response {
+    tracing::info!(reason = error.reason(), %error, "MachineInfo refused");
+    state.metrics.ddm_request("enroll", 400);
+    (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
+}
+
+/// Lets the device on to its enrollment profile.
+async fn forward(
+    state: &EnrollState,
+    method: Method,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    match &state.forward {
+        Forward::Profile(profile) => {
+            state.metrics.ddm_request("enroll", 200);
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/x-apple-aspen-config")],
+                profile.clone(),
+            )
+                .into_response()
+        }
+        Forward::Nothing => {
+            state.metrics.ddm_request("enroll", 501);
+            (
+                StatusCode::NOT_IMPLEMENTED,
+                "the gate lets this device enroll, but no --enroll-upstream or --enroll-profile is configured\n",
+            )
+                .into_response()
+        }
+        Forward::Upstream { url, client } => {
+            let mut request = client.request(method, url.clone());
+            for name in [
+                header::CONTENT_TYPE,
+                header::ACCEPT,
+                header::USER_AGENT,
+                header::ACCEPT_LANGUAGE,
+            ] {
+                if let Some(value) = headers.get(&name) {
+                    request = request.header(name, value);
+                }
+            }
+            if let Some(value) = headers.get(DEVICE_INFO_HEADER) {
+                request = request.header(DEVICE_INFO_HEADER, value);
+            }
+            if !body.is_empty() && headers.get(DEVICE_INFO_HEADER).is_none() {
+                request = request.body(body);
+            }
+            match upstream(request).await {
+                Ok(response) => {
+                    state
+                        .metrics
+                        .ddm_request("enroll", response.status().as_u16());
+                    response
+                }
+                Err(why) => {
+                    tracing::error!(%url, %why, "upstream enrollment server");
+                    state.metrics.ddm_request("enroll", 502);
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        format!("the upstream enrollment server did not answer: {why}\n"),
+                    )
+                        .into_response()
+                }
+            }
+        }
+    }
+}
+
+async fn upstream(request: reqwest::RequestBuilder) -> Result<Response, String> {
+    let mut answer = request.send().await.map_err(|e| e.to_string())?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let content_type = answer.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    let mut body = Vec::new();
+    while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_UPSTREAM_BYTES {
+            return Err(format!("answer larger than {MAX_UPSTREAM_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let mut response = (status, body).into_response();
+    if let Some(content_type) = content_type
+        && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
+    {
+        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    }
+    Ok(response)
+}
+
+/// A client for the upstream enrollment URL: rustls, a bounded wait.
+pub fn upstream_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+/// How the gate is set up (`run --enroll-*`).
+#[derive(Debug, Clone)]
+pub struct EnrollConfig {
+    /// Where MachineInfo is posted, such as `/enroll`.
+    pub path: String,
+    /// Proxy devices the gate lets through to this enrollment URL.
+    pub upstream: Option<String>,
+    /// Or serve them this enrollment profile.
+    pub profile: Option<Vec<u8>>,
+    /// PEM CAs the MachineInfo signer must chain to.
+    pub ca_bundle: Option<Vec<u8>>,
+    /// The seeding service token for `RequireBetaProgram`.
+    pub beta_token: Option<String>,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            path: "/enroll".into(),
+            upstream: None,
+            profile: None,
+            ca_bundle: None,
+            beta_token: None,
+        }
+    }
+}
+
+impl EnrollConfig {
+    /// The route path: leading `/`, no trailing one.
+    pub fn route(&self) -> String {
+        format!("/{}", self.path.trim_matches('/'))
+    }
+
+    /// The handlers' state; a bad CA bundle or upstream URL is a setup error.
+    pub fn state(
+        &self,
+        view: watch::Receiver<Arc<GateView>>,
+        tally: Arc<Tally>,
+        metrics: Arc<Metrics>,
+    ) -> Result<EnrollState, String> {
+        let anchors = self
+            .ca_bundle
+            .as_deref()
+            .map(Anchors::from_pem)
+            .transpose()
+            .map_err(|e| format!("--enroll-ca-bundle: {e}"))?;
+        let forward = match (&self.upstream, &self.profile) {
+            (Some(_), Some(_)) => {
+                return Err("give --enroll-upstream or --enroll-profile, not both".into());
+            }
+            (Some(url), None) => {
+                let url = reqwest::Url::parse(url)
+                    .map_err(|e| format!("--enroll-upstream {url:?}: {e}"))?;
+                if !matches!(url.scheme(), "https" | "http") {
+                    return Err(format!("--enroll-upstream {url}: not an http(s) URL"));
+                }
+                Forward::Upstream {
+                    url,
+                    client: upstream_client()?,
+                }
+            }
+            (None, Some(profile)) => Forward::Profile(Bytes::from(profile.clone())),
+            (None, None) => Forward::Nothing,
+        };
+        Ok(EnrollState {
+            view,
+            tally,
+            metrics,
+            anchors,
+            beta_token: self
+                .beta_token
+                .as_ref()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+            forward,
+        })
+    }
+}
