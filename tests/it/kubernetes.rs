@@ -2632,3 +2632,124 @@ async fn a_restart_with_a_slow_target_watch_changes_nothing() {
         test_started.elapsed().as_secs_f64()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The enrollment gate in Kubernetes mode
+// ---------------------------------------------------------------------------------------------
+
+/// A Mac of the inventory re-enrolls (wiped) while the resolver still takes it to a newer
+/// release: the gate holds it at exactly the version its declarations name, with the labels the
+/// inventory gives its serial (the example groups select by label), and the policy's status and
+/// the metrics count the decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() {
+    let devices = fleet();
+    let env = Env::new("enroll", &devices, &[]).await;
+    let running = env.start("enroll").await;
+    env.apply_examples().await;
+    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
+
+    // A Mac the macs policy takes somewhere, and where.
+    let snapshot = running.snapshots.borrow().clone();
+    let macs = snapshot
+        .partial
+        .checked
+        .policies
+        .iter()
+        .position(|p| p.key.name == "macs")
+        .expect("the macs policy");
+    let (mac, enforcement) = snapshot
+        .devices
+        .iter()
+        .zip(&snapshot.plan.devices)
+        .find_map(|(device, plan)| {
+            let e = plan.enforcements.iter().find(|e| {
+                e.source == ddm_update_operator::resolve::Source::Policy(macs)
+                    && e.version.extra().is_none()
+            })?;
+            Some((device.clone(), e.clone()))
+        })
+        .expect("a Mac below the macs policy's target");
+    let info = ddm_update_operator::sim::enroll::machine_info_plist(&[
+        ("UDID", plist::Value::String(mac.enrollment_id.clone())),
+        (
+            "SERIAL",
+            plist::Value::String(mac.serial_number.clone().expect("a serial")),
+        ),
+        ("PRODUCT", plist::Value::String(mac.model.clone())),
+        (
+            "VERSION",
+            plist::Value::String(
+                mac.build_version
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| "24A335".into()),
+            ),
+        ),
+        (
+            "OS_VERSION",
+            plist::Value::String(mac.os_version.to_string()),
+        ),
+        (
+            "SOFTWARE_UPDATE_DEVICE_ID",
+            plist::Value::String(mac.software_update_device_id.clone().expect("a board id")),
+        ),
+        (
+            "MDM_CAN_REQUEST_SOFTWARE_UPDATE",
+            plist::Value::Boolean(true),
+        ),
+    ]);
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/enroll", running.address))
+        .header("content-type", "application/xml")
+        .body(info)
+        .send()
+        .await
+        .expect("the gate answers");
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(
+        body["details"]["OSVersion"],
+        enforcement.version.to_string(),
+        "the gate and the declarations agree for {} ({})",
+        mac.model,
+        mac.os_version
+    );
+    assert_eq!(
+        body["details"]["BuildVersion"].as_str(),
+        enforcement
+            .build
+            .as_ref()
+            .map(ToString::to_string)
+            .as_deref()
+    );
+
+    // The policy's status follows (debounced), and only the gated policy gets the block.
+    let policies: Api<UpdatePolicy> = env.api();
+    let status = eventually("macs status.enrollment", CONVERGE, || async {
+        let policy = policies.get("macs").await.map_err(|e| e.to_string())?;
+        let enrollment = policy
+            .status
+            .and_then(|s| s.enrollment)
+            .ok_or("no status.enrollment yet")?;
+        if enrollment.decisions.get("UpdateRequired") == Some(&1) {
+            Ok(enrollment)
+        } else {
+            Err(format!("{enrollment:?}"))
+        }
+    })
+    .await;
+    assert!(status.last_decision_time.is_some());
+    assert_eq!(status.last_problem, None);
+    let mobile = policies.get("mobile").await.expect("mobile");
+    assert_eq!(mobile.status.and_then(|s| s.enrollment), None);
+    let text = running.metrics.encode();
+    assert!(
+        text.lines().any(|l| l.starts_with(&format!(
+            "ddm_update_operator_enrollment_decisions_total{{policy=\"{}/macs\",decision=\"UpdateRequired\"}} 1",
+            env.namespace
+        ))),
+        "{text}"
+    );
+    running.stop();
+}

@@ -1,0 +1,59 @@
+//! Fuzzes what the enrollment gate reads from a device: the CMS envelope, the MachineInfo plist
+//! inside it (XML or binary) and the decision taken on whatever parses. Nothing may panic, and a
+//! plist bomb must stop at the parser's budget.
+#![no_main]
+
+use std::sync::{Arc, LazyLock};
+
+use ddm_update_operator::api::validate::check_all;
+use ddm_update_operator::catalog::Catalog;
+use ddm_update_operator::enroll::{Envelope, GateView, decide, read};
+use libfuzzer_sys::fuzz_target;
+
+static VIEW: LazyLock<GateView> = LazyLock::new(|| {
+    let mut manifests = ddm_update_operator::manifests::Manifests::default();
+    let mut problems = Vec::new();
+    ddm_update_operator::manifests::parse_into(
+        "fuzz.yaml",
+        r#"
+apiVersion: updates.ddm.dev/v1alpha1
+kind: FleetGroup
+metadata: {name: all, namespace: fuzz}
+spec: {}
+---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: UpdatePolicy
+metadata: {name: latest, namespace: fuzz}
+spec:
+  fleetGroups: [all]
+  target: {strategy: latest, securityImprovements: true}
+  deadline: {daysAfterPosting: 7}
+  enrollment: {minimumVersion: Target, failurePolicy: Closed}
+"#,
+        &mut manifests,
+        &mut problems,
+    );
+    let checked = check_all(
+        &manifests.fleet_groups,
+        &manifests.policies,
+        &manifests.targets,
+    )
+    .expect("the fuzz manifests are valid");
+    let catalog = Catalog::from_slice(ddm_update_operator::run::SHIPPED_CATALOG)
+        .expect("the shipped catalog parses");
+    GateView::new(
+        &checked.groups,
+        &checked.policies,
+        Arc::default(),
+        Ok(Arc::new(catalog)),
+    )
+});
+
+fuzz_target!(|data: &[u8]| {
+    let now = rustls_pki_types::UnixTime::now();
+    for envelope in [Envelope::Plain, Envelope::Signed] {
+        if let Ok(info) = read(data, envelope, None, now) {
+            let _ = decide(&VIEW, &info, jiff::Timestamp::now());
+        }
+    }
+});
