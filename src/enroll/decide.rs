@@ -25,6 +25,8 @@ pub struct GateView {
     by_serial: HashMap<String, u32>,
     /// The catalog, or why the gate cannot trust one now.
     catalog: Result<Arc<Catalog>, String>,
+    /// Built from a resolver pass (not the placeholder before the first one).
+    ready: bool,
 }
 
 impl GateView {
@@ -37,6 +39,7 @@ impl GateView {
             devices: Arc::default(),
             by_serial: HashMap::new(),
             catalog: Err(why.to_string()),
+            ready: false,
         }
     }
 
@@ -68,6 +71,7 @@ impl GateView {
             devices,
             by_serial,
             catalog,
+            ready: true,
         }
     }
 
@@ -78,7 +82,7 @@ impl GateView {
 
     /// Whether the view came from a resolver pass.
     pub fn is_ready(&self) -> bool {
-        self.catalog.is_ok() || !self.groups.is_empty() || self.gates()
+        self.ready
     }
 }
 
@@ -401,4 +405,53 @@ fn applicable_by_serial(view: &GateView, serial: &str) -> Vec<(usize, usize)> {
                 .map(|ring| (p, ring))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platforms_from_product_types() {
+        for (product, platform) in [
+            ("iPhone17,1", Some(Platform::Ios)),
+            ("iPod9,1", Some(Platform::Ios)),
+            ("iPad16,3", Some(Platform::IpadOs)),
+            ("AppleTV14,1", Some(Platform::TvOs)),
+            ("RealityDevice14,1", Some(Platform::VisionOs)),
+            ("Mac16,1", Some(Platform::MacOs)),
+            ("MacBookPro18,3", Some(Platform::MacOs)),
+            ("VirtualMac2,1", Some(Platform::MacOs)),
+            ("Watch7,1", Some(Platform::WatchOs)),
+            ("iPhone", None),
+            ("iPhone17", None),
+            ("iPhone17,", None),
+            ("iPhone,1", None),
+            ("Toaster1,1", None),
+            ("", None),
+            ("J514sAP", None),
+        ] {
+            assert_eq!(platform_of(product), platform, "{product}");
+        }
+    }
+
+    #[test]
+    fn before_the_first_pass_the_view_is_not_ready_after_it_is() {
+        assert!(!GateView::unavailable("starting").is_ready());
+        let view = GateView::new(&[], &[], Arc::default(), Err("no catalog".into()));
+        assert!(view.is_ready());
+        assert!(!view.gates());
+        let info = MachineInfo {
+            serial: "S".into(),
+            product: "iPhone15,2".into(),
+            build: "22G86".into(),
+            os_version: Some("18.6".into()),
+            can_request_update: true,
+            ..MachineInfo::default()
+        };
+        assert_eq!(
+            decide(&view, &info, Timestamp::UNIX_EPOCH).verdict,
+            Verdict::Ungated
+        );
+    }
 }

@@ -104,3 +104,70 @@ fn to_plist(value: &serde_json::Value) -> plist::Value {
         other => plist::Value::String(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xml_only_when_asked_for_and_json_is_not() {
+        for (accept, format) in [
+            (None, Format::Json),
+            (Some("*/*"), Format::Json),
+            (Some("application/json"), Format::Json),
+            (Some("application/xml"), Format::Xml),
+            (Some("text/xml;q=0.9"), Format::Xml),
+            (Some("application/xml, application/json"), Format::Json),
+        ] {
+            assert_eq!(Format::from_accept(accept), format, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn the_body_carries_the_build_only_when_given() {
+        let required = Required {
+            version: "26.1".parse().expect("version"),
+            build: None,
+        };
+        let body = update_required(
+            &required,
+            None,
+            Some(Platform::Ios),
+            None,
+            "ns/p",
+            Format::Json,
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(json["details"], serde_json::json!({"OSVersion": "26.1"}));
+        assert!(
+            json["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("iOS 26.1"))
+        );
+        let with_build = Required {
+            build: Some(crate::catalog::Build::new("23B85")),
+            ..required
+        };
+        let body = update_required(
+            &with_build,
+            Some(("Seed", "t0k")),
+            None,
+            Some("18.6 (22G86)"),
+            "ns/p",
+            Format::Xml,
+        );
+        let plist = plist::Value::from_reader_xml(body.as_slice()).expect("XML plist");
+        let details = plist
+            .as_dictionary()
+            .and_then(|d| d.get("details"))
+            .and_then(plist::Value::as_dictionary)
+            .expect("details");
+        assert_eq!(
+            details
+                .get("BuildVersion")
+                .and_then(plist::Value::as_string),
+            Some("23B85")
+        );
+        assert!(details.get("RequireBetaProgram").is_some());
+    }
+}
