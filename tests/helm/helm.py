@@ -14,6 +14,7 @@ list with one result per request on stdout. Every result is {"ok": true, ...} or
   install    {kubeconfig, release, namespace, values, skip_crds} -> release (without the
              manifest and chart): a real `helm install` against the cluster.
   uninstall  {kubeconfig, release, namespace} -> info.
+  parse_set  {set: ["key=value", ...]} -> values, as `helm --set` parses them.
 """
 
 import json
@@ -104,6 +105,8 @@ def main():
                     result = install(path, request)
                 elif op == "uninstall":
                     result = uninstall(request)
+                elif op == "parse_set":
+                    result = {"values": helm.parse_set_string(",".join(request["set"]))}
                 else:
                     raise ValueError(f"unknown op {op!r}")
                 results.append({"ok": True, **result})
