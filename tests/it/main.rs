@@ -5,6 +5,7 @@ mod catalog_snapshots;
 mod ddm_http;
 mod enroll_gate;
 mod durability;
+mod helm_chart;
 mod kubernetes;
 mod nanomdm_sync;
 mod plan_examples;
