@@ -1656,7 +1656,6 @@ fn gitops_wiring_points_at_this_repository() {
     }
     assert_eq!(fleet_namespaces.len(), 1, "{fleet_namespaces:?}");
     let fleet_namespace = fleet_namespaces.into_iter().next().expect("one");
-    let chart_values: Vec<(String, Value)>;
 
     // Flux.
     let flux: Vec<Value> = yaml_files(&root.join("examples/flux"))
@@ -1805,7 +1804,7 @@ fn gitops_wiring_points_at_this_repository() {
         saw_chart && saw_fleet,
         "an Application each for the chart and the fleet"
     );
-    chart_values = values;
+    let chart_values = values;
     // Their chart values pass the schema and render.
     let results = helm(
         chart_values
