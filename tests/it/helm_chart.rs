@@ -45,8 +45,9 @@
 //!   installed Deployment's args and env, its Secret and ConfigMap files, and the token of the
 //!   chart's ServiceAccount, so only the chart's RBAC — until `examples/gitops` is Ready, a ring
 //!   is retired (generated target deleted), an invalid and a suspended policy are reported and a
-//!   policy is deleted through its finalizer, with no request forbidden; HMAC and the NanoMDM
-//!   API key work from the mounted files; the Argo CD health check on the statuses the operator
+//!   policy is deleted through its finalizer, with no request forbidden; HMAC, the NanoMDM API
+//!   key and the enrollment gate (its path, CA bundle and profile) work from the mounted files;
+//!   /metrics answers; the Argo CD health check on the statuses the operator
 //!   wrote; `kubectl auth can-i` for what the ServiceAccount must not do; the README's
 //!   `argocd-cm` patch command; `helm uninstall` keeping the data claim.
 //!
@@ -1938,16 +1939,33 @@ fn http_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> (u16, BTreeMap<String, String>, Vec<u8>) {
+    http_request(port, "GET", path, headers, &[])
+}
+
+/// A minimal HTTP/1.1 request on loopback: (status, headers lower-cased, body).
+fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, BTreeMap<String, String>, Vec<u8>) {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connects");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).expect("writes");
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body);
+    stream.write_all(&bytes).expect("writes");
     let mut response = Vec::new();
     stream.read_to_end(&mut response).expect("reads");
     let split = response
@@ -2268,11 +2286,50 @@ fn chart_on_a_real_api_server() {
             root.join("src/catalog/apple-root-ca.pem").display()
         ),
     ]);
+    // The enrollment gate: Apple's device CAs (here the fixtures' test CA) and a profile to serve.
+    let profile = b"<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>PayloadType</key><string>Configuration</string></dict></plist>\n";
+    let profile_file = work.path().join("enroll.mobileconfig");
+    std::fs::write(&profile_file, profile).expect("writable");
+    server.ok(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "enrollment-profile",
+        &format!("--from-file=enroll.mobileconfig={}", profile_file.display()),
+    ]);
+    server.ok(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "configmap",
+        "apple-device-ca",
+        &format!(
+            "--from-file=ca.pem={}",
+            root.join("tests/fixtures/enroll/ca.pem").display()
+        ),
+    ]);
+    server.ok(&[
+        "-n",
+        NAMESPACE,
+        "create",
+        "secret",
+        "generic",
+        "apple-seeding",
+        "--from-literal=token=seeding-service-token",
+    ]);
     let values = json!({
         "ddm": {"hmacSecret": {"name": "nanomdm-dm-hmac"}},
         "nanomdm": {"url": format!("http://127.0.0.1:{}", nanomdm.port), "apiKeySecret": {"name": "nanomdm-api"}},
         "catalog": {"roots": {"configMapName": "catalog-roots"}},
         "inventory": {"configMapName": "fleet-inventory"},
+        "enrollment": {
+            "path": "/mdm/enroll",
+            "profile": {"secretName": "enrollment-profile"},
+            "caBundle": {"configMapName": "apple-device-ca"},
+            "betaTokenSecret": {"name": "apple-seeding"},
+        },
     });
     let kubeconfig = server.kubeconfig.to_string_lossy().into_owned();
     let install = |skip_crds: bool| {
@@ -2511,6 +2568,51 @@ fn chart_on_a_real_api_server() {
             "the API key from the mounted Secret"
         );
     }
+
+    // The enrollment gate on its configured path: MachineInfo signed by a device certificate of
+    // the mounted CA bundle is decided (no gate for this iPhone in the examples) and answered
+    // with the mounted profile; unsigned MachineInfo is refused once a CA bundle is set.
+    let signed = std::fs::read(root.join("tests/fixtures/enroll/machineinfo.sha256.p7s"))
+        .expect("the MachineInfo fixture");
+    let (code, headers, body) = http_request(
+        http_port,
+        "POST",
+        "/mdm/enroll",
+        &[("Content-Type", "application/pkcs7-signature")],
+        &signed,
+    );
+    assert_eq!(
+        (code, body.as_slice()),
+        (200, &profile[..]),
+        "the profile from the mounted Secret: {}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        headers.get("content-type").map(String::as_str),
+        Some("application/x-apple-aspen-config")
+    );
+    let unsigned =
+        std::fs::read(root.join("tests/fixtures/enroll/machineinfo.plist")).expect("fixture");
+    let (code, _, body) = http_request(
+        http_port,
+        "POST",
+        "/mdm/enroll",
+        &[("Content-Type", "application/x-plist")],
+        &unsigned,
+    );
+    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        http_get(http_port, "/enroll", &[]).0,
+        404,
+        "only the configured path"
+    );
+    let (code, _, metrics) = http_get(http_port, "/metrics", &[]);
+    assert_eq!(code, 200);
+    assert!(
+        String::from_utf8_lossy(&metrics)
+            .contains("ddm_update_operator_enrollment_decisions_total{"),
+        "the decision is counted"
+    );
 
     // Argo CD's view of what the operator wrote.
     let scripts = health_scripts();
