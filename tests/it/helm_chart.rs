@@ -2188,7 +2188,7 @@ fn chart_on_a_real_api_server() {
     server.ok(&[
         "wait",
         "--for=condition=Established",
-        "--timeout=60s",
+        "--timeout=120s",
         "crd/fleetgroups.updates.ddm.dev",
         "crd/updatepolicies.updates.ddm.dev",
         "crd/enforcementtargets.updates.ddm.dev",
@@ -2422,7 +2422,7 @@ fn chart_on_a_real_api_server() {
     let mut token_secret = String::new();
     wait_until(
         "the ServiceAccount's token Secret",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             token_secret = text(
                 &server.json(&["-n", NAMESPACE, "get", "serviceaccount", &service_account])["secrets"]
@@ -2472,7 +2472,7 @@ fn chart_on_a_real_api_server() {
         log,
     };
     let mut started_operator = Instant::now();
-    wait_until("the operator's /readyz", Duration::from_secs(60), || {
+    wait_until("the operator's /readyz", Duration::from_secs(120), || {
         TcpStream::connect(("127.0.0.1", http_port)).is_ok()
             && http_get(http_port, "/readyz", &[]).0 == 200
     });
@@ -2522,7 +2522,7 @@ fn chart_on_a_real_api_server() {
         "it-fleet",
         "wait",
         "--for=condition=Ready",
-        "--timeout=90s",
+        "--timeout=180s",
         "fleetgroups,updatepolicies,enforcementtargets",
         "--all",
     ]);
@@ -2543,7 +2543,7 @@ fn chart_on_a_real_api_server() {
     };
     wait_until(
         "generated EnforcementTargets",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || !generated("macs").is_empty(),
     );
     eprintln!(
@@ -2554,7 +2554,7 @@ fn chart_on_a_real_api_server() {
     let enqueued = || nanomdm.requests.lock().expect("log").clone();
     wait_until(
         "an enqueue to NanoMDM's API",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || !enqueued().is_empty(),
     );
     let expected_auth = format!(
@@ -2660,7 +2660,7 @@ fn chart_on_a_real_api_server() {
     ]);
     wait_until(
         "the broad ring's targets to go",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || generated("macs").is_disjoint(&broad),
     );
 
@@ -2686,14 +2686,14 @@ fn chart_on_a_real_api_server() {
     let mut orphan = Value::Null;
     wait_until(
         "the orphan policy's FleetGroupNotFound",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         || {
             orphan = server.json(&["-n", "it-fleet", "get", "updatepolicy", "orphan"]);
             ready_of(&orphan) == ("False".into(), "FleetGroupNotFound".into())
         },
     );
     let mut suspended = Value::Null;
-    wait_until("the suspended FleetGroup", Duration::from_secs(30), || {
+    wait_until("the suspended FleetGroup", Duration::from_secs(90), || {
         suspended = server.json(&["-n", "it-fleet", "get", "fleetgroup", "meeting-rooms"]);
         ready_of(&suspended).1 == "Suspended"
             && suspended["status"]["observedGeneration"] == suspended["metadata"]["generation"]
@@ -2717,7 +2717,7 @@ fn chart_on_a_real_api_server() {
         "delete",
         "updatepolicy",
         "mobile",
-        "--timeout=60s",
+        "--timeout=120s",
     ]);
     let events = server.json(&["-n", "it-fleet", "get", "events.events.k8s.io"]);
     let reasons: BTreeSet<String> = events["items"]
