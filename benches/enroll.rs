@@ -1,6 +1,6 @@
 //! Enrollment gate benchmarks: decisions per second for MachineInfo of real catalog models, with
-//! 100,000 known devices and three gated policies, at three depths — the decision alone, plist
-//! + decision, and CMS signature check + plist + decision — and over HTTP. Run with
+//! 100,000 known devices and three gated policies, at three depths — the decision alone, the
+//! plist and the decision, and the CMS signature check, plist and decision — and over HTTP. Run with
 //! `cargo bench --bench enroll`. Every figure is printed with a baseline measured in the same
 //! run (the machines are shared and noisy), as a ratio:
 //! * decision: against one `HashMap` lookup per device (the floor of any per-device work);
