@@ -34,11 +34,10 @@ const ECDSA_SHA384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.100
 const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
-/// A verified envelope: the signed content and the certificate that signed it.
+/// A verified envelope: the signed content.
 #[derive(Debug)]
 pub struct Verified {
     pub content: Vec<u8>,
-    pub signer: CertificateDer<'static>,
 }
 
 /// Trust anchors the signer must chain to.
@@ -129,10 +128,10 @@ pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Veri
         &content,
         signed.encap_content_info.econtent_type,
     )?;
-    let signer_der = signer
-        .to_der()
-        .map_err(|e| bad(format!("signer certificate: {e}")))?;
     if let Some(anchors) = anchors {
+        let signer_der = signer
+            .to_der()
+            .map_err(|e| bad(format!("signer certificate: {e}")))?;
         let intermediates: Vec<CertificateDer<'static>> = certificates
             .iter()
             .filter(|c| !std::ptr::eq(**c, *signer))
@@ -155,10 +154,7 @@ pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Veri
                 EnrollError::Untrusted(format!("the signer does not chain to the CA bundle: {e}"))
             })?;
     }
-    Ok(Verified {
-        content,
-        signer: CertificateDer::from(signer_der),
-    })
+    Ok(Verified { content })
 }
 
 fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
