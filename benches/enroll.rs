@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ddm_update_operator::api::validate::check_all;
 use ddm_update_operator::catalog::{Build, Catalog, OsVersion, Platform, PmvDocument};
 use ddm_update_operator::enroll::tally::Tally;
 use ddm_update_operator::enroll::{Envelope, GateView, MachineInfo, decide, read};
@@ -172,21 +171,8 @@ fn main() {
             }
         })
         .collect();
-    let mut manifests = ddm_update_operator::manifests::Manifests::default();
-    let mut problems = Vec::new();
-    ddm_update_operator::manifests::parse_into(
-        "bench.yaml",
-        MANIFESTS,
-        &mut manifests,
-        &mut problems,
-    );
-    assert!(problems.is_empty(), "{problems:?}");
-    let checked = check_all(
-        &manifests.fleet_groups,
-        &manifests.policies,
-        &manifests.targets,
-    )
-    .expect("valid manifests");
+    let checked = ddm_update_operator::manifests::check_str("bench.yaml", MANIFESTS)
+        .expect("valid manifests");
     let view = GateView::new(
         &checked.groups,
         &checked.policies,

@@ -5,15 +5,12 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ddm_update_operator::api::validate::check_all;
 use ddm_update_operator::catalog::Catalog;
 use ddm_update_operator::enroll::{Envelope, GateView, decide, read};
 use libfuzzer_sys::fuzz_target;
 
 static VIEW: LazyLock<GateView> = LazyLock::new(|| {
-    let mut manifests = ddm_update_operator::manifests::Manifests::default();
-    let mut problems = Vec::new();
-    ddm_update_operator::manifests::parse_into(
+    let checked = ddm_update_operator::manifests::check_str(
         "fuzz.yaml",
         r#"
 apiVersion: updates.ddm.dev/v1alpha1
@@ -30,13 +27,6 @@ spec:
   deadline: {daysAfterPosting: 7}
   enrollment: {minimumVersion: Target, failurePolicy: Closed}
 "#,
-        &mut manifests,
-        &mut problems,
-    );
-    let checked = check_all(
-        &manifests.fleet_groups,
-        &manifests.policies,
-        &manifests.targets,
     )
     .expect("the fuzz manifests are valid");
     let catalog = Catalog::from_slice(ddm_update_operator::run::SHIPPED_CATALOG)

@@ -367,31 +367,23 @@ pub fn platform_of(product: &str) -> Option<Platform> {
 
 /// Gated policies whose groups select the device, each with the first ring naming it.
 fn applicable_policies(view: &GateView, device: &Device) -> Vec<(usize, usize)> {
-    let selected: Vec<&ObjectKey> = view
-        .groups
-        .iter()
-        .filter(|g| selects(g, device))
-        .map(|g| &g.key)
-        .collect();
-    view.policies
-        .iter()
-        .enumerate()
-        .filter_map(|(p, policy)| {
-            policy
-                .rings
-                .iter()
-                .position(|ring| ring.groups.iter().any(|g| selected.contains(&g)))
-                .map(|ring| (p, ring))
-        })
-        .collect()
+    policies_of_groups(view, |g| selects(g, device))
 }
 
 /// Gated policies with a group that lists the serial number.
 fn applicable_by_serial(view: &GateView, serial: &str) -> Vec<(usize, usize)> {
-    let named: Vec<&ObjectKey> = view
+    policies_of_groups(view, |g| g.serial_numbers.iter().any(|s| s == serial))
+}
+
+/// Gated policies naming a group `chosen` accepts, each with the first ring that does.
+fn policies_of_groups(
+    view: &GateView,
+    chosen: impl Fn(&CheckedGroup) -> bool,
+) -> Vec<(usize, usize)> {
+    let keys: Vec<&ObjectKey> = view
         .groups
         .iter()
-        .filter(|g| g.serial_numbers.iter().any(|s| s == serial))
+        .filter(|g| chosen(g))
         .map(|g| &g.key)
         .collect();
     view.policies
@@ -401,7 +393,7 @@ fn applicable_by_serial(view: &GateView, serial: &str) -> Vec<(usize, usize)> {
             policy
                 .rings
                 .iter()
-                .position(|ring| ring.groups.iter().any(|g| named.contains(&g)))
+                .position(|ring| ring.groups.iter().any(|g| keys.contains(&g)))
                 .map(|ring| (p, ring))
         })
         .collect()

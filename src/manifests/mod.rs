@@ -104,6 +104,22 @@ fn collect_files(path: &Path, files: &mut Vec<PathBuf>) -> Result<(), LoadError>
     Ok(())
 }
 
+/// Parses and checks the resources in one YAML text (tests, benchmarks, fuzzing): every problem
+/// of parsing or checking, listed.
+pub fn check_str(file: &str, text: &str) -> Result<crate::api::validate::Checked, Vec<String>> {
+    let mut manifests = Manifests::default();
+    let mut problems = Vec::new();
+    parse_into(file, text, &mut manifests, &mut problems);
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    crate::api::validate::check_all(
+        &manifests.fleet_groups,
+        &manifests.policies,
+        &manifests.targets,
+    )
+}
+
 /// Parses one file's documents into `manifests`, adding any problem to `problems`.
 pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &mut Vec<String>) {
     let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {

@@ -17,7 +17,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine as _;
-use ddm_update_operator::api::validate::check_all;
 use ddm_update_operator::catalog::{Catalog, PmvDocument};
 use ddm_update_operator::enroll::{
     Anchors, EnrollError, GateView, MachineInfo, Verdict, decide, machine_info, signed,
@@ -264,21 +263,8 @@ fn oracle(
 }
 
 fn manifests_view(yaml_text: &str, catalog: Result<Arc<Catalog>, String>) -> GateView {
-    let mut manifests = ddm_update_operator::manifests::Manifests::default();
-    let mut problems = Vec::new();
-    ddm_update_operator::manifests::parse_into(
-        "test.yaml",
-        yaml_text,
-        &mut manifests,
-        &mut problems,
-    );
-    assert!(problems.is_empty(), "{problems:?}");
-    let checked = check_all(
-        &manifests.fleet_groups,
-        &manifests.policies,
-        &manifests.targets,
-    )
-    .expect("valid manifests");
+    let checked =
+        ddm_update_operator::manifests::check_str("test.yaml", yaml_text).expect("valid manifests");
     GateView::new(&checked.groups, &checked.policies, Arc::default(), catalog)
 }
 
