@@ -423,10 +423,21 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
                 )
                 .collect(),
             enrollment: object.spec.enrollment.as_ref().map(|_| {
-                ctx.enrollment.status_of(&ObjectKey {
+                let counted = ctx.enrollment.status_of(&ObjectKey {
                     namespace: object.namespace().unwrap_or_else(|| "default".into()),
                     name: object.name_any(),
-                })
+                });
+                // Nothing decided since this process started and nothing shown: what is shown
+                // (counting since an earlier start) is still true, so a restart rewrites nothing.
+                let nothing = |s: &crate::api::EnrollmentGateStatus| {
+                    s.decisions.is_empty()
+                        && s.last_decision_time.is_none()
+                        && s.last_problem.is_none()
+                };
+                match current.and_then(|s| s.enrollment.as_ref()) {
+                    Some(shown) if nothing(shown) && nothing(&counted) => shown.clone(),
+                    _ => counted,
+                }
             }),
         };
         write_status(&ctx, object.as_ref(), current, status).await?;
