@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::nanomdm::SyncTrigger;
 use super::store::Store;
-use super::{ApplyReport, Assignment, Backend, BackendError, DeviceRecord};
+use super::{ApplyReport, Assignment, Backend, BackendError, DeviceRecord, Memory, MemoryChanges};
 use crate::declarations::Declaration;
 use crate::status::StatusReport;
 
@@ -145,6 +145,24 @@ impl Backend for Embedded {
         Box::pin(async move {
             let store = self.store.clone();
             blocking(move || store.devices()).await
+        })
+    }
+
+    fn memory(&self) -> BoxFuture<'_, Result<Arc<Memory>, BackendError>> {
+        Box::pin(async move { Ok(self.store.memory()) })
+    }
+
+    fn remember<'a>(
+        &'a self,
+        changes: &'a MemoryChanges,
+    ) -> BoxFuture<'a, Result<(), BackendError>> {
+        Box::pin(async move {
+            if changes.is_empty() {
+                return Ok(());
+            }
+            let store = self.store.clone();
+            let changes = changes.clone();
+            blocking(move || store.remember(&changes)).await
         })
     }
 }

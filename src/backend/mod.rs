@@ -6,9 +6,13 @@ pub mod embedded;
 pub mod nanomdm;
 pub mod store;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 
 use crate::declarations::Declaration;
+use crate::resolve::{Rollout, Rollouts};
 
 /// What one device should hold: its whole declaration set, by identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +71,41 @@ pub struct DeviceRecord {
     pub assigned_at: Option<jiff::Timestamp>,
 }
 
+/// A device whose set is frozen because a resource that applied to it was deleted with
+/// `deletionPolicy: Orphan`: it keeps the declarations it has until a resource that did not
+/// apply to it then applies to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    /// `Kind namespace/name` of the deleted resource.
+    pub by: String,
+    /// The resources (`Kind namespace/name`) still applying to the device since; one outside
+    /// this list unfreezes it.
+    pub sources: BTreeSet<String>,
+    pub since: jiff::Timestamp,
+}
+
+/// What the resolver pass remembers between passes and restarts, kept as durably as the sets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Memory {
+    /// Per enrollment, the release each policy is taking, or took, it to.
+    pub rollouts: Rollouts,
+    /// Frozen enrollments.
+    pub orphans: HashMap<String, Orphan>,
+}
+
+/// Changes to `Memory`, per enrollment: its whole new value (an empty map, `None`: forget).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryChanges {
+    pub rollouts: BTreeMap<String, BTreeMap<String, Rollout>>,
+    pub orphans: BTreeMap<String, Option<Orphan>>,
+}
+
+impl MemoryChanges {
+    pub fn is_empty(&self) -> bool {
+        self.rollouts.is_empty() && self.orphans.is_empty()
+    }
+}
+
 /// Where declarations are written and device state is read.
 pub trait Backend: Send + Sync {
     /// A short name for metrics and logs.
@@ -88,4 +127,13 @@ pub trait Backend: Send + Sync {
 
     /// Every enrollment the backend knows, with its reported state.
     fn devices(&self) -> BoxFuture<'_, Result<Vec<DeviceRecord>, BackendError>>;
+
+    /// What the resolver remembered.
+    fn memory(&self) -> BoxFuture<'_, Result<Arc<Memory>, BackendError>>;
+
+    /// Stores changes to what the resolver remembers, all at once: a failure changes nothing.
+    fn remember<'a>(
+        &'a self,
+        changes: &'a MemoryChanges,
+    ) -> BoxFuture<'a, Result<(), BackendError>>;
 }

@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Map, Value, json};
 
-use super::{ApplyReport, Assignment, BackendError, DeviceRecord};
+use super::{ApplyReport, Assignment, BackendError, DeviceRecord, Memory, MemoryChanges, Orphan};
 use crate::declarations::{Declaration, content_hash};
 use crate::status::{StatusReport, merge};
 
@@ -56,6 +56,21 @@ const MIGRATIONS: &[&str] = &[
         body BLOB NOT NULL,
         PRIMARY KEY (enrollment_id, slot)
     ) WITHOUT ROWID;",
+    // 2: what the resolver remembers between passes: the release each policy is taking, or
+    // took, a device to; devices frozen by a resource deleted with deletionPolicy Orphan.
+    "CREATE TABLE rollouts (
+        enrollment_id TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        version TEXT NOT NULL,
+        deadline TEXT NOT NULL,
+        PRIMARY KEY (enrollment_id, policy)
+    ) WITHOUT ROWID;
+    CREATE TABLE orphans (
+        enrollment_id TEXT PRIMARY KEY,
+        orphaned_by TEXT NOT NULL,
+        sources TEXT NOT NULL,
+        since INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.
@@ -88,6 +103,8 @@ struct Cache {
 pub struct Store {
     connection: Mutex<Connection>,
     cache: RwLock<Cache>,
+    /// What the resolver remembers, as stored.
+    memory: RwLock<Arc<Memory>>,
 }
 
 /// The manifest kind of a declaration type, as the `declaration/{kind}/{id}` path names it.
@@ -143,8 +160,10 @@ impl Store {
         let store = Store {
             connection: Mutex::new(connection),
             cache: RwLock::new(Cache::default()),
+            memory: RwLock::default(),
         };
         store.load_cache()?;
+        store.load_memory()?;
         Ok(store)
     }
 
@@ -211,6 +230,137 @@ impl Store {
         }
         drop(statement);
         *relock(self.cache.write()) = cache;
+        Ok(())
+    }
+
+    fn load_memory(&self) -> Result<(), BackendError> {
+        let connection = relock(self.connection.lock());
+        let mut memory = Memory::default();
+        let mut statement =
+            connection.prepare("SELECT enrollment_id, policy, version, deadline FROM rollouts")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (enrollment, policy, version, deadline) = row?;
+            // A row this version cannot read is forgotten, not fatal: it only counts a device.
+            let Ok(deadline) = deadline.parse::<jiff::civil::DateTime>() else {
+                tracing::warn!(%enrollment, %policy, %deadline, "unreadable rollout deadline; forgotten");
+                continue;
+            };
+            memory
+                .rollouts
+                .entry(enrollment)
+                .or_default()
+                .insert(policy, crate::resolve::Rollout { version, deadline });
+        }
+        let mut statement =
+            connection.prepare("SELECT enrollment_id, orphaned_by, sources, since FROM orphans")?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+            ))
+        })?;
+        for row in rows {
+            let (enrollment, by, sources, since) = row?;
+            // Unreadable sources: an empty list keeps the device frozen until anything applies.
+            let sources = serde_json::from_str(&sources).unwrap_or_default();
+            memory.orphans.insert(
+                enrollment,
+                Orphan {
+                    by,
+                    sources,
+                    since: timestamp(since),
+                },
+            );
+        }
+        drop(statement);
+        *relock(self.memory.write()) = Arc::new(memory);
+        Ok(())
+    }
+
+    /// What the resolver remembered (see `Memory`).
+    pub fn memory(&self) -> Arc<Memory> {
+        relock(self.memory.read()).clone()
+    }
+
+    /// Stores changes to what the resolver remembers, in one transaction.
+    pub fn remember(&self, changes: &MemoryChanges) -> Result<(), BackendError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        {
+            let mut connection = relock(self.connection.lock());
+            let transaction = connection.transaction()?;
+            {
+                let mut forget =
+                    transaction.prepare_cached("DELETE FROM rollouts WHERE enrollment_id = ?1")?;
+                let mut insert = transaction.prepare_cached(
+                    "INSERT INTO rollouts (enrollment_id, policy, version, deadline) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (enrollment, rollouts) in &changes.rollouts {
+                    forget.execute(params![enrollment])?;
+                    for (policy, rollout) in rollouts {
+                        insert.execute(params![
+                            enrollment,
+                            policy,
+                            rollout.version,
+                            rollout.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string()
+                        ])?;
+                    }
+                }
+                let mut unfreeze =
+                    transaction.prepare_cached("DELETE FROM orphans WHERE enrollment_id = ?1")?;
+                let mut freeze = transaction.prepare_cached(
+                    "INSERT OR REPLACE INTO orphans (enrollment_id, orphaned_by, sources, since) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (enrollment, orphan) in &changes.orphans {
+                    match orphan {
+                        Some(orphan) => {
+                            let sources = serde_json::to_string(&orphan.sources)
+                                .map_err(|e| BackendError::Other(e.to_string()))?;
+                            freeze.execute(params![
+                                enrollment,
+                                orphan.by,
+                                sources,
+                                orphan.since.as_second()
+                            ])?;
+                        }
+                        None => {
+                            unfreeze.execute(params![enrollment])?;
+                        }
+                    }
+                }
+            }
+            transaction.commit()?;
+        }
+        let mut memory = relock(self.memory.write());
+        let memory = Arc::make_mut(&mut memory);
+        for (enrollment, rollouts) in &changes.rollouts {
+            if rollouts.is_empty() {
+                memory.rollouts.remove(enrollment);
+            } else {
+                memory.rollouts.insert(enrollment.clone(), rollouts.clone());
+            }
+        }
+        for (enrollment, orphan) in &changes.orphans {
+            match orphan {
+                Some(orphan) => {
+                    memory.orphans.insert(enrollment.clone(), orphan.clone());
+                }
+                None => {
+                    memory.orphans.remove(enrollment);
+                }
+            }
+        }
         Ok(())
     }
 
@@ -556,6 +706,8 @@ fn served_set(members: &[(&str, &str, &'static str)]) -> ServedSet {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::declarations::{Declaration, ENFORCEMENT_TYPE, activation};
 
@@ -703,6 +855,93 @@ mod tests {
         let devices = store.devices().expect("devices");
         assert_eq!(devices.len(), 1);
         assert_eq!(devices[0].assigned, vec![e.identifier.clone()]);
+    }
+
+    #[test]
+    fn what_the_resolver_remembers_survives_a_reopen_and_is_replaced_per_enrollment() {
+        use crate::resolve::Rollout;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        let rollout = |version: &str| Rollout {
+            version: version.into(),
+            deadline: jiff::civil::date(2026, 9, 1).at(19, 0, 0, 0),
+        };
+        let orphan = Orphan {
+            by: "UpdatePolicy it/mobile".into(),
+            sources: ["EnforcementTarget it/vip".to_string()].into(),
+            since: Timestamp::from_second(1_790_000_000).expect("a timestamp"),
+        };
+        {
+            let store = Store::open(&path).expect("store");
+            assert_eq!(*store.memory(), Memory::default());
+            let mut changes = MemoryChanges::default();
+            changes.rollouts.insert(
+                "D0".into(),
+                [
+                    ("it/macs".to_string(), rollout("26.6.2")),
+                    ("it/security".to_string(), rollout("26.3.1 (a)")),
+                ]
+                .into(),
+            );
+            changes.rollouts.insert(
+                "D1".into(),
+                [("it/macs".to_string(), rollout("26.6.2"))].into(),
+            );
+            changes.orphans.insert("D2".into(), Some(orphan.clone()));
+            store.remember(&changes).expect("remember");
+            // D1's policy moved on, D0 lost one policy: each enrollment's map is replaced.
+            let mut changes = MemoryChanges::default();
+            changes.rollouts.insert("D1".into(), BTreeMap::new());
+            changes.rollouts.insert(
+                "D0".into(),
+                [("it/macs".to_string(), rollout("26.6.2"))].into(),
+            );
+            store.remember(&changes).expect("remember");
+        }
+        let store = Store::open(&path).expect("reopen");
+        let memory = store.memory();
+        assert_eq!(
+            memory.rollouts,
+            [(
+                "D0".to_string(),
+                [("it/macs".to_string(), rollout("26.6.2"))].into()
+            )]
+            .into()
+        );
+        assert_eq!(memory.orphans, [("D2".to_string(), orphan)].into());
+        let mut changes = MemoryChanges::default();
+        changes.orphans.insert("D2".into(), None);
+        store.remember(&changes).expect("unfreeze");
+        assert!(store.memory().orphans.is_empty());
+        drop(store);
+        assert!(
+            Store::open(&path)
+                .expect("reopen")
+                .memory()
+                .orphans
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        {
+            let connection = Connection::open(&path).expect("open");
+            connection
+                .execute_batch(&format!(
+                    "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
+                    MIGRATIONS[0]
+                ))
+                .expect("schema 1");
+        }
+        let store = Store::open(&path).expect("migrated");
+        assert_eq!(*store.memory(), Memory::default());
+        let version: i64 = relock(store.connection.lock())
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, MIGRATIONS.len() as i64);
     }
 
     #[test]

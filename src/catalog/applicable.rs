@@ -203,6 +203,17 @@ fn is_expired(expires: Option<Date>, on: Date) -> bool {
 impl Catalog {
     /// The release the strategy chooses for this device at `query.on`, or why there is none.
     pub fn resolve<'c>(&'c self, device: DeviceOs<'_>, query: &Query) -> Answer<'c> {
+        self.resolve_met(device, query).map_err(|(why, _)| why)
+    }
+
+    /// `resolve`, and for a device that is `UpToDate` because it runs the strategy's answer (or
+    /// something newer), that answer: the release the device meets. `None` beside other
+    /// reasons, and where the device is up to date only because nothing in scope is installable.
+    pub fn resolve_met<'c>(
+        &'c self,
+        device: DeviceOs<'_>,
+        query: &Query,
+    ) -> Result<Choice<'c>, (NoTarget, Option<Choice<'c>>)> {
         let set = self.set(query.asset_set);
         let offers = set.offers(device.device_id);
         let security = if query.security_improvements {
@@ -211,11 +222,14 @@ impl Catalog {
             &[]
         };
         if offers.is_empty() && security.is_empty() {
-            return Err(if self.knows_device(device.device_id) {
-                NoTarget::NoMatchingRelease
-            } else {
-                NoTarget::DeviceNotInCatalog
-            });
+            return Err((
+                if self.knows_device(device.device_id) {
+                    NoTarget::NoMatchingRelease
+                } else {
+                    NoTarget::DeviceNotInCatalog
+                },
+                None,
+            ));
         }
 
         let scope = match &query.strategy {
@@ -225,7 +239,7 @@ impl Catalog {
             Strategy::Pinned(pin) => Scope::Exactly(pin),
             Strategy::MajorBehind(n) => match nth_major(set, offers, *n, query.on) {
                 Some(major) => Scope::Major(major),
-                None => return Err(NoTarget::NoMatchingRelease),
+                None => return Err((NoTarget::NoMatchingRelease, None)),
             },
         };
 
@@ -257,15 +271,19 @@ impl Catalog {
         match choice {
             Some(choice) if choice.release.version > *device.version => Ok(choice),
             _ if newest_expired.is_some_and(|r| r.version > *device.version) => {
-                Err(NoTarget::NoSignedRelease)
+                Err((NoTarget::NoSignedRelease, None))
             }
-            Some(_) => Err(NoTarget::UpToDate),
+            Some(met) => Err((NoTarget::UpToDate, Some(met))),
             // Everything in scope has expired and none of it is newer than the device.
-            None if any_in_scope && !unreachable_patch => Err(NoTarget::UpToDate),
+            None if any_in_scope && !unreachable_patch => Err((NoTarget::UpToDate, None)),
             None => match scope {
-                Scope::Exactly(pin) if *pin <= device.version.base() => Err(NoTarget::UpToDate),
-                Scope::Major(major) if major < device.version.major() => Err(NoTarget::UpToDate),
-                _ => Err(NoTarget::NoMatchingRelease),
+                Scope::Exactly(pin) if *pin <= device.version.base() => {
+                    Err((NoTarget::UpToDate, None))
+                }
+                Scope::Major(major) if major < device.version.major() => {
+                    Err((NoTarget::UpToDate, None))
+                }
+                _ => Err((NoTarget::NoMatchingRelease, None)),
             },
         }
     }

@@ -300,6 +300,7 @@ pub async fn start(
                 &snapshot.devices,
                 &snapshot.plan,
                 &by_id,
+                &snapshot.frozen,
                 snapshot.now,
                 &status_metrics,
             );

@@ -95,22 +95,50 @@ where
                 apply(object, snapshot).await
             }
             Finalizer::Cleanup(object) => {
-                // Withdraw: wait until a pass has run without the object. Orphan: devices keep
-                // what they have until the next change of their set (see the README).
-                if deletion_policy(object.as_ref()) == DeletionPolicy::Withdraw
-                    && snapshot_for(&ctx, &object_key, generation, true)
-                        .await
-                        .is_none()
-                {
+                // Withdraw: wait until a pass has run without the object. Orphan: until a pass
+                // has frozen the devices it applies to, durably, with what they have.
+                let Some(snapshot) = snapshot_for(&ctx, &object_key, generation, true).await
+                else {
                     return Err(Error::ResolverBehind);
+                };
+                match deletion_policy(object.as_ref()) {
+                    DeletionPolicy::Withdraw => {
+                        ctx.publish_event(
+                            &*object,
+                            EventType::Normal,
+                            "Withdrawn",
+                            "Deleted: its declarations are withdrawn",
+                        )
+                        .await;
+                    }
+                    DeletionPolicy::Orphan => {
+                        if snapshot.applied.is_err() {
+                            // The freeze may not be stored: let a new pass try again first.
+                            let _ = ctx.resolve_now.send(());
+                            return Err(Error::ResolverBehind);
+                        }
+                        let devices = snapshot
+                            .frozen
+                            .orphaned
+                            .get(&object_key)
+                            .copied()
+                            .unwrap_or(0);
+                        tracing::info!(
+                            object = %object_key,
+                            devices,
+                            "deleted with deletionPolicy Orphan: its devices keep their declarations"
+                        );
+                        ctx.publish_event(
+                            &*object,
+                            EventType::Normal,
+                            "Orphaned",
+                            &format!(
+                                "Deleted with deletionPolicy Orphan: {devices} device(s) keep the declarations they have until a resource that does not apply to them now does"
+                            ),
+                        )
+                        .await;
+                    }
                 }
-                ctx.publish_event(
-                    &*object,
-                    EventType::Normal,
-                    "Withdrawn",
-                    "Deleted: its declarations are withdrawn",
-                )
-                .await;
                 Ok(Action::await_change())
             }
         }
@@ -398,8 +426,10 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
             ),
             targets: generated.len() as u32,
             compliance: Some(tally.compliance()),
+            // A target only counting devices already there enforces nothing.
             next_deadline: generated
                 .iter()
+                .filter(|t| !t.compliant_only())
                 .map(|t| t.deadline)
                 .min()
                 .map(|d| d.strftime("%Y-%m-%dT%H:%M:%S").to_string()),
@@ -505,7 +535,7 @@ async fn sync_generated_targets(
             .map(|(model, build)| format!("{model}: {build}"))
             .collect();
         let note = format!(
-            "{}{} → {}{}, due {} (device-local), {} device(s) to update",
+            "{}{} → {}{}, due {} (device-local), {} device(s) to update{}",
             target.platform,
             was.map(|w| format!(" {w}")).unwrap_or_default(),
             target.version,
@@ -516,6 +546,11 @@ async fn sync_generated_targets(
             },
             target.deadline.strftime("%Y-%m-%dT%H:%M"),
             target.devices,
+            if target.up_to_date > 0 {
+                format!(", {} already run it", target.up_to_date)
+            } else {
+                String::new()
+            },
         );
         // The target as the related object and the deadline in the action: kube's recorder
         // folds events with the same key, which must not swallow a changed resolution.

@@ -11,7 +11,7 @@ use kube::runtime::reflector::Store;
 use tokio::sync::{mpsc, watch};
 
 use crate::api::validate::{Partial, check_each};
-use crate::api::{EnforcementTarget, FleetGroup, UpdatePolicy};
+use crate::api::{DeletionPolicy, EnforcementTarget, FleetGroup, UpdatePolicy};
 use crate::backend::DeviceRecord;
 use crate::backend::embedded::Embedded;
 use crate::enroll::GateView;
@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub devices: Arc<Vec<Device>>,
     pub records: Vec<DeviceRecord>,
     pub standings: Standings,
+    /// Devices the pass left as they were.
+    pub frozen: pass::Frozen,
     /// `Ok(changed enrollments)` or why the backend write failed.
     pub applied: Result<usize, String>,
     /// The catalog's origin and any problem fetching it.
@@ -49,6 +51,7 @@ impl Default for Snapshot {
             devices: Arc::default(),
             records: Vec::new(),
             standings: Standings::default(),
+            frozen: pass::Frozen::default(),
             applied: Err("no pass has run yet".into()),
             catalog_origin: String::new(),
             catalog_problem: None,
@@ -93,21 +96,27 @@ pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
-/// The cached objects not being deleted; every object's (generation, deleting) goes to `seen`.
-fn live_objects<K>(store: &Store<K>, seen: &mut HashMap<String, (Option<i64>, bool)>) -> Vec<K>
+/// The cached objects not being deleted, and those being deleted with `deletionPolicy:
+/// Orphan`; every object's (generation, deleting) goes to `seen`.
+fn live_objects<K>(
+    store: &Store<K>,
+    seen: &mut HashMap<String, (Option<i64>, bool)>,
+    orphan: impl Fn(&K) -> bool,
+) -> (Vec<K>, Vec<K>)
 where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
-    store
-        .state()
-        .iter()
-        .filter(|o| {
-            let deleting = o.meta().deletion_timestamp.is_some();
-            seen.insert(key(o.as_ref()), (o.meta().generation, deleting));
-            !deleting
-        })
-        .map(|o| (**o).clone())
-        .collect()
+    let (mut live, mut orphaning) = (Vec::new(), Vec::new());
+    for object in store.state() {
+        let deleting = object.meta().deletion_timestamp.is_some();
+        seen.insert(key(object.as_ref()), (object.meta().generation, deleting));
+        if !deleting {
+            live.push((*object).clone());
+        } else if orphan(&object) {
+            orphaning.push((*object).clone());
+        }
+    }
+    (live, orphaning)
 }
 
 impl Resolver {
@@ -147,11 +156,20 @@ impl Resolver {
     async fn pass(&mut self, number: u64) {
         let started = Instant::now();
         let mut seen = HashMap::new();
-        // Objects being deleted are left out: that is what withdraws their declarations.
-        let groups = live_objects(&self.groups, &mut seen);
-        let policies = live_objects(&self.policies, &mut seen);
-        let targets = live_objects(&self.targets, &mut seen);
+        // Objects being deleted are left out: that is what withdraws their declarations; the
+        // devices of those deleted with deletionPolicy Orphan are frozen instead.
+        let orphan = DeletionPolicy::Orphan;
+        let (groups, orphan_groups) = live_objects(&self.groups, &mut seen, |g| {
+            g.spec.deletion_policy == orphan
+        });
+        let (policies, orphan_policies) = live_objects(&self.policies, &mut seen, |p| {
+            p.spec.deletion_policy == orphan
+        });
+        let (targets, orphan_targets) = live_objects(&self.targets, &mut seen, |t| {
+            t.spec.deletion_policy == orphan
+        });
         let partial = check_each(&groups, &policies, &targets);
+        let orphaning = check_each(&orphan_groups, &orphan_policies, &orphan_targets).checked;
         let (catalog, catalog_origin, catalog_problem, gate_catalog) = {
             let handle = self.catalog.read().await;
             (
@@ -165,7 +183,10 @@ impl Resolver {
         let applied_at = Instant::now();
         let result = pass::pass(
             &self.backend,
-            &partial.checked,
+            pass::Resources {
+                live: &partial.checked,
+                orphaning: &orphaning,
+            },
             &self.seed,
             &catalog,
             self.assume_supervised,
@@ -206,6 +227,7 @@ impl Resolver {
                     plan: result.plan,
                     devices,
                     records: result.records,
+                    frozen: result.frozen,
                     applied,
                     catalog_origin,
                     catalog_problem,

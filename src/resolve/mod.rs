@@ -8,6 +8,8 @@ mod generate;
 mod reason;
 mod select;
 mod single;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -70,6 +72,35 @@ pub struct Note {
     pub detail: String,
 }
 
+/// The release a policy is taking, or took, one device to, remembered between passes (the
+/// backend keeps it): once the device runs it, the policy gives it nothing (`UpToDate`), and
+/// the generated target for that release keeps counting it as compliant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rollout {
+    /// The version, as `OsVersion` prints it (`26.3.1 (a)`).
+    pub version: String,
+    /// The deadline the device was given (the latest, if it changed on the way).
+    pub deadline: DateTime,
+}
+
+/// Enrollment id → policy (`namespace/name`) → the release it is taking, or took, the device to.
+pub type Rollouts = HashMap<String, BTreeMap<String, Rollout>>;
+
+/// A release a policy took the device to and the device now runs (the policy's answer is still
+/// that release): the generated target for it counts the device as compliant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Met {
+    /// Index into `Input::policies`.
+    pub policy: usize,
+    pub ring: usize,
+    pub version: OsVersion,
+    /// The deadline the device was taken there by (as remembered).
+    pub taken_by: DateTime,
+    /// The deadline of the generated target that counts the device (with `policy`, `ring`,
+    /// the device's platform and `version`, it names one entry of `Plan::generated`).
+    pub deadline: DateTime,
+}
+
 /// One device's outcome.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DevicePlan {
@@ -79,9 +110,44 @@ pub struct DevicePlan {
     pub notes: Vec<Note>,
     /// Policies that apply to the device, in order.
     pub policies: Vec<usize>,
+    /// Releases policies took the device to that it runs now, with the target counting it.
+    pub met: Vec<Met>,
 }
 
-/// An EnforcementTarget a policy generates: one per (ring, platform, version, deadline).
+impl DevicePlan {
+    /// What to remember for the device: the release each policy is taking it to, or took it to
+    /// and it still runs (keyed by the policy's `namespace/name`).
+    pub fn rollouts(&self, policies: &[CheckedPolicy]) -> BTreeMap<String, Rollout> {
+        let key = |p: usize| policies[p].key.to_string();
+        self.enforcements
+            .iter()
+            .filter_map(|e| match e.source {
+                Source::Policy(p) => Some((
+                    key(p),
+                    Rollout {
+                        version: e.version.to_string(),
+                        deadline: e.deadline,
+                    },
+                )),
+                Source::Target(_) => None,
+            })
+            .chain(self.met.iter().map(|m| {
+                (
+                    key(m.policy),
+                    Rollout {
+                        version: m.version.to_string(),
+                        deadline: m.taken_by,
+                    },
+                )
+            }))
+            .collect()
+    }
+}
+
+/// An EnforcementTarget a policy generates: one per (ring, platform, version, deadline) it
+/// takes devices to; it also counts the devices it took there that run it now. Once every one
+/// of them does, it stays, counting them (`devices == 0`: nothing is enforced from it), at the
+/// latest deadline they were given, until the policy moves them on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeneratedTarget {
     /// The object name, unique within the policy's namespace.
@@ -93,7 +159,17 @@ pub struct GeneratedTarget {
     pub deadline: DateTime,
     /// Exact build per software-update device id, where one is needed.
     pub builds: BTreeMap<String, Build>,
+    /// Devices it takes to its version (they hold its enforcement).
     pub devices: u64,
+    /// Devices the policy took to its version that run it now.
+    pub up_to_date: u64,
+}
+
+impl GeneratedTarget {
+    /// Every device it has left nothing to do for: no enforcement comes from it.
+    pub fn compliant_only(&self) -> bool {
+        self.devices == 0
+    }
 }
 
 /// The result of a pass.
@@ -165,6 +241,32 @@ impl Declarations {
     }
 }
 
+/// Why a source gives a device nothing: the reason, its detail and, for a policy whose answer
+/// the device already runs, that answer.
+struct Refused {
+    reason: Reason,
+    detail: String,
+    met: Option<OsVersion>,
+}
+
+impl Refused {
+    fn new(reason: Reason, detail: String) -> Self {
+        Refused {
+            reason,
+            detail,
+            met: None,
+        }
+    }
+}
+
+impl From<Refused> for (Reason, String) {
+    fn from(refused: Refused) -> Self {
+        (refused.reason, refused.detail)
+    }
+}
+
+type GeneratedKey = (usize, usize, Platform, String, DateTime);
+
 /// A candidate enforcement before superseded ones are dropped.
 struct Candidate {
     source: Source,
@@ -175,8 +277,13 @@ struct Candidate {
     details_url: Option<String>,
 }
 
-/// Runs one pass.
+/// Runs one pass, with nothing remembered: no device counts as taken anywhere by a policy.
 pub fn resolve(input: Input<'_>) -> Plan {
+    resolve_with(input, &Rollouts::new())
+}
+
+/// Runs one pass; `rollouts` says which releases policies took devices to before.
+pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
     let mut plan = Plan {
         members: vec![Vec::new(); input.groups.len()],
         ..Plan::default()
@@ -203,6 +310,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
             rings
         })
         .collect();
+    let policy_keys: Vec<String> = input.policies.iter().map(|p| p.key.to_string()).collect();
     let target_groups: Vec<Vec<usize>> = input
         .targets
         .iter()
@@ -218,8 +326,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
         .catalog
         .expiry_day(input.now.to_zoned(jiff::tz::TimeZone::UTC).date());
     let mut table = Declarations::default();
-    let mut generated: BTreeMap<(usize, usize, Platform, String, DateTime), GeneratedTarget> =
-        BTreeMap::new();
+    let mut generated: BTreeMap<GeneratedKey, GeneratedTarget> = BTreeMap::new();
     let mut contested: BTreeMap<(usize, usize), u64> = BTreeMap::new();
 
     for (d, device) in input.devices.iter().enumerate() {
@@ -324,11 +431,28 @@ pub fn resolve(input: Input<'_>) -> Plan {
                                 ..candidate
                             });
                         }
-                        Err((reason, detail)) => out.notes.push(Note {
-                            source: Source::Policy(*p),
-                            reason,
-                            detail,
-                        }),
+                        Err(refused) => {
+                            // Up to date at the release this policy took it to.
+                            let taken = rollouts
+                                .get(&device.enrollment_id)
+                                .and_then(|r| r.get(&policy_keys[*p]));
+                            if let (Some(version), Some(taken)) = (refused.met, taken)
+                                && version.to_string() == taken.version
+                            {
+                                out.met.push(Met {
+                                    policy: *p,
+                                    ring: *ring,
+                                    version,
+                                    taken_by: taken.deadline,
+                                    deadline: taken.deadline,
+                                });
+                            }
+                            out.notes.push(Note {
+                                source: Source::Policy(*p),
+                                reason: refused.reason,
+                                detail: refused.detail,
+                            });
+                        }
                     }
                 }
                 for t in &targets {
@@ -348,10 +472,10 @@ pub fn resolve(input: Input<'_>) -> Plan {
                                 ..candidate
                             });
                         }
-                        Err((reason, detail)) => out.notes.push(Note {
+                        Err(refused) => out.notes.push(Note {
                             source: Source::Target(*t),
-                            reason,
-                            detail,
+                            reason: refused.reason,
+                            detail: refused.detail,
                         }),
                     }
                 }
@@ -400,6 +524,7 @@ pub fn resolve(input: Input<'_>) -> Plan {
                         deadline: candidate.deadline,
                         builds: BTreeMap::new(),
                         devices: 0,
+                        up_to_date: 0,
                     });
                 entry.devices += 1;
                 if let (Some(build), Some(id)) = (&candidate.build, device.catalog_device_id()) {
@@ -476,10 +601,89 @@ pub fn resolve(input: Input<'_>) -> Plan {
             ));
         }
     }
+    count_up_to_date(input, &mut plan.devices, &mut generated);
     plan.generated = generated.into_values().collect();
     name_targets(input.policies, &mut plan.generated);
     plan.declarations = table.list;
     plan
+}
+
+/// Counts each device a policy took to the release it runs in the generated target for that
+/// (policy, ring, platform, version): the one still taking other devices there (of several, the
+/// one whose deadline is nearest the device's), else one kept for the devices already there, at
+/// the latest deadline they were given. Each `Met` is pointed at its target.
+fn count_up_to_date(
+    input: Input<'_>,
+    devices: &mut [DevicePlan],
+    generated: &mut BTreeMap<GeneratedKey, GeneratedTarget>,
+) {
+    let range = |policy: usize, ring: usize, platform: Platform, version: &str| {
+        (policy, ring, platform, version.to_string(), DateTime::MIN)
+            ..=(policy, ring, platform, version.to_string(), DateTime::MAX)
+    };
+    // Versions no enforcement takes anyone to: one target for the devices already there.
+    let mut only_up_to_date: BTreeMap<(usize, usize, Platform, String), (DateTime, &OsVersion)> =
+        BTreeMap::new();
+    for (device, outcome) in input.devices.iter().zip(devices.iter()) {
+        for met in &outcome.met {
+            let version = met.version.to_string();
+            if generated
+                .range(range(met.policy, met.ring, device.platform, &version))
+                .next()
+                .is_none()
+            {
+                only_up_to_date
+                    .entry((met.policy, met.ring, device.platform, version))
+                    .and_modify(|(at, _)| *at = (*at).max(met.taken_by))
+                    .or_insert((met.taken_by, &met.version));
+            }
+        }
+    }
+    let made: Vec<GeneratedTarget> = only_up_to_date
+        .into_iter()
+        .map(
+            |((policy, ring, platform, _), (deadline, version))| GeneratedTarget {
+                name: String::new(),
+                policy,
+                ring,
+                platform,
+                version: version.clone(),
+                deadline,
+                builds: BTreeMap::new(),
+                devices: 0,
+                up_to_date: 0,
+            },
+        )
+        .collect();
+    for target in made {
+        generated.insert(
+            (
+                target.policy,
+                target.ring,
+                target.platform,
+                target.version.to_string(),
+                target.deadline,
+            ),
+            target,
+        );
+    }
+    for (device, outcome) in input.devices.iter().zip(devices.iter_mut()) {
+        for met in &mut outcome.met {
+            let wanted = met.taken_by;
+            let nearest = generated
+                .range_mut(range(
+                    met.policy,
+                    met.ring,
+                    device.platform,
+                    &met.version.to_string(),
+                ))
+                .min_by_key(|(key, _)| (key.4.duration_since(wanted).abs(), key.4));
+            if let Some((key, target)) = nearest {
+                target.up_to_date += 1;
+                met.deadline = key.4;
+            }
+        }
+    }
 }
 
 /// Names generated targets `{policy}-{platform}-{version}[-{ring}]`; where two would share a
@@ -508,7 +712,7 @@ fn name_targets(policies: &[CheckedPolicy], targets: &mut [GeneratedTarget]) {
     }
 }
 
-type Decided = Result<(Candidate, Option<String>), (Reason, String)>;
+type Decided = Result<(Candidate, Option<String>), Refused>;
 
 /// What one policy asks of one device.
 fn policy_candidate(
@@ -526,12 +730,14 @@ fn policy_candidate(
         security_improvements: policy.security_improvements,
         on: today,
     };
-    let choice = input.catalog.resolve(os, &query).map_err(|r| {
-        (
-            Reason::from(r),
-            format!("{} from {:?}", query.strategy, asset_set),
-        )
-    })?;
+    let choice = input
+        .catalog
+        .resolve_met(os, &query)
+        .map_err(|(r, met)| Refused {
+            reason: Reason::from(r),
+            detail: format!("{} from {:?}", query.strategy, asset_set),
+            met: met.map(|m| m.release.version.clone()),
+        })?;
     let delay = policy.rings[ring].delay_days;
     let mut chosen = choice;
     let mut at = deadline(
@@ -662,7 +868,7 @@ fn target_candidate(
     today: jiff::civil::Date,
 ) -> Decided {
     if *os.version >= target.version {
-        return Err((
+        return Err(Refused::new(
             Reason::UpToDate,
             format!("runs {} (target {})", os.version, target.version),
         ));
@@ -674,13 +880,13 @@ fn target_candidate(
         on: today,
     };
     let choice = input.catalog.resolve(os, &query).map_err(|r| {
-        (
+        Refused::new(
             Reason::from(r),
             format!("{} is not offered to {}", target.version, os.device_id),
         )
     })?;
     if choice.release.version != target.version && !choice.two_step {
-        return Err((
+        return Err(Refused::new(
             Reason::NoMatchingRelease,
             format!("{} is not offered to {}", target.version, os.device_id),
         ));

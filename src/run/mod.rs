@@ -164,6 +164,7 @@ impl Engine {
             app,
             gate,
             checked: None,
+            orphaning: Checked::default(),
             manifest_problems: Vec::new(),
             notices: Vec::new(),
             fingerprint: 0,
@@ -368,6 +369,9 @@ struct Loop {
     gate: watch::Sender<Arc<GateView>>,
     /// The last valid resources: an invalid change keeps them in force.
     checked: Option<Checked>,
+    /// Resources removed from the folder with `deletionPolicy: Orphan` that no pass has frozen
+    /// the devices of yet.
+    orphaning: Checked,
     manifest_problems: Vec<String>,
     notices: Vec<String>,
     fingerprint: u64,
@@ -444,6 +448,9 @@ impl Loop {
             });
         match loaded {
             Ok(checked) => {
+                if let Some(before) = &self.checked {
+                    removed_orphans(before, &checked, &mut self.orphaning);
+                }
                 self.checked = Some(checked);
                 self.manifest_problems.clear();
                 true
@@ -462,12 +469,15 @@ impl Loop {
     async fn pass(&mut self) {
         let started = Instant::now();
         let Some(checked) = &self.checked else {
-            self.publish(None, &[], &[]).await;
+            self.publish(None, &[], &[], &pass::Frozen::default()).await;
             return;
         };
         let result = pass::pass(
             &self.backend,
-            checked,
+            pass::Resources {
+                live: checked,
+                orphaning: &self.orphaning,
+            },
             &self.seed,
             &self.catalog.catalog,
             self.config.assume_supervised,
@@ -484,7 +494,11 @@ impl Loop {
             }
         };
         let changed = match &result.applied {
-            Ok(report) => report.changed.len(),
+            Ok(report) => {
+                // Their devices are frozen durably now.
+                self.orphaning = Checked::default();
+                report.changed.len()
+            }
             Err(error) => {
                 tracing::error!(%error, reason = error.reason(), "cannot apply the pass; devices keep what they had");
                 0
@@ -508,8 +522,13 @@ impl Loop {
                 self.catalog.for_gate(),
             )));
         }
-        self.publish(Some(&result.plan), &devices, &result.records)
-            .await;
+        self.publish(
+            Some(&result.plan),
+            &devices,
+            &result.records,
+            &result.frozen,
+        )
+        .await;
     }
 
     async fn publish(
@@ -517,6 +536,7 @@ impl Loop {
         plan: Option<&resolve::Plan>,
         devices: &[Device],
         records: &[crate::backend::DeviceRecord],
+        frozen: &pass::Frozen,
     ) {
         let by_id: HashMap<&str, &crate::backend::DeviceRecord> = records
             .iter()
@@ -528,6 +548,7 @@ impl Loop {
                 devices,
                 plan,
                 &by_id,
+                frozen,
                 jiff::Timestamp::now(),
                 &self.metrics,
             ),
@@ -555,6 +576,40 @@ impl Loop {
             );
         }
         *self.app.status.write().await = status;
+    }
+}
+
+/// Adds to `orphaning` the resources of `before` that `after` no longer has and that were
+/// declared with `deletionPolicy: Orphan` (generated targets are the policy's, never orphaned).
+fn removed_orphans(before: &Checked, after: &Checked, orphaning: &mut Checked) {
+    use crate::api::DeletionPolicy::Orphan;
+    use std::collections::BTreeSet;
+    let removed = |kind: &str, key: &crate::api::validate::ObjectKey| {
+        tracing::info!(
+            resource = %format!("{kind} {key}"),
+            "removed with deletionPolicy Orphan: its devices keep the declarations they have"
+        );
+    };
+    let groups: BTreeSet<_> = after.groups.iter().map(|g| &g.key).collect();
+    for group in &before.groups {
+        if group.deletion_policy == Orphan && !groups.contains(&group.key) {
+            removed("FleetGroup", &group.key);
+            orphaning.groups.push(group.clone());
+        }
+    }
+    let policies: BTreeSet<_> = after.policies.iter().map(|p| &p.key).collect();
+    for policy in &before.policies {
+        if policy.deletion_policy == Orphan && !policies.contains(&policy.key) {
+            removed("UpdatePolicy", &policy.key);
+            orphaning.policies.push(policy.clone());
+        }
+    }
+    let targets: BTreeSet<_> = after.targets.iter().map(|t| &t.key).collect();
+    for target in &before.targets {
+        if !target.generated && target.deletion_policy == Orphan && !targets.contains(&target.key) {
+            removed("EnforcementTarget", &target.key);
+            orphaning.targets.push(target.clone());
+        }
     }
 }
 

@@ -1,43 +1,112 @@
 //! One resolver pass, shared by standalone and Kubernetes mode: read the devices the backend
 //! knows, resolve every device's whole set, and write the sets that changed — the one writer.
+//!
+//! A pass also keeps what the resolver remembers (`backend::Memory`): the release each policy is
+//! taking, or took, each device to (so a generated target keeps counting the devices it took
+//! to compliance), and the devices frozen because a resource applying to them was deleted with
+//! `deletionPolicy: Orphan`. Both are written only when they change.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::api::validate::Checked;
-use crate::backend::{ApplyReport, Assignment, Backend, BackendError, DeviceRecord};
+use crate::api::DeletionPolicy;
+use crate::api::validate::{Checked, CheckedGroup, ObjectKey};
+use crate::backend::{
+    ApplyReport, Assignment, Backend, BackendError, DeviceRecord, Memory, MemoryChanges, Orphan,
+};
 use crate::catalog::Catalog;
 use crate::inventory::Device;
 use crate::resolve::{self, Input, Plan, Source};
+
+/// The resources a pass works from.
+#[derive(Debug, Clone, Copy)]
+pub struct Resources<'a> {
+    /// Those in force.
+    pub live: &'a Checked,
+    /// Those being deleted with `deletionPolicy: Orphan` (others being deleted are simply left
+    /// out): the devices they apply to are frozen with what they have.
+    pub orphaning: &'a Checked,
+}
+
+/// Devices a pass left as they were, and why.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Frozen {
+    /// Governed by a suspended group, policy or target.
+    pub suspended: usize,
+    /// Per resource deleted with `deletionPolicy: Orphan` (`Kind namespace/name`), the devices
+    /// still frozen because of it.
+    pub orphaned: BTreeMap<String, usize>,
+}
+
+impl Frozen {
+    pub fn orphaned_total(&self) -> usize {
+        self.orphaned.values().sum()
+    }
+}
 
 /// What a pass computed and what writing it did.
 pub struct PassResult {
     pub plan: Plan,
     pub devices: Vec<Device>,
     pub records: Vec<DeviceRecord>,
-    /// Devices left as they were because a resource governing them is suspended.
-    pub frozen: usize,
+    /// Devices left as they were.
+    pub frozen: Frozen,
     pub applied: Result<ApplyReport, BackendError>,
 }
 
 pub async fn pass(
     backend: &dyn Backend,
-    checked: &Checked,
+    resources: Resources<'_>,
     seed: &[Device],
     catalog: &Catalog,
     assume_supervised: bool,
     now: jiff::Timestamp,
 ) -> Result<PassResult, BackendError> {
+    let checked = resources.live;
     let records = backend.devices().await?;
     let devices = super::devices::merge(seed, &records, assume_supervised);
-    let plan = resolve::resolve(Input {
-        groups: &checked.groups,
-        policies: &checked.policies,
-        targets: &checked.targets,
-        devices: &devices,
-        catalog,
-        now,
-    });
-    let frozen = frozen_devices(checked, &plan);
+    let memory = backend.memory().await?;
+    let plan = resolve::resolve_with(
+        Input {
+            groups: &checked.groups,
+            policies: &checked.policies,
+            targets: &checked.targets,
+            devices: &devices,
+            catalog,
+            now,
+        },
+        &memory.rollouts,
+    );
+    let suspended = suspended_devices(checked, &plan);
+    let orphans = orphans(resources, &devices, &plan, &memory, now);
+    let mut changes = MemoryChanges {
+        orphans: orphans.changes,
+        ..MemoryChanges::default()
+    };
+    // The release each policy is taking, or took, each device to; a frozen device's stays.
+    for (index, (device, outcome)) in devices.iter().zip(&plan.devices).enumerate() {
+        if suspended.contains(&index) || orphans.frozen.contains(&index) {
+            continue;
+        }
+        let now = outcome.rollouts(&checked.policies);
+        let before = memory.rollouts.get(&device.enrollment_id);
+        if before.map_or(!now.is_empty(), |before| *before != now) {
+            changes.rollouts.insert(device.enrollment_id.clone(), now);
+        }
+    }
+    let frozen = Frozen {
+        suspended: suspended.len(),
+        orphaned: orphans.by_resource,
+    };
+    // Remembered first: a device is frozen durably before any pass leaves it out.
+    if let Err(error) = backend.remember(&changes).await {
+        return Ok(PassResult {
+            frozen,
+            plan,
+            devices,
+            records,
+            applied: Err(error),
+        });
+    }
     let assigned: HashSet<&str> = records
         .iter()
         .filter(|r| !r.assigned.is_empty())
@@ -51,7 +120,7 @@ pub async fn pass(
         .filter(|(_, (device, outcome))| {
             !outcome.declarations.is_empty() || assigned.contains(device.enrollment_id.as_str())
         })
-        .filter(|(index, _)| !frozen.contains(index))
+        .filter(|(index, _)| !suspended.contains(index) && !orphans.frozen.contains(index))
         .map(|(_, (device, outcome))| Assignment {
             enrollment_id: device.enrollment_id.clone(),
             identifiers: outcome
@@ -67,7 +136,7 @@ pub async fn pass(
         _ => backend.devices().await.unwrap_or(records),
     };
     Ok(PassResult {
-        frozen: frozen.len(),
+        frozen,
         plan,
         devices,
         records,
@@ -76,7 +145,7 @@ pub async fn pass(
 }
 
 /// Devices governed by a suspended group, policy or target keep what they have.
-fn frozen_devices(checked: &Checked, plan: &Plan) -> HashSet<usize> {
+fn suspended_devices(checked: &Checked, plan: &Plan) -> HashSet<usize> {
     let mut frozen = HashSet::new();
     for (group, members) in checked.groups.iter().zip(&plan.members) {
         if group.suspend {
@@ -99,4 +168,371 @@ fn frozen_devices(checked: &Checked, plan: &Plan) -> HashSet<usize> {
         }
     }
     frozen
+}
+
+/// The resources applying to a device in this pass, as `Kind namespace/name`.
+fn sources_of(checked: &Checked, plan: &Plan, index: usize) -> BTreeSet<String> {
+    let outcome = &plan.devices[index];
+    let policies = outcome
+        .policies
+        .iter()
+        .map(|p| format!("UpdatePolicy {}", checked.policies[*p].key));
+    let targets = outcome
+        .enforcements
+        .iter()
+        .map(|e| e.source)
+        .chain(outcome.notes.iter().map(|n| n.source))
+        .filter_map(|source| match source {
+            Source::Target(t) => Some(format!("EnforcementTarget {}", checked.targets[t].key)),
+            Source::Policy(_) => None,
+        });
+    policies.chain(targets).collect()
+}
+
+/// The frozen devices of this pass and the memory changes that keep them so.
+struct Orphans {
+    /// Device indexes.
+    frozen: HashSet<usize>,
+    changes: BTreeMap<String, Option<Orphan>>,
+    by_resource: BTreeMap<String, usize>,
+}
+
+/// Devices stay frozen until a resource that did not apply to them when they were frozen
+/// applies (then they are resolved normally again); devices a resource being deleted with
+/// `deletionPolicy: Orphan` applies to are frozen now, with what they have.
+fn orphans(
+    resources: Resources<'_>,
+    devices: &[Device],
+    plan: &Plan,
+    memory: &Memory,
+    now: jiff::Timestamp,
+) -> Orphans {
+    let checked = resources.live;
+    let mut out = Orphans {
+        frozen: HashSet::new(),
+        changes: BTreeMap::new(),
+        by_resource: BTreeMap::new(),
+    };
+    let mut known: HashSet<usize> = HashSet::new();
+    for (index, device) in devices.iter().enumerate() {
+        let Some(orphan) = memory.orphans.get(&device.enrollment_id) else {
+            continue;
+        };
+        known.insert(index);
+        let sources = sources_of(checked, plan, index);
+        if let Some(new) = sources.iter().find(|s| !orphan.sources.contains(*s)) {
+            tracing::info!(
+                enrollment = %device.enrollment_id,
+                orphaned_by = %orphan.by,
+                source = %new,
+                "a resource applies to an orphaned device again: it is resolved normally"
+            );
+            out.changes.insert(device.enrollment_id.clone(), None);
+            continue;
+        }
+        if sources != orphan.sources {
+            // One of the resources it kept went too: one coming back is new again.
+            out.changes.insert(
+                device.enrollment_id.clone(),
+                Some(Orphan {
+                    sources,
+                    ..orphan.clone()
+                }),
+            );
+        }
+        out.frozen.insert(index);
+        *out.by_resource.entry(orphan.by.clone()).or_default() += 1;
+    }
+    for (by, members) in orphaned_members(resources, devices) {
+        let mut frozen_now = 0usize;
+        for index in members {
+            // Frozen already (or just let go: a resource took it over).
+            if known.contains(&index) || out.frozen.contains(&index) {
+                continue;
+            }
+            out.frozen.insert(index);
+            out.changes.insert(
+                devices[index].enrollment_id.clone(),
+                Some(Orphan {
+                    by: by.clone(),
+                    sources: sources_of(checked, plan, index),
+                    since: now,
+                }),
+            );
+            frozen_now += 1;
+        }
+        if frozen_now > 0 {
+            tracing::info!(
+                resource = %by,
+                devices = frozen_now,
+                "deleted with deletionPolicy Orphan: its devices keep the declarations they have until a resource that does not apply to them now does"
+            );
+            *out.by_resource.entry(by).or_default() += frozen_now;
+        }
+    }
+    out
+}
+
+/// Each resource being deleted with `deletionPolicy: Orphan`, with the devices it applies to.
+fn orphaned_members(resources: Resources<'_>, devices: &[Device]) -> Vec<(String, Vec<usize>)> {
+    let orphaning = resources.orphaning;
+    let groups: HashMap<&ObjectKey, &CheckedGroup> = resources
+        .live
+        .groups
+        .iter()
+        .chain(&orphaning.groups)
+        .map(|g| (&g.key, g))
+        .collect();
+    let members = |keys: &mut dyn Iterator<Item = &ObjectKey>,
+                   platform: Option<crate::catalog::Platform>|
+     -> Vec<usize> {
+        let selected: Vec<&CheckedGroup> = keys.filter_map(|k| groups.get(k).copied()).collect();
+        devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| platform.is_none_or(|p| d.platform == p))
+            .filter(|(_, d)| selected.iter().any(|g| resolve::selects(g, d)))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let mut out = Vec::new();
+    for group in orphaning
+        .groups
+        .iter()
+        .filter(|g| g.deletion_policy == DeletionPolicy::Orphan)
+    {
+        out.push((
+            format!("FleetGroup {}", group.key),
+            members(&mut std::iter::once(&group.key), None),
+        ));
+    }
+    for policy in orphaning
+        .policies
+        .iter()
+        .filter(|p| p.deletion_policy == DeletionPolicy::Orphan)
+    {
+        out.push((
+            format!("UpdatePolicy {}", policy.key),
+            members(&mut policy.rings.iter().flat_map(|r| &r.groups), None),
+        ));
+    }
+    for target in orphaning
+        .targets
+        .iter()
+        .filter(|t| !t.generated && t.deletion_policy == DeletionPolicy::Orphan)
+    {
+        out.push((
+            format!("EnforcementTarget {}", target.key),
+            members(&mut target.groups.iter(), Some(target.platform)),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::api::validate::check_all;
+    use crate::backend::embedded::Embedded;
+    use crate::backend::store::Store;
+    use crate::manifests::{Manifests, parse_into};
+
+    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
+
+    fn policy(name: &str, deletion: &str) -> String {
+        format!(
+            "---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: UpdatePolicy
+metadata: {{name: {name}, namespace: it}}
+spec:
+  fleetGroups: [phones]
+  target: {{strategy: 'pinned:26.5'}}
+  deadline: {{daysAfterPosting: 21, localTime: '{time}', timeZone: UTC}}
+  deletionPolicy: {deletion}
+",
+            time = if name == "hold" { "19:00" } else { "17:30" }
+        )
+    }
+
+    fn check(text: &str) -> Checked {
+        let text = format!(
+            "apiVersion: updates.ddm.dev/v1alpha1
+kind: FleetGroup
+metadata: {{name: phones, namespace: it}}
+spec: {{platforms: [iOS]}}
+{text}"
+        );
+        let mut manifests = Manifests::default();
+        let mut problems = Vec::new();
+        parse_into("test.yaml", &text, &mut manifests, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        check_all(
+            &manifests.fleet_groups,
+            &manifests.policies,
+            &manifests.targets,
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    struct Fixture {
+        seed: Vec<Device>,
+        catalog: Catalog,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            let seed = crate::inventory::parse(
+                "- {enrollmentId: A, platform: iOS, model: 'iPhone15,2', osVersion: '26.0', supervised: true, enrollmentType: ade}
+- {enrollmentId: B, platform: iOS, model: 'iPhone15,2', osVersion: '26.0', supervised: true, enrollmentType: ade}
+",
+            )
+            .unwrap_or_else(|p| panic!("{p:?}"));
+            let catalog = Catalog::from_slice(FIXTURE)
+                .expect("the fixture")
+                .with_as_of(jiff::civil::date(2026, 8, 22));
+            Fixture { seed, catalog }
+        }
+
+        async fn pass(
+            &self,
+            backend: &Embedded,
+            live: &Checked,
+            orphaning: &Checked,
+        ) -> PassResult {
+            let result = pass(
+                backend,
+                Resources { live, orphaning },
+                &self.seed,
+                &self.catalog,
+                true,
+                "2026-08-22T12:00:00Z".parse().expect("a timestamp"),
+            )
+            .await
+            .expect("a pass");
+            assert!(result.applied.is_ok(), "{:?}", result.applied);
+            result
+        }
+    }
+
+    fn sets(store: &Store) -> Vec<Option<String>> {
+        ["A", "B"]
+            .iter()
+            .map(|id| store.served_set(id).map(|s| s.token.clone()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn orphaned_devices_keep_their_sets_across_passes_and_reopens_until_a_new_policy_applies()
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        let fixture = Fixture::new();
+        let none = Checked::default();
+        let with_hold = check(&policy("hold", "Orphan"));
+        let without = check("");
+
+        let store = Arc::new(Store::open(&path).expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let first = fixture.pass(&backend, &with_hold, &none).await;
+        assert_eq!(first.frozen, Frozen::default());
+        let held = sets(&store);
+        assert!(held.iter().all(Option::is_some));
+        // Both are being taken to 26.5 by it: remembered.
+        assert_eq!(store.memory().rollouts.len(), 2);
+
+        // Deleted with Orphan: frozen, nothing written to their sets.
+        let deleting = fixture.pass(&backend, &without, &with_hold).await;
+        let orphaned = BTreeMap::from([("UpdatePolicy it/hold".to_string(), 2)]);
+        assert_eq!(deleting.frozen.orphaned, orphaned);
+        assert_eq!(
+            deleting.applied.as_ref().map(|r| r.changed.len()).ok(),
+            Some(0)
+        );
+        assert_eq!(sets(&store), held);
+        let memory = store.memory();
+        assert_eq!(memory.orphans.len(), 2);
+        assert!(
+            memory
+                .orphans
+                .values()
+                .all(|o| o.by == "UpdatePolicy it/hold" && o.sources.is_empty())
+        );
+        // A frozen device's rollouts stay as they were.
+        assert_eq!(memory.rollouts.len(), 2);
+
+        // Gone: still frozen, and after a reopen of the store too.
+        let gone = fixture.pass(&backend, &without, &none).await;
+        assert_eq!(gone.frozen.orphaned, orphaned);
+        assert_eq!(sets(&store), held);
+        drop(backend);
+        drop(store);
+        let store = Arc::new(Store::open(&path).expect("reopen"));
+        let backend = Embedded::new(store.clone(), None);
+        let reopened = fixture.pass(&backend, &without, &none).await;
+        assert_eq!(reopened.frozen.orphaned, orphaned);
+        assert_eq!(
+            reopened.applied.as_ref().map(|r| r.changed.len()).ok(),
+            Some(0)
+        );
+        assert_eq!(sets(&store), held);
+
+        // A policy that did not apply to them then: resolved normally again.
+        let again = check(&policy("again", "Withdraw"));
+        let taken_over = fixture.pass(&backend, &again, &none).await;
+        assert_eq!(taken_over.frozen, Frozen::default());
+        assert!(store.memory().orphans.is_empty());
+        let now = sets(&store);
+        assert!(
+            now.iter().zip(&held).all(|(n, h)| n.is_some() && n != h),
+            "{now:?}"
+        );
+        assert_eq!(
+            fixture
+                .pass(&backend, &again, &none)
+                .await
+                .applied
+                .map(|r| r.changed.len())
+                .ok(),
+            Some(0),
+            "a pass with nothing changed writes nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_with_withdraw_withdraws_and_a_group_orphans_its_members() {
+        let fixture = Fixture::new();
+        let none = Checked::default();
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let withdraw = check(&policy("hold", "Withdraw"));
+        fixture.pass(&backend, &withdraw, &none).await;
+        let held = sets(&store);
+        // Withdraw: a pass without it changes both sets (the deleting object is simply left
+        // out, so it is not `orphaning` even when passed there).
+        let after = fixture.pass(&backend, &check(""), &withdraw).await;
+        assert_eq!(after.frozen, Frozen::default());
+        assert!(sets(&store).iter().zip(&held).all(|(n, h)| n != h));
+
+        // A FleetGroup deleted with Orphan freezes its members.
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let mut live = check(&policy("hold", "Withdraw"));
+        fixture.pass(&backend, &live, &none).await;
+        let held = sets(&store);
+        let mut group = live.groups.remove(0);
+        group.deletion_policy = DeletionPolicy::Orphan;
+        let orphaning = Checked {
+            groups: vec![group],
+            ..Checked::default()
+        };
+        let result = fixture.pass(&backend, &live, &orphaning).await;
+        assert_eq!(
+            result.frozen.orphaned,
+            BTreeMap::from([("FleetGroup it/phones".to_string(), 2)])
+        );
+        assert_eq!(sets(&store), held);
+    }
 }

@@ -11,6 +11,7 @@ use crate::backend::DeviceRecord;
 use crate::http::metrics::{Metrics, StateLabels};
 use crate::inventory::Device;
 use crate::resolve::{Plan, Source};
+use crate::run::pass::Frozen;
 use crate::status::DeviceStatus;
 use crate::status::bucket::{Bucket, Standing, bucket};
 
@@ -143,14 +144,20 @@ pub fn standings(
                 .entry(source)
                 .or_default()
                 .add(state, device, status.as_ref());
-            if let (Source::Policy(p), Some(e)) = (source, enforcement)
-                && let Some(g) = generated.get(&(
-                    p,
-                    e.ring,
-                    device.platform,
-                    e.version.to_string(),
-                    e.deadline,
-                ))
+            // A generated target counts the devices it takes to its version and those already
+            // running it (the policy's answer they meet).
+            let counted_in = match (source, enforcement) {
+                (Source::Policy(p), Some(e)) => Some((p, e.ring, &e.version, e.deadline)),
+                (Source::Policy(p), None) => outcome
+                    .met
+                    .iter()
+                    .find(|m| m.policy == p)
+                    .map(|m| (p, m.ring, &m.version, m.deadline)),
+                (Source::Target(_), _) => None,
+            };
+            if let Some((p, ring, version, deadline)) = counted_in
+                && let Some(g) =
+                    generated.get(&(p, ring, device.platform, version.to_string(), deadline))
             {
                 standings.by_generated[*g].add(state, device, status.as_ref());
             }
@@ -164,6 +171,7 @@ pub fn status(
     devices: &[Device],
     plan: &Plan,
     records: &HashMap<&str, &DeviceRecord>,
+    frozen: &Frozen,
     now: Timestamp,
     metrics: &Metrics,
 ) -> Value {
@@ -209,6 +217,7 @@ pub fn status(
                         "version": t.version.to_string(),
                         "deadline": t.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
                         "devices": t.devices,
+                        "upToDate": t.up_to_date,
                         // A suspended policy's devices keep what they had: this is not in force.
                         "applied": !policy.suspend,
                         "builds": t.builds.iter().map(|(m, b)| (m.clone(), b.to_string())).collect::<BTreeMap<_, _>>(),
@@ -256,7 +265,13 @@ pub fn status(
             "total": devices.len(),
             "reported": records.values().filter(|r| r.last_report.is_some()).count(),
             "withEnforcement": plan.devices.iter().filter(|d| !d.enforcements.is_empty()).count(),
+            // Left with the set they have: under a suspended resource, or orphaned by a
+            // resource deleted with deletionPolicy Orphan.
+            "frozen": {"suspended": frozen.suspended, "orphaned": frozen.orphaned_total()},
         },
+        "orphaned": frozen.orphaned.iter()
+            .map(|(by, n)| json!({"by": by, "devices": n}))
+            .collect::<Vec<_>>(),
         "distinctDeclarations": plan.declarations.len(),
         "fleetGroups": groups,
         "updatePolicies": policies,

@@ -73,6 +73,8 @@ fn catalog_as_of() -> String {
 struct Mobile {
     days_after_posting: u32,
     suspend: bool,
+    /// `deletionPolicy: Orphan`.
+    orphan: bool,
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -90,11 +92,14 @@ fn write_atomically(path: &Path, text: &str) {
 }
 
 fn write_mobile_policy(folder: &Path, mobile: Mobile) {
-    let suspend = if mobile.suspend {
-        "  suspend: true\n"
+    let mut suspend = if mobile.suspend {
+        "  suspend: true\n".to_string()
     } else {
-        ""
+        String::new()
     };
+    if mobile.orphan {
+        suspend.push_str("  deletionPolicy: Orphan\n");
+    }
     write_atomically(
         &folder.join("policy-mobile.yaml"),
         &format!(
@@ -666,6 +671,7 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
         Mobile {
             days_after_posting: 3,
             suspend: false,
+            orphan: false,
         },
     );
     let operator = Operator::start(work.path(), &manifests, "2s").await;
@@ -1103,6 +1109,7 @@ async fn editing_and_suspending_a_policy_in_the_watched_folder() {
     let mut mobile = Mobile {
         days_after_posting: 3,
         suspend: false,
+        orphan: false,
     };
     write_manifests(&manifests, mobile);
     let operator = Operator::start(work.path(), &manifests, "250ms").await;
@@ -1269,6 +1276,127 @@ async fn editing_and_suspending_a_policy_in_the_watched_folder() {
     eprintln!(
         "{n} devices, {} enforced; edit noticed after {noticed:?}; {:?} in all",
         enforced.len(),
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
+    const POLL: Duration = Duration::from_millis(250);
+    let started = Instant::now();
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifests = work.path().join("gitops");
+    write_manifests(
+        &manifests,
+        Mobile {
+            days_after_posting: 3,
+            suspend: false,
+            orphan: true,
+        },
+    );
+    let operator = Operator::start(work.path(), &manifests, "250ms").await;
+    let mut devices = Devices::new(fleet(4, 2, 2, 11), operator.server());
+    let n = devices.list.len();
+    devices.sync_all().await;
+    devices.settle(&operator).await;
+    let enrolled = plan(work.path(), &manifests, &devices);
+    assert_sets_match_plan(&devices, &enrolled, "after enrollment");
+    let mobile: Vec<usize> = (0..n)
+        .filter(|i| policy_of(devices.list[*i].spec().platform) == "mobile")
+        .collect();
+    assert!(
+        mobile.iter().any(|i| enrolled
+            .enforcement(devices.list[*i].enrollment_id())
+            .is_some()),
+        "the fleet (seed 11) has an enforced mobile device"
+    );
+    let before: Vec<_> = (0..n).map(|i| devices.held(i)).collect();
+    let orphaned =
+        json!([{"by": format!("UpdatePolicy {NAMESPACE}/mobile"), "devices": mobile.len()}]);
+
+    // The policy's file goes: the operator notices within a few polls and freezes its devices.
+    let removed = Instant::now();
+    std::fs::remove_file(manifests.join("policy-mobile.yaml")).expect("remove the policy");
+    loop {
+        let status = operator.status().await;
+        if status["orphaned"] == orphaned {
+            assert_eq!(status["devices"]["frozen"]["orphaned"], mobile.len());
+            break;
+        }
+        assert!(
+            removed.elapsed() < POLL * 20,
+            "the removal was not picked up within 20 poll intervals: {status:#}\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        operator.log_tail().contains("deletionPolicy Orphan"),
+        "the log says so:\n{}",
+        operator.log_tail()
+    );
+    // Every device keeps what it had while reporting, though without the policy `plan` would
+    // take the mobile policy's declarations away.
+    for device in &mut devices.list {
+        device.advance();
+    }
+    devices.settle(&operator).await;
+    let without = plan(work.path(), &manifests, &devices);
+    let check_kept = |devices: &Devices, when: &str| {
+        for (index, was) in before.iter().enumerate() {
+            assert_eq!(
+                &devices.held(index),
+                was,
+                "{}: keeps its declarations {when}",
+                devices.list[index].enrollment_id()
+            );
+        }
+    };
+    check_kept(&devices, "after its policy's file was removed");
+    assert!(
+        mobile
+            .iter()
+            .all(|i| without.sets[devices.list[*i].enrollment_id()] != before[*i]),
+        "without the freeze every mobile device would lose something"
+    );
+
+    // A restart on the same data: still kept.
+    drop(operator);
+    let operator = Operator::start(work.path(), &manifests, "250ms").await;
+    devices.server = operator.server();
+    devices.settle(&operator).await;
+    check_kept(&devices, "after a restart");
+    let status = operator.status().await;
+    assert_eq!(status["orphaned"], orphaned, "{status:#}");
+
+    // The policy comes back (with another deadline): its devices are resolved normally.
+    write_mobile_policy(
+        &manifests,
+        Mobile {
+            days_after_posting: 9,
+            suspend: false,
+            orphan: false,
+        },
+    );
+    let back = Instant::now();
+    loop {
+        let status = operator.status().await;
+        if status["orphaned"] == json!([]) {
+            assert_eq!(status["devices"]["frozen"]["orphaned"], 0);
+            break;
+        }
+        assert!(
+            back.elapsed() < POLL * 20,
+            "the policy's return was not picked up within 20 poll intervals: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    devices.settle(&operator).await;
+    let after = plan(work.path(), &manifests, &devices);
+    assert_sets_match_plan(&devices, &after, "after the policy came back");
+    eprintln!(
+        "{n} devices, {} orphaned and taken back; {:?} in all",
+        mobile.len(),
         started.elapsed()
     );
 }
