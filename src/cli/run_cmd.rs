@@ -205,7 +205,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             .await
             .map_err(CliError::Unreadable)?;
         tracing::info!(address = %running.address, "operator running in Kubernetes mode");
-        let _ = tokio::signal::ctrl_c().await;
+        crate::run::shutdown_signal().await;
         running.stop();
         Ok(String::new())
     })

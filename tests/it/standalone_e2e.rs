@@ -1400,3 +1400,43 @@ async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
         started.elapsed()
     );
 }
+
+/// Kubernetes stops a pod with SIGTERM: the operator finishes its requests and exits 0, and its
+/// store opens again cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_operator_cleanly() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifests = work.path().join("gitops");
+    write_manifests(
+        &manifests,
+        Mobile {
+            days_after_posting: 3,
+            suspend: false,
+            orphan: false,
+        },
+    );
+    let mut operator = Operator::start(work.path(), &manifests, "1s").await;
+    let pid = operator.child.id().to_string();
+    let sent = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = operator.child.try_wait().expect("child status") {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}:\n{}", operator.log_tail());
+    assert!(operator.log_tail().contains("stopping"));
+    // The next start finds the same store.
+    let again = Operator::start(work.path(), &manifests, "1s").await;
+    assert_eq!(again.status().await["ready"], true);
+}
