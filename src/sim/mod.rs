@@ -84,8 +84,8 @@
 //! and summarises requests, failures, install states and latency percentiles.
 
 mod client;
-pub mod enroll;
 mod device;
+pub mod enroll;
 mod fleet;
 mod items;
 mod json;
