@@ -453,21 +453,15 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
                 )
                 .collect(),
             enrollment: object.spec.enrollment.as_ref().map(|_| {
-                let counted = ctx.enrollment.status_of(&ObjectKey {
+                let key = ObjectKey {
                     namespace: object.namespace().unwrap_or_else(|| "default".into()),
                     name: object.name_any(),
-                });
-                // Nothing decided since this process started and nothing shown: what is shown
-                // (counting since an earlier start) is still true, so a restart rewrites nothing.
-                let nothing = |s: &crate::api::EnrollmentGateStatus| {
-                    s.decisions.is_empty()
-                        && s.last_decision_time.is_none()
-                        && s.last_problem.is_none()
                 };
-                match current.and_then(|s| s.enrollment.as_ref()) {
-                    Some(shown) if nothing(shown) && nothing(&counted) => shown.clone(),
-                    _ => counted,
+                // Counts shown by an earlier run carry on instead of restarting at zero.
+                if let Some(shown) = current.and_then(|s| s.enrollment.as_ref()) {
+                    ctx.enrollment.adopt(&key, shown);
                 }
+                ctx.enrollment.status_of(&key)
             }),
         };
         write_status(&ctx, object.as_ref(), current, status).await?;

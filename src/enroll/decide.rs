@@ -109,6 +109,16 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every `as_str` value.
+    pub const NAMES: [&'static str; 6] = [
+        "Ungated",
+        "Allowed",
+        "CannotUpdate",
+        "UpdateRequired",
+        "FailedOpen",
+        "FailedClosed",
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Verdict::Ungated => "Ungated",

@@ -14,6 +14,8 @@ use crate::api::validate::ObjectKey;
 /// One policy's decisions.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PolicyTally {
+    /// Counting started here when continuing from an earlier run's status.
+    pub since: Option<Timestamp>,
     pub decisions: BTreeMap<&'static str, u64>,
     pub last_decision: Option<Timestamp>,
     /// When the gate last could not decide, and why.
@@ -74,6 +76,37 @@ impl Tally {
             .last_problem = Some((at, why));
     }
 
+    /// Continues from what a policy's status shows (an earlier run's counts), unless this run
+    /// already counts for the policy: a restart neither loses the counts nor rewrites the status.
+    pub fn adopt(&self, policy: &ObjectKey, shown: &EnrollmentGateStatus) {
+        let mut by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
+        let key = policy.to_string();
+        if by_policy.contains_key(&key) {
+            return;
+        }
+        let decisions = shown
+            .decisions
+            .iter()
+            .filter_map(|(name, n)| Some((*Verdict::NAMES.iter().find(|v| **v == name)?, *n)))
+            .collect();
+        let last_problem = shown.last_problem.as_deref().and_then(|p| {
+            let (at, why) = p.split_once(": ")?;
+            Some((at.parse().ok()?, why.to_string()))
+        });
+        by_policy.insert(
+            key,
+            PolicyTally {
+                since: shown.since.parse().ok(),
+                decisions,
+                last_decision: shown
+                    .last_decision_time
+                    .as_deref()
+                    .and_then(|t| t.parse().ok()),
+                last_problem,
+            },
+        );
+    }
+
     pub fn of(&self, policy: &ObjectKey) -> Option<PolicyTally> {
         let by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
         by_policy.get(&policy.to_string()).cloned()
@@ -95,7 +128,7 @@ impl Tally {
         let tally = self.of(policy).unwrap_or_default();
         let time = |t: Timestamp| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
         EnrollmentGateStatus {
-            since: time(self.since),
+            since: time(tally.since.unwrap_or(self.since)),
             decisions: tally
                 .decisions
                 .iter()
@@ -106,5 +139,55 @@ impl Tally {
                 .last_problem
                 .map(|(at, why)| format!("{}: {why}", time(at))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enroll::Decision;
+
+    fn key() -> ObjectKey {
+        ObjectKey {
+            namespace: "it".into(),
+            name: "macs".into(),
+        }
+    }
+
+    fn decision(verdict: Verdict) -> Decision {
+        Decision {
+            verdict,
+            policy: Some(key()),
+            platform: None,
+            running: None,
+        }
+    }
+
+    #[test]
+    fn a_restart_continues_from_the_shown_counts_and_shows_them_unchanged() {
+        let first: Timestamp = "2026-11-01T08:00:00Z".parse().expect("time");
+        let earlier = Tally::new(first);
+        earlier.record(&decision(Verdict::Allowed), first);
+        earlier.record(
+            &decision(Verdict::FailedClosed(
+                "J999AP is not in Apple's catalog".into(),
+            )),
+            first,
+        );
+        let shown = earlier.status_of(&key());
+
+        let restarted = Tally::new("2026-11-27T08:00:00Z".parse().expect("time"));
+        restarted.adopt(&key(), &shown);
+        assert_eq!(restarted.status_of(&key()), shown, "nothing to rewrite");
+        let now: Timestamp = "2026-11-27T09:00:00Z".parse().expect("time");
+        restarted.record(&decision(Verdict::Allowed), now);
+        let after = restarted.status_of(&key());
+        assert_eq!(after.since, shown.since);
+        assert_eq!(after.decisions.get("Allowed"), Some(&2));
+        assert_eq!(after.decisions.get("FailedClosed"), Some(&1));
+        assert_eq!(after.last_problem, shown.last_problem);
+        // Once counting, what a status shows no longer replaces it.
+        restarted.adopt(&key(), &shown);
+        assert_eq!(restarted.status_of(&key()), after);
     }
 }

@@ -2961,13 +2961,14 @@ async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() 
             plist::Value::Boolean(true),
         ),
     ]);
-    let response = reqwest::Client::new()
-        .post(format!("http://{}/enroll", running.address))
-        .header("content-type", "application/xml")
-        .body(info)
-        .send()
-        .await
-        .expect("the gate answers");
+    let post = |address: std::net::SocketAddr| {
+        reqwest::Client::new()
+            .post(format!("http://{address}/enroll"))
+            .header("content-type", "application/xml")
+            .body(info.clone())
+            .send()
+    };
+    let response = post(running.address).await.expect("the gate answers");
     assert_eq!(response.status(), 403);
     let body: Value = response.json().await.expect("JSON");
     assert_eq!(
@@ -3014,4 +3015,37 @@ async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() 
         "{text}"
     );
     running.stop();
+
+    // A restart carries the counts on: the next decision makes it 2, since the first start.
+    let restarted = env.start("enroll-again").await;
+    eventually("the restarted operator resolves", CONVERGE, || async {
+        let response = post(restarted.address).await.map_err(|e| e.to_string())?;
+        match response.status().as_u16() {
+            403 => Ok(()),
+            other => Err(format!("HTTP {other}")),
+        }
+    })
+    .await;
+    let again = eventually(
+        "macs status.enrollment after the restart",
+        CONVERGE,
+        || async {
+            let policy = policies.get("macs").await.map_err(|e| e.to_string())?;
+            let enrollment = policy
+                .status
+                .and_then(|s| s.enrollment)
+                .ok_or("no status.enrollment")?;
+            if enrollment.decisions.get("UpdateRequired") == Some(&2) {
+                Ok(enrollment)
+            } else {
+                Err(format!("{enrollment:?}"))
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        again.since, status.since,
+        "counting started at the first start"
+    );
+    restarted.stop();
 }
