@@ -4,7 +4,8 @@
 //! changes at their next check-in.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
@@ -43,6 +44,15 @@ pub struct SyncTrigger {
 impl SyncTrigger {
     /// Starts the sender task on the current Tokio runtime.
     pub fn start(config: NanoMdmConfig, client: reqwest::Client) -> Self {
+        Self::start_with_metrics(config, client, None)
+    }
+
+    /// The same, counting every request in `metrics`.
+    pub fn start_with_metrics(
+        config: NanoMdmConfig,
+        client: reqwest::Client,
+        metrics: Option<Arc<crate::http::metrics::Metrics>>,
+    ) -> Self {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Vec<String>>();
         tokio::spawn(async move {
             let mut pending: BTreeSet<String> = BTreeSet::new();
@@ -63,7 +73,7 @@ impl SyncTrigger {
                 }
                 let ids: Vec<String> = std::mem::take(&mut pending).into_iter().collect();
                 for chunk in ids.chunks(config.batch.max(1)) {
-                    enqueue_with_retry(&client, &config, chunk).await;
+                    enqueue_with_retry(&client, &config, chunk, metrics.as_deref()).await;
                 }
             }
         });
@@ -77,10 +87,30 @@ impl SyncTrigger {
     }
 }
 
-async fn enqueue_with_retry(client: &reqwest::Client, config: &NanoMdmConfig, ids: &[String]) {
+async fn enqueue_with_retry(
+    client: &reqwest::Client,
+    config: &NanoMdmConfig,
+    ids: &[String],
+    metrics: Option<&crate::http::metrics::Metrics>,
+) {
     let mut wait = Duration::from_millis(500);
     for attempt in 1..=config.attempts.max(1) {
-        match enqueue(client, config, ids).await {
+        let started = Instant::now();
+        let result = enqueue(client, config, ids).await;
+        if let Some(metrics) = metrics {
+            let outcome = match &result {
+                Ok(Enqueued::All) => "ok",
+                Ok(Enqueued::Partly) => "partial",
+                Err(_) => "error",
+            };
+            metrics.backend_request(
+                "nanomdm",
+                "enqueue",
+                outcome,
+                started.elapsed().as_secs_f64(),
+            );
+        }
+        match result.map(|_| ()) {
             Ok(()) => return,
             Err(error) if attempt < config.attempts => {
                 tracing::warn!(%error, attempt, devices = ids.len(), "enqueue failed; retrying");
@@ -94,12 +124,20 @@ async fn enqueue_with_retry(client: &reqwest::Client, config: &NanoMdmConfig, id
     }
 }
 
+/// What NanoMDM did with an enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    All,
+    /// 207: some ids failed (unknown enrollment, push error); the rest were queued.
+    Partly,
+}
+
 /// One `PUT /v1/enqueue/{ids}` with a `DeclarativeManagement` command.
 pub async fn enqueue(
     client: &reqwest::Client,
     config: &NanoMdmConfig,
     ids: &[String],
-) -> Result<(), String> {
+) -> Result<Enqueued, String> {
     let path: Vec<String> = ids.iter().map(|id| percent_encode(id)).collect();
     let url = format!(
         "{}/v1/enqueue/{}",
@@ -116,12 +154,11 @@ pub async fn enqueue(
         .await
         .map_err(|e| e.to_string())?;
     match response.status().as_u16() {
-        200 => Ok(()),
-        // 207: some ids failed (unknown enrollment, push error); the rest were queued.
+        200 => Ok(Enqueued::All),
         207 => {
             let body = response.text().await.unwrap_or_default();
             tracing::warn!(%body, "enqueue partly failed");
-            Ok(())
+            Ok(Enqueued::Partly)
         }
         status => Err(format!("{url} answered {status}")),
     }

@@ -131,12 +131,12 @@ pub async fn start(
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
+    let metrics = Arc::new(Metrics::new());
     let sync = config
         .nanomdm
         .clone()
-        .map(|c| SyncTrigger::start(c, http_client));
+        .map(|c| SyncTrigger::start_with_metrics(c, http_client, Some(metrics.clone())));
     let backend = Embedded::new(store.clone(), sync);
-    let metrics = Arc::new(Metrics::new());
 
     // Device reports feed the resolver's trigger channel.
     let (trigger_tx, trigger_rx) = mpsc::unbounded_channel::<()>();

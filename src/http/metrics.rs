@@ -25,6 +25,24 @@ struct WriteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    backend: &'static str,
+    operation: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendOperationLabels {
+    backend: &'static str,
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
     /// `namespace/name` of the deciding UpdatePolicy; empty when no gate applies.
     policy: String,
@@ -49,6 +67,10 @@ pub struct Metrics {
     catalog_fetch_failures: Counter,
     catalog_posted_age_seconds: Gauge,
     pub devices: Family<StateLabels, Gauge>,
+    /// Compliant devices over applicable ones, per resource.
+    pub compliance: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    backend_requests: Family<BackendLabels, Counter>,
+    backend_request_seconds: Family<BackendOperationLabels, Histogram>,
     distinct_declarations: Gauge,
     reconciles: Family<KindLabels, Counter>,
     reconcile_failures: Family<KindLabels, Counter>,
@@ -122,6 +144,28 @@ impl Metrics {
             "Devices per resource and state bucket",
             devices.clone(),
         );
+        let compliance =
+            Family::<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "compliance_ratio",
+            "Compliant devices over the devices a resource applies to (1 when it applies to none)",
+            compliance.clone(),
+        );
+        let backend_requests = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "backend_requests",
+            "Requests to the MDM backend by operation and outcome (ok, partial, error)",
+            backend_requests.clone(),
+        );
+        let backend_request_seconds =
+            Family::<BackendOperationLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            });
+        registry.register(
+            "backend_request_duration_seconds",
+            "Latency of requests to the MDM backend",
+            backend_request_seconds.clone(),
+        );
         let distinct_declarations = Gauge::default();
         registry.register(
             "distinct_declarations",
@@ -169,6 +213,9 @@ impl Metrics {
             enrollment_seconds.clone(),
         );
         Metrics {
+            compliance,
+            backend_requests,
+            backend_request_seconds,
             enrollment_decisions,
             enrollment_seconds,
             reconciles,
@@ -201,6 +248,26 @@ impl Metrics {
             .get_or_create(&DecisionLabels { policy, decision })
             .inc();
         self.enrollment_seconds.observe(seconds);
+    }
+
+    /// One request to the MDM backend (`outcome`: ok, partial or error).
+    pub fn backend_request(
+        &self,
+        backend: &'static str,
+        operation: &'static str,
+        outcome: &'static str,
+        seconds: f64,
+    ) {
+        self.backend_requests
+            .get_or_create(&BackendLabels {
+                backend,
+                operation,
+                outcome,
+            })
+            .inc();
+        self.backend_request_seconds
+            .get_or_create(&BackendOperationLabels { backend, operation })
+            .observe(seconds);
     }
 
     pub fn status_report(&self) {

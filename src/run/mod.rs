@@ -121,12 +121,12 @@ impl Engine {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| RunError::Setup(e.to_string()))?;
+        let metrics = Arc::new(Metrics::new());
         let sync = config
             .nanomdm
             .clone()
-            .map(|c| SyncTrigger::start(c, http_client));
+            .map(|c| SyncTrigger::start_with_metrics(c, http_client, Some(metrics.clone())));
         let backend = Embedded::new(store.clone(), sync);
-        let metrics = Arc::new(Metrics::new());
         let (reported_tx, reported_rx) = mpsc::unbounded_channel();
         let ddm_state = Arc::new(ddm::DdmState {
             store: store.clone(),

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::api::validate::Checked;
 use crate::backend::DeviceRecord;
-use crate::http::metrics::{Metrics, StateLabels};
+use crate::http::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::inventory::Device;
 use crate::resolve::{Plan, Source};
 use crate::run::pass::Frozen;
@@ -56,6 +56,16 @@ impl Tally {
 
     pub fn count(&self, state: Bucket) -> u64 {
         self.counts.get(&state).copied().unwrap_or(0)
+    }
+
+    /// Compliant over applicable devices; 1 when the resource applies to none.
+    pub fn compliance_ratio(&self) -> f64 {
+        let applicable = self.total() - self.count(Bucket::NotApplicable);
+        if applicable == 0 {
+            1.0
+        } else {
+            self.count(Bucket::Compliant) as f64 / applicable as f64
+        }
     }
 
     /// `compliant/total` over the devices the resource applies to.
@@ -177,6 +187,7 @@ pub fn status(
 ) -> Value {
     let standings = standings(devices, plan, records, now);
     metrics.devices.clear();
+    metrics.compliance.clear();
     let section = |source: Source, name: String| -> Value {
         let tally = standings
             .by_source
@@ -193,6 +204,12 @@ pub fn status(
                 })
                 .set(i64::try_from(by_state.get(&state).copied().unwrap_or(0)).unwrap_or(i64::MAX));
         }
+        metrics
+            .compliance
+            .get_or_create(&SourceLabels {
+                source: name.clone(),
+            })
+            .set(tally.compliance_ratio());
         json!({
             "name": name,
             "devices": by_state.iter().map(|(b, n)| (b.as_str(), *n)).collect::<BTreeMap<_, _>>(),

@@ -106,10 +106,37 @@ async fn a_failed_enqueue_is_retried() {
     let (url, seen) = nanomdm(true).await;
     let mut config = NanoMdmConfig::new(url, "k");
     config.debounce = Duration::from_millis(50);
-    let trigger = SyncTrigger::start(config, reqwest::Client::new());
+    let metrics = std::sync::Arc::new(ddm_update_operator::http::metrics::Metrics::new());
+    let trigger =
+        SyncTrigger::start_with_metrics(config, reqwest::Client::new(), Some(metrics.clone()));
     trigger.notify(&["DEV".into()]);
     let requests = wait_for(&seen, 2).await;
     assert_eq!(requests.len(), 2, "{requests:?}");
+    // Both attempts are counted, by outcome, with their latency.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = metrics.encode();
+        if text.contains("outcome=\"ok\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let prefix =
+        "ddm_update_operator_backend_requests_total{backend=\"nanomdm\",operation=\"enqueue\"";
+    assert!(
+        text.contains(&format!("{prefix},outcome=\"error\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{prefix},outcome=\"ok\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "ddm_update_operator_backend_request_duration_seconds_count{backend=\"nanomdm\",operation=\"enqueue\"} 2"
+        ),
+        "{text}"
+    );
     assert_eq!(requests[0].0, requests[1].0);
     assert_ne!(
         requests[0].2, requests[1].2,

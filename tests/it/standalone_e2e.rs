@@ -1090,6 +1090,34 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert_eq!(failed_gauge, failing.len() as f64);
+    // The compliance ratio per policy is the status's compliant/applicable.
+    let status = operator.status().await;
+    for section in status["updatePolicies"].as_array().expect("policies") {
+        let name = section["name"].as_str().expect("name");
+        let (compliant, applicable) = section["compliance"]
+            .as_str()
+            .and_then(|c| c.split_once('/'))
+            .and_then(|(a, b)| Some((a.parse::<f64>().ok()?, b.parse::<f64>().ok()?)))
+            .expect("compliant/applicable");
+        let ratio = metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!(
+                    "ddm_update_operator_compliance_ratio{{source=\"{name}\"}} "
+                ))
+            })
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no compliance ratio for {name}"));
+        let expected = if applicable == 0.0 {
+            1.0
+        } else {
+            compliant / applicable
+        };
+        assert!(
+            (ratio - expected).abs() < 1e-9,
+            "{name}: {ratio} vs {expected}"
+        );
+    }
 
     eprintln!(
         "{n} devices ({} enforced, {} failing; plan reasons {}); enrolled and settled in {enrolled:?}; install rounds settled in {round_times:?}; {sent} reports; {:?} in all",
