@@ -85,6 +85,13 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
     let object_key = key(object.as_ref());
     let generation = object.meta().generation;
+    // The finalizer helper's own patches: adding ours to a live object, removing it after
+    // cleanup (counted where cleanup succeeds, just below).
+    if object.meta().deletion_timestamp.is_none()
+        && !object.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        ctx.metrics.kube_write(kind, "add-finalizer");
+    }
     let result = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Finalizer::Apply(object) => {
@@ -139,6 +146,7 @@ where
                         .await;
                     }
                 }
+                ctx.metrics.kube_write(kind, "remove-finalizer");
                 Ok(Action::await_change())
             }
         }
@@ -301,13 +309,14 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
+    // Counted as attempts: a refused write is still an API request.
+    ctx.metrics.kube_write(kind_name::<K>(), "patch-status");
     api.patch_status(
         &object.name_any(),
         &PatchParams::apply(STATUS_FIELD_MANAGER).force(),
         &Patch::Apply(&patch),
     )
     .await?;
-    ctx.metrics.kube_write(kind_name::<K>(), "patch-status");
     Ok(())
 }
 
@@ -515,13 +524,13 @@ async fn sync_generated_targets(
             .iter()
             .find(|e| e.name_any() == name)
             .map(|e| e.spec.target_os_version.clone());
+        ctx.metrics.kube_write("EnforcementTarget", "apply");
         api.patch(
             &name,
             &PatchParams::apply(FIELD_MANAGER).force(),
             &Patch::Apply(&desired),
         )
         .await?;
-        ctx.metrics.kube_write("EnforcementTarget", "apply");
         let models: Vec<String> = target
             .builds
             .iter()
@@ -560,6 +569,7 @@ async fn sync_generated_targets(
         .await;
     }
     for stale in existing.iter().filter(|e| !wanted.contains(&e.name_any())) {
+        ctx.metrics.kube_write("EnforcementTarget", "delete");
         match api
             .delete(&stale.name_any(), &DeleteParams::default())
             .await
@@ -569,7 +579,6 @@ async fn sync_generated_targets(
             Err(kube::Error::Api(status)) if status.code == 404 => continue,
             Err(error) => return Err(error.into()),
         }
-        ctx.metrics.kube_write("EnforcementTarget", "delete");
         ctx.publish_event(
             policy,
             EventType::Normal,
@@ -698,10 +707,9 @@ impl Context {
             action: action.chars().take(128).collect(),
             secondary: related,
         };
+        self.metrics.kube_write("Event", "create");
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, "cannot publish an event");
-        } else {
-            self.metrics.kube_write("Event", "create");
         }
     }
 
@@ -719,10 +727,9 @@ impl Context {
             action: "Reconcile".into(),
             secondary: None,
         };
+        self.metrics.kube_write("Event", "create");
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, "cannot publish an event");
-        } else {
-            self.metrics.kube_write("Event", "create");
         }
     }
 }

@@ -1990,6 +1990,13 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
         "[{}] requests by verb and resource: {by_verb:?}",
         env.namespace
     );
+    // The operator's own count of its writes is the API server's: status patches, applies,
+    // deletes, events and finalizer patches alike.
+    let logged_writes = change_requests.iter().filter(|r| r.is_write()).count() as f64;
+    assert_eq!(
+        change_writes as f64, logged_writes,
+        "kube_writes_total against the write requests sent: {by_verb:?}"
+    );
     // Identical bodies sent twice to the same status (a reconcile that compared against a
     // cache that had not seen its own previous write yet).
     let mut bodies: BTreeMap<(String, String), usize> = BTreeMap::new();
