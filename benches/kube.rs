@@ -1760,6 +1760,7 @@ async fn scenario(
         lease_name: "ddm-update-operator".into(),
         identity: format!("bench-kube-{}", std::process::id()),
         concurrency: OPERATOR_CONCURRENCY,
+        watch_namespace: None,
     };
     println!(
         "\n== operator start: resolve {DEVICES} devices, reconcile every object until all are Ready"

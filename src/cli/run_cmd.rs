@@ -71,6 +71,9 @@ pub struct RunArgs {
     /// Kubernetes mode: reconciles running at once per kind.
     #[arg(long, default_value_t = 4)]
     concurrency: u16,
+    /// Kubernetes mode: watch only this namespace (default: every namespace).
+    #[arg(long, env = "WATCH_NAMESPACE", value_name = "NAMESPACE")]
+    watch_namespace: Option<String>,
     /// Path of the enrollment gate: Setup Assistant posts MachineInfo here (point the ADE
     /// profile's `url` at `https://HOST/enroll`).
     #[arg(long, default_value = "/enroll")]
@@ -194,6 +197,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             .clone()
             .unwrap_or_else(|| format!("ddm-update-operator-{}", std::process::id())),
         concurrency: args.concurrency.max(1),
+        watch_namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
     };
     runtime.block_on(async move {
         let client = kube::Client::try_default().await.map_err(|e| {

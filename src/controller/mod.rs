@@ -73,6 +73,20 @@ pub struct KubeSettings {
     pub identity: String,
     /// Reconciles running at once per kind.
     pub concurrency: u16,
+    /// Watch only this namespace (a namespaced Role suffices); `None`: every namespace.
+    pub watch_namespace: Option<String>,
+}
+
+/// The API of one kind in the watched namespace, or in all of them.
+fn watched<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// A running operator in Kubernetes mode (for tests: in-process, with handles to observe it).
@@ -92,7 +106,7 @@ impl Running {
 }
 
 /// Checks the CRDs are installed before anything starts.
-async fn check_crds(client: &Client) -> Result<(), String> {
+async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), String> {
     fn probe<T>(result: Result<T, kube::Error>, plural: &str) -> Result<(), String> {
         match result {
             Ok(_) => Ok(()),
@@ -104,15 +118,15 @@ async fn check_crds(client: &Client) -> Result<(), String> {
     }
     let one = ListParams::default().limit(1);
     probe(
-        Api::<FleetGroup>::all(client.clone()).list(&one).await,
+        watched::<FleetGroup>(client, namespace).list(&one).await,
         "fleetgroups",
     )?;
     probe(
-        Api::<UpdatePolicy>::all(client.clone()).list(&one).await,
+        watched::<UpdatePolicy>(client, namespace).list(&one).await,
         "updatepolicies",
     )?;
     probe(
-        Api::<EnforcementTarget>::all(client.clone())
+        watched::<EnforcementTarget>(client, namespace)
             .list(&one)
             .await,
         "enforcementtargets",
@@ -125,7 +139,9 @@ pub async fn start(
     config: RunConfig,
     settings: KubeSettings,
 ) -> Result<Running, String> {
-    check_crds(&client).await?;
+    let namespace = settings.watch_namespace.clone();
+    let namespace = namespace.as_deref();
+    check_crds(&client, namespace).await?;
     let store = Arc::new(DeviceStore::open(&config.database).map_err(|e| e.to_string())?);
     let http_client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -230,25 +246,25 @@ pub async fn start(
     }
 
     let wc = watcher::Config::default();
-    let groups = Controller::new(Api::<FleetGroup>::all(client.clone()), wc.clone());
-    let policies = Controller::new(Api::<UpdatePolicy>::all(client.clone()), wc.clone());
-    let targets = Controller::new(Api::<EnforcementTarget>::all(client.clone()), wc.clone());
+    let groups = Controller::new(watched::<FleetGroup>(&client, namespace), wc.clone());
+    let policies = Controller::new(watched::<UpdatePolicy>(&client, namespace), wc.clone());
+    let targets = Controller::new(watched::<EnforcementTarget>(&client, namespace), wc.clone());
     let (publish, snapshots) = watch::channel(Arc::new(Snapshot::default()));
     // The resolver keeps caches of its own; every change to them asks for a pass.
     // Generated targets are compared against the resolver's (waited-for) target cache.
     let target_cache = cache(
-        Api::<EnforcementTarget>::all(client.clone()),
+        watched::<EnforcementTarget>(&client, namespace),
         &trigger_tx,
         &mut tasks,
     );
     let resolver = Resolver {
         groups: cache(
-            Api::<FleetGroup>::all(client.clone()),
+            watched::<FleetGroup>(&client, namespace),
             &trigger_tx,
             &mut tasks,
         ),
         policies: cache(
-            Api::<UpdatePolicy>::all(client.clone()),
+            watched::<UpdatePolicy>(&client, namespace),
             &trigger_tx,
             &mut tasks,
         ),
@@ -322,7 +338,7 @@ pub async fn start(
     tasks.push(tokio::spawn(
         policies
             .with_config(config_for())
-            .owns(Api::<EnforcementTarget>::all(client.clone()), wc.clone())
+            .owns(watched::<EnforcementTarget>(&client, namespace), wc.clone())
             .reconcile_all_on(futures::stream::select(
                 every_pass(snapshots.clone()),
                 every_decisions(tally.subscribe()),

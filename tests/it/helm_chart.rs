@@ -692,6 +692,37 @@ fn rbac_is_the_least_privilege_set() {
     }
     assert_eq!(rendered.one("ServiceAccount")["metadata"]["name"], RELEASE);
 
+    // Watching one namespace: the same rules as a Role there, bound there, and the flag.
+    let scoped = render(
+        "watch-one-namespace",
+        &json!({"watchNamespace": "it-fleet"}),
+    );
+    for kind in ["ClusterRole", "ClusterRoleBinding"] {
+        assert!(scoped.all(kind).is_empty(), "watchNamespace: no {kind}");
+    }
+    let rules_role = scoped
+        .all("Role")
+        .into_iter()
+        .find(|r| r["metadata"]["namespace"] == "it-fleet")
+        .expect("a Role in the watched namespace");
+    assert_eq!(
+        normalize(&rules_role["rules"]),
+        normalize(&cluster_role["rules"])
+    );
+    let binding = scoped
+        .all("RoleBinding")
+        .into_iter()
+        .find(|b| b["metadata"]["namespace"] == "it-fleet")
+        .expect("a RoleBinding in the watched namespace");
+    assert_eq!(binding["subjects"], subject);
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], rules_role["metadata"]["name"]);
+    let args = &scoped.deployment()["spec"]["template"]["spec"]["containers"][0]["args"];
+    assert!(
+        strings(args).contains(&"--watch-namespace=it-fleet".to_string()),
+        "{args}"
+    );
+
     let without = render("no-rbac", &json!({"rbac": {"create": false}}));
     for kind in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
         assert!(without.all(kind).is_empty(), "rbac.create=false: no {kind}");

@@ -582,6 +582,7 @@ impl Env {
             lease_name: LEASE_NAME.into(),
             identity: format!("{identity}-{}", self.namespace),
             concurrency: 4,
+            watch_namespace: None,
         };
         let started = Instant::now();
         let running = tokio::time::timeout(
@@ -3055,4 +3056,76 @@ async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() 
         "counting started at the first start"
     );
     restarted.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Watching one namespace
+// ---------------------------------------------------------------------------------------------
+
+/// With `--watch-namespace` the operator (on a client that could reach every namespace) makes
+/// its own namespace Ready and never touches a FleetGroup in another one: no status, no
+/// finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_operator_leaves_other_namespaces_alone() {
+    let devices = fleet();
+    let env = Env::new("nsonly", &devices, &[]).await;
+    let other = format!("{}-other", env.namespace);
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": other, "labels": {"app.kubernetes.io/part-of": "ddm-update-operator-tests"}}
+            }))
+            .expect("a namespace"),
+        )
+        .await
+        .expect("the other namespace");
+    let _other_guard = NamespaceGuard {
+        namespace: other.clone(),
+        armed: true,
+    };
+    let foreign: Api<FleetGroup> = Api::namespaced(env.client.clone(), &other);
+    foreign
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "updates.ddm.dev/v1alpha1",
+                "kind": "FleetGroup",
+                "metadata": {"name": "not-mine"},
+                "spec": {"platforms": ["iOS"]}
+            }))
+            .expect("a FleetGroup"),
+        )
+        .await
+        .expect("a FleetGroup elsewhere");
+
+    let running = controller::start(
+        env.client.clone(),
+        env.config.clone(),
+        KubeSettings {
+            lease_namespace: env.namespace.clone(),
+            lease_name: LEASE_NAME.into(),
+            identity: format!("nsonly-{}", env.namespace),
+            concurrency: 4,
+            watch_namespace: Some(env.namespace.clone()),
+        },
+    )
+    .await
+    .expect("the operator starts");
+    env.apply_examples().await;
+    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
+    let groups = running.snapshots.borrow().partial.checked.groups.len();
+    assert_eq!(
+        groups, 6,
+        "the resolver saw only this namespace's six FleetGroups"
+    );
+    let untouched = foreign.get("not-mine").await.expect("still there");
+    assert!(untouched.status.is_none(), "{:?}", untouched.status);
+    assert!(
+        untouched.finalizers().is_empty(),
+        "{:?}",
+        untouched.finalizers()
+    );
+    running.stop();
 }
