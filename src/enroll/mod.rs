@@ -3,6 +3,7 @@
 //! with the exact version (and build) to install first. Parsing, signature checks and the
 //! decision live here, free of HTTP; `crate::http::enroll` serves them.
 
+pub mod ber;
 pub mod decide;
 pub mod machine_info;
 pub mod response;

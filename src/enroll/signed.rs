@@ -85,7 +85,16 @@ impl webpki::ExtendedKeyUsageValidator for AnyUsage {
 /// intermediates) at `now`.
 pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Verified, EnrollError> {
     let bad = |why: String| EnrollError::Cms(why);
-    let info = ContentInfo::from_der(der).map_err(|e| bad(format!("not a CMS message: {e}")))?;
+    // BER is allowed (and what Apple's signers write): read it, then hand DER to `cms`.
+    let tree = super::ber::parse(der).map_err(|e| {
+        bad(format!(
+            "not a CMS message: {}",
+            e.to_string().trim_start_matches("CMS: ")
+        ))
+    })?;
+    let normalized = super::ber::to_der(&tree);
+    let info =
+        ContentInfo::from_der(&normalized).map_err(|e| bad(format!("not a CMS message: {e}")))?;
     if info.content_type != ID_SIGNED_DATA {
         return Err(bad(format!(
             "CMS content type {} is not SignedData",
@@ -127,6 +136,7 @@ pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Veri
         signer,
         &content,
         signed.encap_content_info.econtent_type,
+        super::ber::signed_attributes(&tree),
     )?;
     if let Some(anchors) = anchors {
         let signer_der = signer
@@ -177,11 +187,13 @@ fn identifies(sid: &SignerIdentifier, certificate: &Certificate) -> bool {
 
 const SUBJECT_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
 
+/// `signed_attributes`: their bytes as the signer wrote them (the signature covers those).
 fn verify_signer_info(
     signer_info: &SignerInfo,
     signer: &Certificate,
     content: &[u8],
     content_type: ObjectIdentifier,
+    signed_attributes: Option<Vec<u8>>,
 ) -> Result<(), EnrollError> {
     let bad = |why: &str| EnrollError::Cms(why.to_string());
     let digest_algorithm = match signer_info.digest_alg.oid {
@@ -199,14 +211,25 @@ fn verify_signer_info(
         Some(attributes) => {
             // With signed attributes the signature covers them (DER, as a SET OF), and they
             // carry the content's digest and type.
-            let value_of = |oid: ObjectIdentifier| {
-                attributes
-                    .iter()
-                    .find(|a| a.oid == oid)
-                    .and_then(|a| a.values.iter().next())
+            // RFC 5652 §11: exactly one content-type and one message-digest attribute, each
+            // with exactly one value.
+            let value_of = |oid: ObjectIdentifier, name: &str| {
+                let mut found = attributes.iter().filter(|a| a.oid == oid);
+                match (found.next(), found.next()) {
+                    (Some(attribute), None) if attribute.values.len() == 1 => {
+                        attribute.values.iter().next().ok_or_else(|| {
+                            EnrollError::Cms(format!("the {name} attribute has no value"))
+                        })
+                    }
+                    (None, _) => Err(EnrollError::Cms(format!(
+                        "signed attributes lack the {name}"
+                    ))),
+                    _ => Err(EnrollError::Cms(format!(
+                        "signed attributes must hold exactly one {name} with one value"
+                    ))),
+                }
             };
-            let digest_value = value_of(ID_MESSAGE_DIGEST)
-                .ok_or_else(|| bad("signed attributes lack the message digest"))?
+            let digest_value = value_of(ID_MESSAGE_DIGEST, "message digest")?
                 .decode_as::<OctetString>()
                 .map_err(|_| bad("the message-digest attribute is not an octet string"))?;
             if digest_value.as_bytes() != digest::digest(digest_algorithm, content).as_ref() {
@@ -214,8 +237,7 @@ fn verify_signer_info(
                     "the content does not match the signed digest".into(),
                 ));
             }
-            let declared_type = value_of(ID_CONTENT_TYPE)
-                .ok_or_else(|| bad("signed attributes lack the content type"))?
+            let declared_type = value_of(ID_CONTENT_TYPE, "content type")?
                 .decode_as::<ObjectIdentifier>()
                 .map_err(|_| bad("the content-type attribute is not an object identifier"))?;
             if declared_type != content_type {
@@ -223,9 +245,12 @@ fn verify_signer_info(
                     "the signed content type differs from the content's".into(),
                 ));
             }
-            attributes
-                .to_der()
-                .map_err(|e| EnrollError::Cms(format!("signed attributes: {e}")))?
+            match signed_attributes {
+                Some(bytes) => bytes,
+                None => attributes
+                    .to_der()
+                    .map_err(|e| EnrollError::Cms(format!("signed attributes: {e}")))?,
+            }
         }
         None => {
             if content_type != ID_DATA {

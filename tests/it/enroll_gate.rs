@@ -48,9 +48,12 @@ fn openssl_signed_machine_info_opens_and_chains_to_its_ca() {
     let anchors = Anchors::from_pem(&fixture("enroll/ca.pem")).expect("the test CA");
     let plist = fixture("enroll/machineinfo.plist");
     let now = rustls_pki_types::UnixTime::now();
+    // DER, DER without signed attributes, and BER with indefinite lengths (`-stream`, the way
+    // Apple's signers write CMS).
     for envelope in [
         "enroll/machineinfo.sha256.p7s",
         "enroll/machineinfo.sha1-noattr.p7s",
+        "enroll/machineinfo.sha256.ber.p7s",
     ] {
         let verified = signed::open(&fixture(envelope), Some(&anchors), now)
             .unwrap_or_else(|e| panic!("{envelope}: {e}"));
@@ -60,7 +63,8 @@ fn openssl_signed_machine_info_opens_and_chains_to_its_ca() {
         assert_eq!(info.os_version.as_deref(), Some("18.6"));
         assert!(info.can_request_update);
     }
-    // The device certificate is not a CA: as the only anchor it vouches for nothing else.
+    // Trusting only the device certificate is not trusting its issuer: the chain does not reach
+    // an anchor.
     let wrong = Anchors::from_pem(&fixture("enroll/device.pem")).expect("parses");
     let refused = signed::open(&fixture("enroll/machineinfo.sha256.p7s"), Some(&wrong), now);
     assert!(
@@ -1234,15 +1238,18 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
 
 #[test]
 fn the_signer_in_the_simulator_agrees_with_openssl() {
-    // Our envelope, checked by OpenSSL when it is installed (CI images have it).
-    let Ok(output) = std::process::Command::new("openssl")
-        .arg("version")
+    // Our envelope, checked by OpenSSL (tests/enroll/openssl.sh installs it where it can).
+    let script = root().join("tests/enroll/openssl.sh");
+    let found = std::process::Command::new("bash")
+        .arg(&script)
         .output()
-    else {
-        eprintln!("openssl not installed: cross-check skipped");
-        return;
-    };
-    assert!(output.status.success());
+        .expect("bash runs");
+    assert!(
+        found.status.success(),
+        "openssl is needed for this cross-check: {}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let openssl = String::from_utf8_lossy(&found.stdout).trim().to_string();
     let ca = TestCa::new("Cross-check CA");
     let work = tempfile::tempdir().expect("temp dir");
     let device = Device {
@@ -1263,7 +1270,7 @@ fn the_signer_in_the_simulator_agrees_with_openssl() {
     let envelope_path = write("mi.p7s", &envelope);
     let ca_path = write("ca.pem", ca.pem.as_bytes());
     let out_path = work.path().join("out.plist");
-    let verified = std::process::Command::new("openssl")
+    let verified = std::process::Command::new(&openssl)
         .args([
             "cms", "-verify", "-binary", "-inform", "DER", "-purpose", "any",
         ])
