@@ -239,6 +239,13 @@ impl Resolver {
                 tracing::error!(%error, "cannot read devices from the backend");
                 self.metrics
                     .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
+                // The gate still decides from the resources, the catalog and the inventory.
+                self.gate.send_replace(Arc::new(GateView::new(
+                    &partial.checked.groups,
+                    &partial.checked.policies,
+                    Arc::new(self.seed.clone()),
+                    gate_catalog,
+                )));
                 Snapshot {
                     pass: number,
                     partial,

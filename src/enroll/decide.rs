@@ -158,16 +158,13 @@ pub fn decide(view: &GateView, info: &MachineInfo, now: Timestamp) -> Decision {
     };
     let applicable: Vec<(usize, usize)> = match &device {
         Some(device) => applicable_policies(view, device),
-        // The device cannot be placed (unknown product, no OS version): every gate that names
-        // it by serial applies, else every gate — the failure policy decides.
-        None => {
-            let by_serial: Vec<(usize, usize)> = applicable_by_serial(view, &info.serial);
-            if by_serial.is_empty() {
-                (0..view.policies.len()).map(|p| (p, 0)).collect()
-            } else {
-                by_serial
-            }
-        }
+        // The device cannot be placed from what it says (unknown product, no OS version): its
+        // groups are those of the inventory entry under its serial, or those that list the
+        // serial; their gates' failure policies decide. A device nobody knows is not gated.
+        None => match known(view, &info.serial) {
+            Some(entry) => applicable_policies(view, entry),
+            None => applicable_by_serial(view, &info.serial),
+        },
     };
     let running = info
         .os_version
@@ -278,9 +275,10 @@ fn answer(
     match (&gate.minimum, target) {
         (MinimumVersion::Target, Ok(required)) => PolicyAnswer::Update(required),
         (MinimumVersion::Target, Err((Reason::UpToDate, _))) => PolicyAnswer::Allowed,
-        (_, Err((Reason::DeviceNotInCatalog | Reason::DeviceIdUnknown, _))) => {
-            PolicyAnswer::Failed(not_in_catalog())
-        }
+        (_, Err((Reason::DeviceNotInCatalog, _))) => PolicyAnswer::Failed(not_in_catalog()),
+        (_, Err((Reason::DeviceIdUnknown, _))) => PolicyAnswer::Failed(format!(
+            "{model} sent no SOFTWARE_UPDATE_DEVICE_ID (macOS before 14.4) and the inventory has no board id for it"
+        )),
         (MinimumVersion::Target, Err((reason, detail))) => PolicyAnswer::Failed(format!(
             "no target for {model}: {} ({detail})",
             reason.as_str()
@@ -321,10 +319,7 @@ fn device_from(view: &GateView, info: &MachineInfo) -> Result<Device, String> {
     let os_version: OsVersion = with_extra
         .parse()
         .map_err(|e| format!("OS_VERSION {version:?}: {e}"))?;
-    let known = view
-        .by_serial
-        .get(&info.serial)
-        .and_then(|i| view.devices.get(*i as usize));
+    let known = known(view, &info.serial);
     Ok(Device {
         enrollment_id: known
             .map(|d| d.enrollment_id.clone())
@@ -345,6 +340,13 @@ fn device_from(view: &GateView, info: &MachineInfo) -> Result<Device, String> {
         enrollment_type: EnrollmentType::Device,
         labels: known.map(|d| d.labels.clone()).unwrap_or_default(),
     })
+}
+
+/// The inventory's device with this serial number.
+fn known<'v>(view: &'v GateView, serial: &str) -> Option<&'v Device> {
+    view.by_serial
+        .get(serial)
+        .and_then(|i| view.devices.get(*i as usize))
 }
 
 /// The platform from the product type.

@@ -12,17 +12,30 @@ pub enum Format {
 }
 
 impl Format {
-    /// XML when the client asks for XML and not for JSON; JSON otherwise.
+    /// XML when the client weighs XML above JSON (`q` values, wildcards); JSON otherwise.
     pub fn from_accept(accept: Option<&str>) -> Format {
         let Some(accept) = accept else {
             return Format::Json;
         };
-        let wants = |kind: &str| {
+        let weight = |wanted: &[&str]| -> f32 {
             accept
                 .split(',')
-                .any(|part| part.trim().to_ascii_lowercase().starts_with(kind))
+                .filter_map(|part| {
+                    let mut fields = part.split(';');
+                    let media = fields.next()?.trim().to_ascii_lowercase();
+                    let q = fields
+                        .filter_map(|f| f.trim().strip_prefix("q="))
+                        .find_map(|q| q.trim().parse::<f32>().ok())
+                        .unwrap_or(1.0);
+                    let matches = wanted.contains(&media.as_str())
+                        || media == "*/*"
+                        || (media == "application/*"
+                            && wanted.iter().any(|w| w.starts_with("application/")));
+                    matches.then_some(q)
+                })
+                .fold(0.0, f32::max)
         };
-        if (wants("application/xml") || wants("text/xml")) && !wants("application/json") {
+        if weight(&["application/xml", "text/xml"]) > weight(&["application/json"]) {
             Format::Xml
         } else {
             Format::Json
@@ -118,6 +131,10 @@ mod tests {
             (Some("application/xml"), Format::Xml),
             (Some("text/xml;q=0.9"), Format::Xml),
             (Some("application/xml, application/json"), Format::Json),
+            (Some("application/xml, application/json;q=0.1"), Format::Xml),
+            (Some("application/json;q=0, application/xml"), Format::Xml),
+            (Some("text/xml;q=0.2, */*;q=0.5"), Format::Json),
+            (Some("application/xml;q=abc"), Format::Xml),
         ] {
             assert_eq!(Format::from_accept(accept), format, "{accept:?}");
         }

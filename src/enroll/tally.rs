@@ -20,6 +20,8 @@ pub struct PolicyTally {
     pub last_decision: Option<Timestamp>,
     /// When the gate last could not decide, and why.
     pub last_problem: Option<(Timestamp, String)>,
+    /// An earlier run's counts were added in.
+    pub adopted: bool,
 }
 
 /// Decisions per policy (`namespace/name`; `""` for devices no gate applies to).
@@ -76,35 +78,33 @@ impl Tally {
             .last_problem = Some((at, why));
     }
 
-    /// Continues from what a policy's status shows (an earlier run's counts), unless this run
-    /// already counts for the policy: a restart neither loses the counts nor rewrites the status.
+    /// Continues from what a policy's status shows (an earlier run's counts), once per policy:
+    /// a restart neither loses the counts nor rewrites the status. Decisions this run made
+    /// before it saw the status are added to the shown ones.
     pub fn adopt(&self, policy: &ObjectKey, shown: &EnrollmentGateStatus) {
         let mut by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
-        let key = policy.to_string();
-        if by_policy.contains_key(&key) {
+        let tally = by_policy.entry(policy.to_string()).or_default();
+        if tally.adopted {
             return;
         }
-        let decisions = shown
-            .decisions
-            .iter()
-            .filter_map(|(name, n)| Some((*Verdict::NAMES.iter().find(|v| **v == name)?, *n)))
-            .collect();
-        let last_problem = shown.last_problem.as_deref().and_then(|p| {
-            let (at, why) = p.split_once(": ")?;
-            Some((at.parse().ok()?, why.to_string()))
-        });
-        by_policy.insert(
-            key,
-            PolicyTally {
-                since: shown.since.parse().ok(),
-                decisions,
-                last_decision: shown
-                    .last_decision_time
-                    .as_deref()
-                    .and_then(|t| t.parse().ok()),
-                last_problem,
-            },
-        );
+        tally.adopted = true;
+        for (name, n) in &shown.decisions {
+            if let Some(name) = Verdict::NAMES.iter().find(|v| **v == name) {
+                *tally.decisions.entry(name).or_default() += n;
+            }
+        }
+        tally.since = shown.since.parse().ok();
+        let shown_decision: Option<Timestamp> = shown
+            .last_decision_time
+            .as_deref()
+            .and_then(|t| t.parse().ok());
+        tally.last_decision = tally.last_decision.max(shown_decision);
+        if tally.last_problem.is_none() {
+            tally.last_problem = shown.last_problem.as_deref().and_then(|p| {
+                let (at, why) = p.split_once(": ")?;
+                Some((at.parse().ok()?, why.to_string()))
+            });
+        }
     }
 
     pub fn of(&self, policy: &ObjectKey) -> Option<PolicyTally> {
@@ -186,8 +186,27 @@ mod tests {
         assert_eq!(after.decisions.get("Allowed"), Some(&2));
         assert_eq!(after.decisions.get("FailedClosed"), Some(&1));
         assert_eq!(after.last_problem, shown.last_problem);
-        // Once counting, what a status shows no longer replaces it.
-        restarted.adopt(&key(), &shown);
+        // Adopted once: what a status shows is not added again.
+        restarted.adopt(&key(), &after);
         assert_eq!(restarted.status_of(&key()), after);
+    }
+
+    #[test]
+    fn decisions_made_before_the_status_was_seen_add_to_it() {
+        let first: Timestamp = "2026-11-01T08:00:00Z".parse().expect("time");
+        let earlier = Tally::new(first);
+        earlier.record(&decision(Verdict::Allowed), first);
+        let shown = earlier.status_of(&key());
+        let restarted = Tally::new("2026-11-27T08:00:00Z".parse().expect("time"));
+        let now: Timestamp = "2026-11-27T08:00:01Z".parse().expect("time");
+        restarted.record(&decision(Verdict::Allowed), now);
+        restarted.adopt(&key(), &shown);
+        let status = restarted.status_of(&key());
+        assert_eq!(status.decisions.get("Allowed"), Some(&2));
+        assert_eq!(status.since, shown.since);
+        assert_eq!(
+            status.last_decision_time.as_deref(),
+            Some("2026-11-27T08:00:01Z")
+        );
     }
 }

@@ -20,8 +20,10 @@ use crate::enroll::response::{self, Format};
 use crate::enroll::tally::Tally;
 use crate::enroll::{Anchors, EnrollError, Envelope, GateView, Verdict, decide};
 
-/// MachineInfo is a few hundred bytes signed; anything near this is not MachineInfo.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// MachineInfo is a few KiB signed (plist and certificate chain); anything near this is not.
+pub const MAX_BODY_BYTES: usize = 32 * 1024;
+/// Envelopes checked at once, off the async workers (CMS and RSA are CPU work).
+const PARALLEL_CHECKS: usize = 8;
 /// The web flow's header: base64 of the CMS-signed MachineInfo.
 pub const DEVICE_INFO_HEADER: &str = "x-apple-aspen-deviceinfo";
 /// Largest upstream answer passed back (an enrollment profile is a few KiB).
@@ -53,15 +55,28 @@ pub struct EnrollState {
     /// The seeding service token for `RequireBetaProgram`.
     pub beta_token: Option<String>,
     pub forward: Forward,
+    /// Bounds the envelope checks running on blocking threads.
+    pub checks: tokio::sync::Semaphore,
 }
 
 pub fn router(path: &str, state: Arc<EnrollState>) -> Router {
     Router::new()
-        .route(path, get(web_flow).post(posted))
+        .route(
+            path,
+            get(web_flow)
+                .post(posted)
+                // Not a decision: no MachineInfo travels with HEAD.
+                .head(|| async { StatusCode::METHOD_NOT_ALLOWED }),
+        )
         .with_state(state)
 }
 
-async fn posted(State(state): State<Arc<EnrollState>>, headers: HeaderMap, body: Body) -> Response {
+async fn posted(
+    State(state): State<Arc<EnrollState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // Read at most the limit ourselves: an oversized body is a bad request, said plainly.
     let body = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
         Ok(body) => body,
@@ -81,10 +96,14 @@ async fn posted(State(state): State<Arc<EnrollState>>, headers: HeaderMap, body:
             .and_then(|v| v.to_str().ok()),
         &body,
     );
-    gate(&state, Method::POST, &headers, body, envelope).await
+    gate(state, Method::POST, uri.query(), &headers, body, envelope).await
 }
 
-async fn web_flow(State(state): State<Arc<EnrollState>>, headers: HeaderMap) -> Response {
+async fn web_flow(
+    State(state): State<Arc<EnrollState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
     let Some(value) = headers.get(DEVICE_INFO_HEADER) else {
         return refuse(
             &state,
@@ -105,8 +124,9 @@ async fn web_flow(State(state): State<Arc<EnrollState>>, headers: HeaderMap) -> 
     match decoded {
         Ok(body) => {
             gate(
-                &state,
+                state,
                 Method::GET,
+                uri.query(),
                 &headers,
                 Bytes::from(body),
                 Envelope::Signed,
@@ -118,21 +138,41 @@ async fn web_flow(State(state): State<Arc<EnrollState>>, headers: HeaderMap) -> 
 }
 
 async fn gate(
-    state: &EnrollState,
+    state: Arc<EnrollState>,
     method: Method,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
     envelope: Envelope,
 ) -> Response {
     let started = Instant::now();
-    let info = match crate::enroll::read(
-        &body,
-        envelope,
-        state.anchors.as_ref(),
-        rustls_pki_types::UnixTime::now(),
-    ) {
-        Ok(info) => info,
-        Err(error) => return refuse(state, &error),
+    // CMS parsing and signature checks are CPU work on untrusted bytes: on blocking threads,
+    // a few at a time, so they never stall the async workers serving DDM.
+    let checked = {
+        let Ok(_permit) = state.checks.acquire().await else {
+            return refuse(&state, &EnrollError::Request("the gate is stopping".into()));
+        };
+        let (state, body) = (state.clone(), body.clone());
+        tokio::task::spawn_blocking(move || {
+            crate::enroll::read(
+                &body,
+                envelope,
+                state.anchors.as_ref(),
+                rustls_pki_types::UnixTime::now(),
+            )
+        })
+        .await
+    };
+    let info = match checked {
+        Ok(Ok(info)) => info,
+        Ok(Err(error)) => return refuse(&state, &error),
+        Err(error) => {
+            tracing::error!(%error, "MachineInfo check task failed");
+            return refuse(
+                &state,
+                &EnrollError::Request("the MachineInfo could not be checked".into()),
+            );
+        }
     };
     let view = state.view.borrow().clone();
     if !view.is_ready() {
@@ -194,7 +234,10 @@ async fn gate(
             state.metrics.ddm_request("enroll", 403);
             (
                 StatusCode::FORBIDDEN,
-                [(header::CONTENT_TYPE, format.content_type())],
+                [
+                    (header::CONTENT_TYPE, format.content_type()),
+                    (header::VARY, "Accept"),
+                ],
                 body,
             )
                 .into_response()
@@ -211,10 +254,10 @@ async fn gate(
         }
         Verdict::FailedOpen(why) => {
             tracing::warn!(serial = %info.serial, %policy, %why, "enrollment let through: the gate cannot decide and fails open");
-            forward(state, method, headers, body).await
+            forward(&state, method, query, headers, body).await
         }
         Verdict::Ungated | Verdict::Allowed | Verdict::CannotUpdate => {
-            forward(state, method, headers, body).await
+            forward(&state, method, query, headers, body).await
         }
     }
 }
@@ -229,6 +272,7 @@ fn refuse(state: &EnrollState, error: &EnrollError) -> Response {
 async fn forward(
     state: &EnrollState,
     method: Method,
+    query: Option<&str>,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -251,6 +295,10 @@ async fn forward(
                 .into_response()
         }
         Forward::Upstream { url, client } => {
+            let mut url = url.clone();
+            if let Some(query) = query {
+                url.set_query(Some(query));
+            }
             let mut request = client.request(method, url.clone());
             for name in [
                 header::CONTENT_TYPE,
@@ -292,7 +340,7 @@ async fn forward(
 async fn upstream(request: reqwest::RequestBuilder) -> Result<Response, String> {
     let mut answer = request.send().await.map_err(|e| e.to_string())?;
     let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let content_type = answer.headers().get(reqwest::header::CONTENT_TYPE).cloned();
+    let upstream_headers = answer.headers().clone();
     let mut body = Vec::new();
     while let Some(chunk) = answer.chunk().await.map_err(|e| e.to_string())? {
         if body.len() + chunk.len() > MAX_UPSTREAM_BYTES {
@@ -301,10 +349,29 @@ async fn upstream(request: reqwest::RequestBuilder) -> Result<Response, String> 
         body.extend_from_slice(&chunk);
     }
     let mut response = (status, body).into_response();
-    if let Some(content_type) = content_type
-        && let Ok(value) = HeaderValue::from_bytes(content_type.as_bytes())
-    {
-        response.headers_mut().insert(header::CONTENT_TYPE, value);
+    // End-to-end headers pass (Location, Set-Cookie, Cache-Control, ...); hop-by-hop ones and
+    // the length (set for the body sent) do not.
+    for (name, value) in &upstream_headers {
+        let hop_by_hop = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+        );
+        if !hop_by_hop
+            && let (Ok(name), Ok(value)) = (
+                axum::http::HeaderName::from_bytes(name.as_str().as_bytes()),
+                HeaderValue::from_bytes(value.as_bytes()),
+            )
+        {
+            response.headers_mut().append(name, value);
+        }
     }
     Ok(response)
 }
@@ -312,6 +379,8 @@ async fn upstream(request: reqwest::RequestBuilder) -> Result<Response, String> 
 /// A client for the upstream enrollment URL: rustls, a bounded wait.
 pub fn upstream_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
+        // The device follows redirects itself (a POST must not turn into a GET here).
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(15))
         .connect_timeout(Duration::from_secs(5))
         .build()
@@ -387,6 +456,7 @@ impl EnrollConfig {
             tally,
             metrics,
             anchors,
+            checks: tokio::sync::Semaphore::new(PARALLEL_CHECKS),
             beta_token: self
                 .beta_token
                 .as_ref()

@@ -509,6 +509,13 @@ impl Loop {
                 tracing::error!(%error, "cannot read devices");
                 self.metrics
                     .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
+                // The gate still decides from the resources, the catalog and the inventory.
+                self.gate.send_replace(Arc::new(GateView::new(
+                    &checked.groups,
+                    &checked.policies,
+                    Arc::new(self.seed.clone()),
+                    self.catalog.for_gate(),
+                )));
                 return;
             }
         };

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::response::IntoResponse;
 use base64::Engine as _;
 use ddm_update_operator::catalog::{Catalog, PmvDocument};
 use ddm_update_operator::enroll::{
@@ -1026,13 +1027,19 @@ async fn the_gate_over_http_holds_passes_and_refuses() {
             ("VERSION", plist::Value::String("22G86".into())),
         ]))
         .expect("signed");
-    let bomb_levels = plist::Value::Array(vec![plist::Value::Boolean(true); 5_000]);
-    let bomb = identity
-        .sign_cms(&machine_info_plist(&[
-            ("SERIAL", plist::Value::String("B".into())),
-            ("JUNK", bomb_levels),
-        ]))
-        .expect("signed");
+    // Five thousand elements in a binary plist of a few KiB.
+    let mut bomb_plist = plist::Dictionary::new();
+    bomb_plist.insert("SERIAL".into(), plist::Value::String("B".into()));
+    bomb_plist.insert(
+        "JUNK".into(),
+        plist::Value::Array(vec![plist::Value::Boolean(true); 5_000]),
+    );
+    let mut bomb_bytes = Vec::new();
+    plist::Value::Dictionary(bomb_plist)
+        .to_writer_binary(&mut bomb_bytes)
+        .expect("binary plist");
+    assert!(bomb_bytes.len() < 28 * 1024, "{} bytes", bomb_bytes.len());
+    let bomb = identity.sign_cms(&bomb_bytes).expect("signed");
     let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
         (
             "truncated CMS",
@@ -1137,7 +1144,7 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
     let upstream = axum::Router::new().route(
         "/mdm/enroll",
         axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let record = record.clone();
                 async move {
                     let content_type = headers
@@ -1149,10 +1156,23 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
                         .lock()
                         .expect("lock")
                         .push((content_type, body.to_vec()));
+                    // The MDM may redirect and set cookies: the device must see both.
+                    if uri.query() == Some("moved=1") {
+                        return (
+                            axum::http::StatusCode::FOUND,
+                            [
+                                ("location", "https://mdm.example.com/elsewhere"),
+                                ("set-cookie", "session=abc"),
+                            ],
+                            "",
+                        )
+                            .into_response();
+                    }
                     (
                         [("content-type", "application/x-apple-aspen-config")],
                         "UPSTREAM PROFILE",
                     )
+                        .into_response()
                 }
             },
         ),
@@ -1193,6 +1213,42 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
         received.lock().expect("lock").as_slice(),
         &[("application/xml".to_string(), body)]
     );
+    // Redirects and cookies from the MDM reach the device as they were (not followed here), and
+    // the query string goes along.
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let response = no_redirects
+        .post(format!("{}?moved=1", gate.url))
+        .header("content-type", "application/xml")
+        .body(plain(&phone))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        "https://mdm.example.com/elsewhere"
+    );
+    assert_eq!(response.headers()["set-cookie"], "session=abc");
+    assert_eq!(received.lock().expect("lock").len(), 2);
+    // HEAD carries no MachineInfo: not a decision.
+    let response = gate.client.head(&gate.url).send().await.expect("answers");
+    assert_eq!(response.status(), 405);
+    // A product nobody knows, in no group by serial: not gated, so it goes on.
+    let toaster = Device {
+        product: "Toaster1,1".into(),
+        board: None,
+        serial: "UNKNOWN-1".into(),
+        ..phone.clone()
+    };
+    assert_eq!(
+        gate.post(plain(&toaster), "application/xml", None)
+            .await
+            .status(),
+        200
+    );
     // The macs policy fails closed.
     let mac = Device {
         product: "Mac15,3".into(),
@@ -1225,7 +1281,7 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
 
     let status: Value = serde_json::from_str(&gate.text("/api/v1/status").await).expect("JSON");
     assert_eq!(
-        status["enrollment"]["fleet/phones"]["decisions"]["FailedOpen"], 2,
+        status["enrollment"]["fleet/phones"]["decisions"]["FailedOpen"], 3,
         "{status}"
     );
     assert!(
