@@ -167,11 +167,15 @@ async fn gate(
         Ok(Ok(info)) => info,
         Ok(Err(error)) => return refuse(&state, &error),
         Err(error) => {
+            // A bug, not bad input: say so, and do not count it as the device's fault.
             tracing::error!(%error, "MachineInfo check task failed");
-            return refuse(
-                &state,
-                &EnrollError::Request("the MachineInfo could not be checked".into()),
-            );
+            state.metrics.ddm_request("enroll", 500);
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the MachineInfo could not be checked
+",
+            )
+                .into_response();
         }
     };
     let view = state.view.borrow().clone();
