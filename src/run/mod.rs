@@ -637,6 +637,10 @@ fn removed_orphans(before: &Checked, after: &Checked, orphaning: &mut Checked) {
             orphaning.targets.push(target.clone());
         }
     }
+    // A file put back before a pass could freeze for it: live again, not orphaning.
+    orphaning.groups.retain(|g| !groups.contains(&g.key));
+    orphaning.policies.retain(|p| !policies.contains(&p.key));
+    orphaning.targets.retain(|t| !targets.contains(&t.key));
 }
 
 /// A cheap fingerprint of every file under the folder (path, size, modification time).

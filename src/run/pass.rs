@@ -77,7 +77,12 @@ pub async fn pass(
         &memory.rollouts,
     );
     let suspended = suspended_devices(checked, &plan);
-    let orphans = orphans(resources, &devices, &plan, &memory, now);
+    let assigned: HashSet<&str> = records
+        .iter()
+        .filter(|r| !r.assigned.is_empty())
+        .map(|r| r.enrollment_id.as_str())
+        .collect();
+    let orphans = orphans(resources, &devices, &assigned, &plan, &memory, now);
     let mut changes = MemoryChanges {
         orphans: orphans.changes,
         ..MemoryChanges::default()
@@ -87,8 +92,20 @@ pub async fn pass(
         if suspended.contains(&index) || orphans.frozen.contains(&index) {
             continue;
         }
-        let now = outcome.rollouts(&checked.policies);
+        let mut now = outcome.rollouts(&checked.policies);
         let before = memory.rollouts.get(&device.enrollment_id);
+        // A policy that still applies but gives nothing this pass (a refusal, a catalog
+        // refresh, a superseding target) keeps what it was taking the device to.
+        if let Some(before) = before {
+            for p in &outcome.policies {
+                let key = checked.policies[*p].key.to_string();
+                if !now.contains_key(&key)
+                    && let Some(rollout) = before.get(&key)
+                {
+                    now.insert(key, rollout.clone());
+                }
+            }
+        }
         if before.map_or(!now.is_empty(), |before| *before != now) {
             changes.rollouts.insert(device.enrollment_id.clone(), now);
         }
@@ -97,7 +114,9 @@ pub async fn pass(
         suspended: suspended.len(),
         orphaned: orphans.by_resource,
     };
-    // Remembered first: a device is frozen durably before any pass leaves it out.
+    // Remembered first: a device is frozen durably before any pass leaves it out. (The
+    // memory snapshot goes first, so the store updates its copy in place.)
+    drop(memory);
     if let Err(error) = backend.remember(&changes).await {
         return Ok(PassResult {
             frozen,
@@ -107,11 +126,6 @@ pub async fn pass(
             applied: Err(error),
         });
     }
-    let assigned: HashSet<&str> = records
-        .iter()
-        .filter(|r| !r.assigned.is_empty())
-        .map(|r| r.enrollment_id.as_str())
-        .collect();
     let assignments: Vec<Assignment> = devices
         .iter()
         .zip(&plan.devices)
@@ -203,6 +217,7 @@ struct Orphans {
 fn orphans(
     resources: Resources<'_>,
     devices: &[Device],
+    assigned: &HashSet<&str>,
     plan: &Plan,
     memory: &Memory,
     now: jiff::Timestamp,
@@ -218,8 +233,20 @@ fn orphans(
         let Some(orphan) = memory.orphans.get(&device.enrollment_id) else {
             continue;
         };
-        known.insert(index);
         let sources = sources_of(checked, plan, index);
+        if let Some(gone) = orphan.sources.iter().find(|s| !sources.contains(*s)) {
+            // A resource it kept is gone: a Withdraw must withdraw. It is resolved normally,
+            // unless a resource being deleted with Orphan freezes it again just below.
+            tracing::info!(
+                enrollment = %device.enrollment_id,
+                orphaned_by = %orphan.by,
+                source = %gone,
+                "a resource an orphaned device kept is gone: it is resolved normally"
+            );
+            out.changes.insert(device.enrollment_id.clone(), None);
+            continue;
+        }
+        known.insert(index);
         if let Some(new) = sources.iter().find(|s| !orphan.sources.contains(*s)) {
             tracing::info!(
                 enrollment = %device.enrollment_id,
@@ -230,24 +257,18 @@ fn orphans(
             out.changes.insert(device.enrollment_id.clone(), None);
             continue;
         }
-        if sources != orphan.sources {
-            // One of the resources it kept went too: one coming back is new again.
-            out.changes.insert(
-                device.enrollment_id.clone(),
-                Some(Orphan {
-                    sources,
-                    ..orphan.clone()
-                }),
-            );
-        }
         out.frozen.insert(index);
         *out.by_resource.entry(orphan.by.clone()).or_default() += 1;
     }
     for (by, members) in orphaned_members(resources, devices) {
         let mut frozen_now = 0usize;
         for index in members {
-            // Frozen already (or just let go: a resource took it over).
-            if known.contains(&index) || out.frozen.contains(&index) {
+            // Frozen already (or just let go: a resource took it over); a device that never
+            // had a set has nothing to keep.
+            if known.contains(&index)
+                || out.frozen.contains(&index)
+                || !assigned.contains(devices[index].enrollment_id.as_str())
+            {
                 continue;
             }
             out.frozen.insert(index);
@@ -534,5 +555,39 @@ spec: {{platforms: [iOS]}}
             BTreeMap::from([("FleetGroup it/phones".to_string(), 2)])
         );
         assert_eq!(sets(&store), held);
+    }
+
+    #[tokio::test]
+    async fn withdrawing_a_resource_an_orphaned_device_kept_withdraws_it() {
+        let fixture = Fixture::new();
+        let none = Checked::default();
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let both = check(&format!(
+            "{}{}",
+            policy("hold", "Orphan"),
+            policy("keep", "Withdraw")
+        ));
+        fixture.pass(&backend, &both, &none).await;
+        let held = sets(&store);
+        // `hold` goes with Orphan: frozen, keeping `keep` as a source.
+        let keep_only = check(&policy("keep", "Withdraw"));
+        let hold_only = check(&policy("hold", "Orphan"));
+        let orphaning = Checked {
+            policies: hold_only.policies.clone(),
+            ..Checked::default()
+        };
+        let frozen = fixture.pass(&backend, &keep_only, &orphaning).await;
+        assert_eq!(
+            frozen.frozen.orphaned,
+            BTreeMap::from([("UpdatePolicy it/hold".to_string(), 2)])
+        );
+        assert_eq!(sets(&store), held);
+        // `keep` goes with Withdraw: its declarations must go, so the devices are resolved
+        // normally (nothing applies now) and the freeze is over.
+        let gone = fixture.pass(&backend, &check(""), &none).await;
+        assert_eq!(gone.frozen, Frozen::default());
+        assert!(store.memory().orphans.is_empty());
+        assert!(sets(&store).iter().zip(&held).all(|(now, was)| now != was));
     }
 }
