@@ -110,6 +110,23 @@ pub async fn pass(
             changes.rollouts.insert(device.enrollment_id.clone(), now);
         }
     }
+    // Forget devices no longer known at all (removed from the inventory before they ever
+    // reported): their memory would otherwise stay forever, and freeze them if they came back.
+    let present: HashSet<&str> = devices.iter().map(|d| d.enrollment_id.as_str()).collect();
+    for gone in memory
+        .rollouts
+        .keys()
+        .filter(|k| !present.contains(k.as_str()))
+    {
+        changes.rollouts.insert(gone.clone(), BTreeMap::new());
+    }
+    for gone in memory
+        .orphans
+        .keys()
+        .filter(|k| !present.contains(k.as_str()))
+    {
+        changes.orphans.insert(gone.clone(), None);
+    }
     let frozen = Frozen {
         suspended: suspended.len(),
         orphaned: orphans.by_resource,
@@ -589,5 +606,24 @@ spec: {{platforms: [iOS]}}
         assert_eq!(gone.frozen, Frozen::default());
         assert!(store.memory().orphans.is_empty());
         assert!(sets(&store).iter().zip(&held).all(|(now, was)| now != was));
+    }
+
+    #[tokio::test]
+    async fn devices_gone_from_the_inventory_are_forgotten() {
+        let mut fixture = Fixture::new();
+        let none = Checked::default();
+        let store = Arc::new(Store::in_memory().expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let hold = check(&policy("hold", "Withdraw"));
+        fixture.pass(&backend, &hold, &none).await;
+        assert_eq!(store.memory().rollouts.len(), 2);
+        // B leaves the inventory (it never reported): its memory goes with it.
+        fixture.seed.retain(|d| d.enrollment_id == "A");
+        fixture.pass(&backend, &hold, &none).await;
+        let memory = store.memory();
+        assert_eq!(
+            memory.rollouts.keys().collect::<Vec<_>>(),
+            vec![&"A".to_string()]
+        );
     }
 }
