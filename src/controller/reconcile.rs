@@ -462,10 +462,7 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
                 )
                 .collect(),
             enrollment: object.spec.enrollment.as_ref().map(|_| {
-                let key = ObjectKey {
-                    namespace: object.namespace().unwrap_or_else(|| "default".into()),
-                    name: object.name_any(),
-                };
+                let key = ObjectKey::of(object.as_ref());
                 // Counts shown by an earlier run carry on instead of restarting at zero.
                 if let Some(shown) = current.and_then(|s| s.enrollment.as_ref()) {
                     ctx.enrollment.adopt(&key, shown);

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use jiff::civil::{DateTime, date};
 
 use super::*;
-use crate::api::validate::{Checked, check_all};
-use crate::manifests::{Manifests, parse_into};
+use crate::api::validate::Checked;
+use crate::manifests::check_str;
 use crate::run::report::standings;
 use crate::status::bucket::Bucket;
 
@@ -27,16 +27,7 @@ spec:
 ";
 
 fn check(text: &str) -> Checked {
-    let mut manifests = Manifests::default();
-    let mut problems = Vec::new();
-    parse_into("test.yaml", text, &mut manifests, &mut problems);
-    assert!(problems.is_empty(), "{problems:?}");
-    check_all(
-        &manifests.fleet_groups,
-        &manifests.policies,
-        &manifests.targets,
-    )
-    .unwrap_or_else(|p| panic!("{p:?}"))
+    check_str("test.yaml", text).unwrap_or_else(|p| panic!("{p:?}"))
 }
 
 /// iPhone15,2s on these versions, enrolled as `A`, `B`, ...

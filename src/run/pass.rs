@@ -372,10 +372,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::api::validate::check_all;
     use crate::backend::embedded::Embedded;
     use crate::backend::store::Store;
-    use crate::manifests::{Manifests, parse_into};
+    use crate::manifests::check_str;
 
     const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
 
@@ -403,16 +402,7 @@ metadata: {{name: phones, namespace: it}}
 spec: {{platforms: [iOS]}}
 {text}"
         );
-        let mut manifests = Manifests::default();
-        let mut problems = Vec::new();
-        parse_into("test.yaml", &text, &mut manifests, &mut problems);
-        assert!(problems.is_empty(), "{problems:?}");
-        check_all(
-            &manifests.fleet_groups,
-            &manifests.policies,
-            &manifests.targets,
-        )
-        .unwrap_or_else(|p| panic!("{p:?}"))
+        check_str("test.yaml", &text).unwrap_or_else(|p| panic!("{p:?}"))
     }
 
     struct Fixture {
