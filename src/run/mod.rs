@@ -510,12 +510,12 @@ impl Loop {
                 self.metrics
                     .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
                 // The gate still decides from the resources, the catalog and the inventory.
-                self.gate.send_replace(Arc::new(GateView::new(
-                    &checked.groups,
-                    &checked.policies,
+                publish_gate(
+                    &self.gate,
+                    checked,
                     Arc::new(self.seed.clone()),
-                    self.catalog.for_gate(),
-                )));
+                    &self.catalog,
+                );
                 return;
             }
         };
@@ -540,14 +540,7 @@ impl Loop {
             self.app.ready.store(true, Ordering::Release);
         }
         let devices = Arc::new(std::mem::take(&mut result.devices));
-        if let Some(checked) = &self.checked {
-            self.gate.send_replace(Arc::new(GateView::new(
-                &checked.groups,
-                &checked.policies,
-                devices.clone(),
-                self.catalog.for_gate(),
-            )));
-        }
+        publish_gate(&self.gate, checked, devices.clone(), &self.catalog);
         self.publish(
             Some(&result.plan),
             &devices,
@@ -641,6 +634,22 @@ fn removed_orphans(before: &Checked, after: &Checked, orphaning: &mut Checked) {
     orphaning.groups.retain(|g| !groups.contains(&g.key));
     orphaning.policies.retain(|p| !policies.contains(&p.key));
     orphaning.targets.retain(|t| !targets.contains(&t.key));
+}
+
+/// What the enrollment gate decides from after a pass: the resources, the devices and the
+/// catalog (if the gate may trust it).
+fn publish_gate(
+    gate: &watch::Sender<Arc<GateView>>,
+    checked: &Checked,
+    devices: Arc<Vec<Device>>,
+    catalog: &CatalogState,
+) {
+    gate.send_replace(Arc::new(GateView::new(
+        &checked.groups,
+        &checked.policies,
+        devices,
+        catalog.for_gate(),
+    )));
 }
 
 /// A cheap fingerprint of every file under the folder (path, size, modification time).
