@@ -36,7 +36,7 @@ use ddm_update_operator::declarations::{
 use ddm_update_operator::http::ddm::{DdmState, ENROLLMENT_HEADER};
 use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::http::{self, AppState};
-use ddm_update_operator::run::bootstrap_declarations;
+use ddm_update_operator::operator::bootstrap_declarations;
 use ddm_update_operator::status::{StatusReport, merge};
 use reqwest::header::HeaderValue;
 use reqwest::{Method, StatusCode, Url};

@@ -56,7 +56,7 @@ use ddm_update_operator::catalog::{AssetSet, Build, Catalog, OsVersion, Platform
 use ddm_update_operator::controller::{self, KubeSettings, Running};
 use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::inventory;
-use ddm_update_operator::run::{CatalogSource, RunConfig};
+use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -11,6 +11,8 @@ pub mod enroll;
 pub mod http;
 pub mod inventory;
 pub mod manifests;
+pub mod operator;
+pub mod pass;
 pub mod resolve;
 pub mod run;
 pub mod sim;

@@ -639,7 +639,7 @@ pub fn check_all(
     checked.policies.sort_by(|a, b| a.key.cmp(&b.key));
     checked.groups.sort_by(|a, b| a.key.cmp(&b.key));
     checked.targets.sort_by(|a, b| a.key.cmp(&b.key));
-    problems.extend(crate::resolve::check_references(
+    problems.extend(check_references(
         &checked.groups,
         &checked.policies,
         &checked.targets,
@@ -721,4 +721,37 @@ pub fn check_each(
         partial.problems.entry(object).or_default().push(why);
     }
     partial
+}
+
+/// Problems that stop a pass: references to objects that do not exist.
+pub fn check_references(
+    groups: &[CheckedGroup],
+    policies: &[CheckedPolicy],
+    targets: &[CheckedTarget],
+) -> Vec<String> {
+    let known: std::collections::BTreeSet<&ObjectKey> = groups.iter().map(|g| &g.key).collect();
+    let mut problems = Vec::new();
+    for policy in policies {
+        for ring in &policy.rings {
+            for group in &ring.groups {
+                if !known.contains(group) {
+                    problems.push(format!(
+                        "UpdatePolicy {}: FleetGroup {group} does not exist",
+                        policy.key
+                    ));
+                }
+            }
+        }
+    }
+    for target in targets.iter().filter(|t| !t.generated) {
+        for group in &target.groups {
+            if !known.contains(group) {
+                problems.push(format!(
+                    "EnforcementTarget {}: FleetGroup {group} does not exist",
+                    target.key
+                ));
+            }
+        }
+    }
+    problems
 }

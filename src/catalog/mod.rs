@@ -12,3 +12,8 @@ pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
 pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
 pub use model::{ParseError, PlatformSets, PmvDocument, PmvEntry};
 pub use version::{Build, OsVersion, VersionError};
+
+/// The UTC calendar date of a moment: catalog expiration dates are compared with it.
+pub fn utc_date(at: jiff::Timestamp) -> jiff::civil::Date {
+    at.to_zoned(jiff::tz::TimeZone::UTC).date()
+}

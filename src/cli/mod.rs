@@ -112,10 +112,7 @@ pub fn parse_at(value: &str) -> Result<Timestamp, String> {
         })
 }
 
-/// The UTC calendar date of a moment: catalog expiration dates are compared with it.
-pub fn utc_date(at: Timestamp) -> jiff::civil::Date {
-    at.to_zoned(jiff::tz::TimeZone::UTC).date()
-}
+pub use crate::catalog::utc_date;
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()

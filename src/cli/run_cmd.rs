@@ -11,7 +11,7 @@ use super::CliError;
 use crate::backend::nanomdm::NanoMdmConfig;
 use crate::catalog::fetch::DEFAULT_URL;
 use crate::http::enroll::EnrollConfig;
-use crate::run::{CatalogSource, RunConfig};
+use crate::operator::{CatalogSource, RunConfig};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -209,7 +209,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             .await
             .map_err(CliError::Unreadable)?;
         tracing::info!(address = %running.address, "operator running in Kubernetes mode");
-        crate::run::shutdown_signal().await;
+        crate::operator::shutdown_signal().await;
         running.stop();
         Ok(String::new())
     })

@@ -27,7 +27,7 @@ use crate::enroll::GateView;
 use crate::enroll::tally::Tally;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
-use crate::run::RunConfig;
+use crate::operator::RunConfig;
 use resolver::{Resolver, Snapshot};
 
 /// A reconcile failure, with a fixed reason for logs and metrics.
@@ -182,7 +182,7 @@ pub async fn start(
         reports: backend.reports.clone(),
         receive_key: config.receive_key.clone(),
         send_key: config.send_key.clone(),
-        bootstrap: crate::run::bootstrap_declarations(),
+        bootstrap: crate::operator::bootstrap_declarations(),
         reported: reported_tx,
         metrics: metrics.clone(),
     });
@@ -222,11 +222,11 @@ pub async fn start(
     tracing::info!(identity = %settings.identity, "leading");
 
     let catalog = Arc::new(tokio::sync::RwLock::new(
-        crate::run::load_catalog(&config, &metrics).await,
+        crate::operator::load_catalog(&config, &metrics).await,
     ));
-    let seed = crate::run::read_inventory(config.inventory.as_deref());
+    let seed = crate::operator::read_inventory(config.inventory.as_deref());
     // The catalog is fetched again on its interval; a new one triggers a pass.
-    if matches!(config.catalog, crate::run::CatalogSource::Url(_)) {
+    if matches!(config.catalog, crate::operator::CatalogSource::Url(_)) {
         let (refresh_config, refresh_metrics, handle, trigger) = (
             config.clone(),
             metrics.clone(),
@@ -239,7 +239,7 @@ pub async fn start(
             loop {
                 interval.tick().await;
                 *handle.write().await =
-                    crate::run::load_catalog(&refresh_config, &refresh_metrics).await;
+                    crate::operator::load_catalog(&refresh_config, &refresh_metrics).await;
                 let _ = trigger.send(());
             }
         }));
@@ -311,7 +311,7 @@ pub async fn start(
                 .iter()
                 .map(|r| (r.enrollment_id.as_str(), r))
                 .collect();
-            let status = crate::run::report::status(
+            let status = crate::pass::report::status(
                 &snapshot.partial.checked,
                 &snapshot.devices,
                 &snapshot.plan,

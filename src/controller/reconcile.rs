@@ -26,8 +26,8 @@ use crate::api::{
     FINALIZER, FleetGroup, FleetGroupStatus, POLICY_LABEL, ResolvedModel, STATUS_FIELD_MANAGER,
     StateCounts, UpdatePolicy, UpdatePolicyStatus,
 };
+use crate::pass::report::Tally;
 use crate::resolve::{Source, target_object};
-use crate::run::report::Tally;
 use crate::status::bucket::Bucket;
 
 /// Waits (bounded) for a pass that has seen this version of the object.

@@ -17,9 +17,9 @@ use crate::backend::embedded::Embedded;
 use crate::enroll::GateView;
 use crate::http::metrics::Metrics;
 use crate::inventory::Device;
+use crate::pass;
+use crate::pass::report::{Standings, standings};
 use crate::resolve::Plan;
-use crate::run::pass;
-use crate::run::report::{Standings, standings};
 
 /// What the controllers read: the result of the latest pass.
 pub struct Snapshot {
@@ -74,7 +74,7 @@ pub struct Resolver {
     pub policies: Store<UpdatePolicy>,
     pub targets: Store<EnforcementTarget>,
     pub backend: Embedded,
-    pub catalog: Arc<tokio::sync::RwLock<crate::run::CatalogState>>,
+    pub catalog: Arc<tokio::sync::RwLock<crate::operator::CatalogState>>,
     pub seed: Vec<Device>,
     pub assume_supervised: bool,
     pub metrics: Arc<Metrics>,

@@ -185,39 +185,6 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// Problems that stop a pass: references to objects that do not exist.
-pub fn check_references(
-    groups: &[CheckedGroup],
-    policies: &[CheckedPolicy],
-    targets: &[CheckedTarget],
-) -> Vec<String> {
-    let known: std::collections::BTreeSet<&ObjectKey> = groups.iter().map(|g| &g.key).collect();
-    let mut problems = Vec::new();
-    for policy in policies {
-        for ring in &policy.rings {
-            for group in &ring.groups {
-                if !known.contains(group) {
-                    problems.push(format!(
-                        "UpdatePolicy {}: FleetGroup {group} does not exist",
-                        policy.key
-                    ));
-                }
-            }
-        }
-    }
-    for target in targets.iter().filter(|t| !t.generated) {
-        for group in &target.groups {
-            if !known.contains(group) {
-                problems.push(format!(
-                    "EnforcementTarget {}: FleetGroup {group} does not exist",
-                    target.key
-                ));
-            }
-        }
-    }
-    problems
-}
-
 #[derive(Default)]
 struct Declarations {
     list: Vec<Declaration>,

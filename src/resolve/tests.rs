@@ -7,7 +7,7 @@ use jiff::civil::{DateTime, date};
 use super::*;
 use crate::api::validate::Checked;
 use crate::manifests::check_str;
-use crate::run::report::standings;
+use crate::pass::report::standings;
 use crate::status::bucket::Bucket;
 
 const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");

@@ -3,13 +3,9 @@
 //! set — and re-runs it when the folder changes, when the catalog is refreshed, and when devices
 //! report something the resolution depends on.
 
-mod devices;
-pub mod pass;
-pub mod report;
-
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,55 +14,18 @@ use tokio::sync::{mpsc, watch};
 
 use crate::api::validate::{Checked, check_all};
 use crate::backend::embedded::Embedded;
-use crate::backend::nanomdm::{NanoMdmConfig, SyncTrigger};
+use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store;
-use crate::catalog::fetch::{FetchConfig, Fetcher, LastGood, Refresh};
-use crate::catalog::{Catalog, PmvDocument, guard};
-use crate::declarations::{self, Declaration};
 use crate::enroll::GateView;
 use crate::enroll::tally::Tally;
 use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::inventory::Device;
+use crate::operator::{
+    CatalogSource, CatalogState, RunConfig, bootstrap_declarations, load_catalog, shutdown_signal,
+};
+use crate::pass::{self, report};
 use crate::resolve;
-
-/// The catalog shipped with the binary (examples/catalog/pmv.json, Apple's answer of
-/// 2026-08-22): the last resort when Apple is unreachable and nothing was cached.
-pub const SHIPPED_CATALOG: &[u8] = include_bytes!("../../examples/catalog/pmv.json");
-
-/// Where the catalog comes from.
-#[derive(Debug, Clone)]
-pub enum CatalogSource {
-    /// Fetched and refreshed, with the last good copy cached on disk.
-    Url(String),
-    /// A fixed file.
-    File(PathBuf),
-}
-
-/// Everything `run` is configured with.
-#[derive(Debug, Clone)]
-pub struct RunConfig {
-    pub manifests: PathBuf,
-    pub catalog: CatalogSource,
-    /// PEM roots trusted for the catalog host (default: Apple Root CA).
-    pub catalog_roots: Option<Vec<u8>>,
-    pub catalog_refresh: Duration,
-    pub data_dir: PathBuf,
-    pub database: PathBuf,
-    pub inventory: Option<PathBuf>,
-    pub listen: SocketAddr,
-    pub base_path: String,
-    pub receive_key: Option<Vec<u8>>,
-    pub send_key: Option<Vec<u8>>,
-    pub nanomdm: Option<NanoMdmConfig>,
-    /// How often the manifest folder is checked for changes.
-    pub poll_interval: Duration,
-    /// Devices learned from DDM reports are taken as supervised (ADE fleets are) unless the
-    /// inventory says otherwise.
-    pub assume_supervised: bool,
-    /// The enrollment gate.
-    pub enroll: crate::http::enroll::EnrollConfig,
-}
 
 /// Why `run` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -75,28 +34,6 @@ pub enum RunError {
     Setup(String),
     #[error("serving HTTP: {0}")]
     Serve(#[from] std::io::Error),
-}
-
-/// The catalog in use and where it came from, for status.
-pub struct CatalogState {
-    pub catalog: Arc<Catalog>,
-    pub document: PmvDocument,
-    pub origin: String,
-    pub problem: Option<String>,
-    /// Whether the enrollment gate may hold devices against this copy: not the shipped one, and
-    /// not a cached one older than `GATE_CATALOG_MAX_AGE` (Apple stops signing old builds, so a
-    /// device told to install one would be stuck in Setup Assistant).
-    pub gate: Result<(), String>,
-}
-
-/// The oldest cached catalog copy the enrollment gate still trusts.
-pub const GATE_CATALOG_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(72);
-
-impl CatalogState {
-    /// The catalog as the enrollment gate may use it.
-    pub fn for_gate(&self) -> Result<Arc<Catalog>, String> {
-        self.gate.clone().map(|()| self.catalog.clone())
-    }
 }
 
 /// Runs until the process is stopped.
@@ -191,189 +128,6 @@ impl Engine {
             .await;
         self.loop_task.abort();
         result.map_err(RunError::Serve)
-    }
-}
-
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM (what Kubernetes sends a pod's main process).
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            // Without a SIGTERM handler, only Ctrl-C stops the operator.
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    tracing::info!("stopping");
-}
-
-/// A new enrollment's first set: subscriptions to what every DDM device can report, so the
-/// resolver learns its model and OS, and an activation for them.
-pub fn bootstrap_declarations() -> Vec<Declaration> {
-    let items: Vec<serde_json::Value> = declarations::STATUS_ITEMS
-        .iter()
-        // Only items every DDM platform offers; the resolved set adds the rest per OS.
-        .filter(|(_, availability)| availability.iter().all(Option::is_some))
-        .map(|(name, _)| serde_json::json!({ "Name": name }))
-        .collect();
-    let subscriptions = Declaration::hashed(
-        declarations::SUBSCRIPTIONS_TYPE,
-        "ddm.status",
-        serde_json::json!({ "StatusItems": items }),
-    );
-    let activation = declarations::activation(&[&subscriptions.identifier]);
-    vec![subscriptions, activation]
-}
-
-/// Loads the catalog: the file, or Apple's URL with the cached and shipped fallbacks.
-pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
-    let shipped = || {
-        let document = PmvDocument::from_slice(SHIPPED_CATALOG).unwrap_or_default();
-        CatalogState {
-            catalog: Arc::new(as_of_newest_posting(&document)),
-            document,
-            origin: "the catalog shipped with the operator (2026-08-22); expiration dates are judged as of that day".into(),
-            problem: None,
-            gate: Err("Apple's catalog could not be fetched and no recent copy is cached; the gate does not hold devices against the shipped copy of 2026-08-22".into()),
-        }
-    };
-    match &config.catalog {
-        CatalogSource::File(path) => match std::fs::read(path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| PmvDocument::from_slice(&b).map_err(|e| e.to_string()))
-            .and_then(|d| {
-                guard::check_not_empty(&d)
-                    .map(|()| d)
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(document) => CatalogState {
-                catalog: Arc::new(as_of_newest_posting(&document)),
-                document,
-                origin: format!(
-                    "{}; expiration dates are judged as of its newest posting date",
-                    path.display()
-                ),
-                problem: None,
-                gate: Ok(()),
-            },
-            Err(why) => {
-                tracing::error!(path = %path.display(), %why, "catalog file unusable; using the shipped catalog");
-                CatalogState {
-                    problem: Some(format!("{}: {why}", path.display())),
-                    ..shipped()
-                }
-            }
-        },
-        CatalogSource::Url(url) => {
-            let store = LastGood::new(config.data_dir.join("catalog"));
-            let mut fetch = FetchConfig {
-                url: url.clone(),
-                ..FetchConfig::default()
-            };
-            if let Some(roots) = &config.catalog_roots {
-                fetch.trusted_roots_pem = roots.clone();
-            }
-            let outcome = match Fetcher::new(fetch) {
-                Ok(fetcher) => crate::catalog::fetch::refresh(&fetcher, &store).await,
-                Err(e) => Err(e),
-            };
-            let problem = match &outcome {
-                Ok(_) => None,
-                Err(error) => {
-                    metrics.catalog_fetch_failed();
-                    tracing::warn!(%error, "catalog fetch failed");
-                    Some(error.to_string())
-                }
-            };
-            match (outcome, store.load()) {
-                (Ok(Refresh::Updated(document)), _) => CatalogState {
-                    catalog: Arc::new(Catalog::from_document(&document)),
-                    document: *document,
-                    origin: url.clone(),
-                    problem: None,
-                    gate: Ok(()),
-                },
-                (_, Ok(Some((_, document)))) => CatalogState {
-                    gate: cached_copy_for_gate(store.meta().fetched_at, problem.as_deref()),
-                    catalog: Arc::new(match store.meta().fetched_at {
-                        Some(at) => {
-                            Catalog::from_document(&document).with_as_of(crate::cli::utc_date(at))
-                        }
-                        None => Catalog::from_document(&document),
-                    }),
-                    document,
-                    origin: format!(
-                        "the last good copy of {url} in {}",
-                        store.body_path().display()
-                    ),
-                    problem,
-                },
-                _ => {
-                    tracing::warn!(
-                        "Apple's catalog is unreachable and nothing is cached: using the shipped catalog of 2026-08-22"
-                    );
-                    CatalogState {
-                        problem,
-                        ..shipped()
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether the gate trusts a cached copy fetched at `fetched_at` (unknown: no).
-fn cached_copy_for_gate(
-    fetched_at: Option<jiff::Timestamp>,
-    problem: Option<&str>,
-) -> Result<(), String> {
-    let age = fetched_at.map(|at| jiff::Timestamp::now().duration_since(at));
-    match age {
-        Some(age) if age <= GATE_CATALOG_MAX_AGE => Ok(()),
-        _ => Err(format!(
-            "Apple's catalog could not be fetched ({}) and the cached copy is {}; the gate holds devices only against a copy at most {} hours old",
-            problem.unwrap_or("not yet refreshed"),
-            age.map_or("of unknown age".to_string(), |a| format!(
-                "{} hours old",
-                a.as_secs() / 3600
-            )),
-            GATE_CATALOG_MAX_AGE.as_secs() / 3600
-        )),
-    }
-}
-
-/// Devices from an inventory file; problems are logged and the file ignored.
-pub fn read_inventory(path: Option<&Path>) -> Vec<Device> {
-    let Some(path) = path else { return Vec::new() };
-    match std::fs::read_to_string(path)
-        .map_err(|e| vec![e.to_string()])
-        .and_then(|t| crate::inventory::parse(&t))
-    {
-        Ok(devices) => devices,
-        Err(problems) => {
-            for problem in problems {
-                tracing::error!(path = %path.display(), %problem, "inventory");
-            }
-            Vec::new()
-        }
-    }
-}
-
-/// A catalog file of unknown age, judged as of its newest posting date (Apple rolls expiration
-/// dates forward daily, so a copy's dates are only meaningful as of about then).
-fn as_of_newest_posting(document: &PmvDocument) -> Catalog {
-    let catalog = Catalog::from_document(document);
-    match document.newest_posting_date() {
-        Some(day) => catalog.with_as_of(day),
-        None => catalog,
     }
 }
 

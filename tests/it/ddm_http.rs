@@ -33,7 +33,7 @@ async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> Server {
         reports: backend.reports.clone(),
         receive_key: receive_key.map(<[u8]>::to_vec),
         send_key: send_key.map(<[u8]>::to_vec),
-        bootstrap: ddm_update_operator::run::bootstrap_declarations(),
+        bootstrap: ddm_update_operator::operator::bootstrap_declarations(),
         reported: reported_tx,
         metrics: metrics.clone(),
     });

@@ -23,7 +23,8 @@ use ddm_update_operator::enroll::{
     Anchors, EnrollError, GateView, MachineInfo, Verdict, decide, machine_info, signed,
 };
 use ddm_update_operator::http::enroll::EnrollConfig;
-use ddm_update_operator::run::{CatalogSource, Engine, RunConfig};
+use ddm_update_operator::operator::{CatalogSource, RunConfig};
+use ddm_update_operator::run::Engine;
 use ddm_update_operator::sim::enroll::{DeviceIdentity, machine_info_plist};
 use serde_json::Value;
 

@@ -80,7 +80,7 @@ use ddm_update_operator::api::{
 use ddm_update_operator::catalog::{Catalog, OsVersion, Platform};
 use ddm_update_operator::controller::{self, KubeSettings, Running};
 use ddm_update_operator::http::metrics::Metrics;
-use ddm_update_operator::run::{CatalogSource, RunConfig};
+use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use ddm_update_operator::sim::{
     DeclarationState, Fleet, FleetOptions, InstallState, ServerConfig, SimDevice, SyncOutcome,
     http_client,

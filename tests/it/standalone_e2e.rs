@@ -683,7 +683,7 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
     // Enrollment: every first check-in gets the bootstrap set (status subscriptions to what
     // every DDM device reports, and an activation for them), and reports.
     let bootstrap: BTreeMap<String, (String, String)> =
-        ddm_update_operator::run::bootstrap_declarations()
+        ddm_update_operator::operator::bootstrap_declarations()
             .into_iter()
             .map(|d| {
                 (

@@ -10,8 +10,8 @@ use crate::api::validate::Checked;
 use crate::backend::DeviceRecord;
 use crate::http::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::inventory::Device;
+use crate::pass::Frozen;
 use crate::resolve::{Plan, Source};
-use crate::run::pass::Frozen;
 use crate::status::DeviceStatus;
 use crate::status::bucket::{Bucket, Standing, bucket};
 

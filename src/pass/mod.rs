@@ -6,6 +6,9 @@
 //! to compliance), and the devices frozen because a resource applying to them was deleted with
 //! `deletionPolicy: Orphan`. Both are written only when they change.
 
+mod devices;
+pub mod report;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::api::DeletionPolicy;
@@ -63,7 +66,7 @@ pub async fn pass(
 ) -> Result<PassResult, BackendError> {
     let checked = resources.live;
     let records = backend.devices().await?;
-    let devices = super::devices::merge(seed, &records, assume_supervised);
+    let devices = devices::merge(seed, &records, assume_supervised);
     let memory = backend.memory().await?;
     let plan = resolve::resolve_with(
         Input {
