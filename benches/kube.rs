@@ -1754,6 +1754,7 @@ async fn scenario(
         poll_interval: Duration::from_secs(1),
         assume_supervised: true,
         enroll: Default::default(),
+        clock: Default::default(),
     };
     let settings = KubeSettings {
         lease_namespace: NAMESPACE.into(),

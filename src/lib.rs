@@ -5,6 +5,7 @@ pub mod api;
 pub mod backend;
 pub mod catalog;
 pub mod cli;
+pub mod clock;
 pub mod controller;
 pub mod declarations;
 pub mod enroll;

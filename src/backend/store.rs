@@ -105,6 +105,8 @@ pub struct Store {
     cache: RwLock<Cache>,
     /// What the resolver remembers, as stored.
     memory: RwLock<Arc<Memory>>,
+    /// Stamps assignments and reports (a virtual one in simulations).
+    clock: crate::clock::Clock,
 }
 
 /// The manifest kind of a declaration type, as the `declaration/{kind}/{id}` path names it.
@@ -120,9 +122,6 @@ pub fn kind_of(declaration_type: &str) -> &'static str {
     }
 }
 
-fn now_seconds() -> i64 {
-    Timestamp::now().as_second()
-}
 
 fn timestamp(seconds: i64) -> Timestamp {
     Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -161,10 +160,17 @@ impl Store {
             connection: Mutex::new(connection),
             cache: RwLock::new(Cache::default()),
             memory: RwLock::default(),
+            clock: crate::clock::Clock::system(),
         };
         store.load_cache()?;
         store.load_memory()?;
         Ok(store)
+    }
+
+    /// The clock that stamps assignments and reports from now on.
+    pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn load_cache(&self) -> Result<(), BackendError> {
@@ -440,7 +446,7 @@ impl Store {
                 }
             }
         }
-        let now = now_seconds();
+        let now = self.clock.now().as_second();
         {
             let mut connection = relock(self.connection.lock());
             let transaction = connection.transaction()?;
@@ -544,7 +550,7 @@ impl Store {
         &self,
         reports: &[(String, StatusReport, Vec<u8>)],
     ) -> Result<(), BackendError> {
-        let now = now_seconds();
+        let now = self.clock.now().as_second();
         let mut connection = relock(self.connection.lock());
         let transaction = connection.transaction()?;
         {

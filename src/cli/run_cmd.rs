@@ -178,6 +178,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             beta_token: read_file(args.enroll_beta_token_file.as_ref())?
                 .map(|t| String::from_utf8_lossy(&t).trim().to_string()),
         },
+        clock: Default::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub assume_supervised: bool,
     /// The enrollment gate.
     pub enroll: crate::http::enroll::EnrollConfig,
+    /// The time passes act on (the system's, or a virtual one in simulations).
+    pub clock: crate::clock::Clock,
 }
 
 /// The catalog in use and where it came from, for status.

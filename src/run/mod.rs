@@ -52,8 +52,11 @@ pub struct Engine {
 impl Engine {
     /// Opens the store, binds the listener, runs the first pass and starts the loop.
     pub async fn start(config: RunConfig) -> Result<Self, RunError> {
-        let store =
-            Arc::new(Store::open(&config.database).map_err(|e| RunError::Setup(e.to_string()))?);
+        let store = Arc::new(
+            Store::open(&config.database)
+                .map(|s| s.with_clock(config.clock.clone()))
+                .map_err(|e| RunError::Setup(e.to_string()))?,
+        );
         let http_client = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -254,7 +257,7 @@ impl Loop {
             &self.seed,
             &self.catalog.catalog,
             self.config.assume_supervised,
-            jiff::Timestamp::now(),
+            self.config.clock.now(),
         )
         .await;
         let mut result = match result {
@@ -322,7 +325,7 @@ impl Loop {
                 plan,
                 &by_id,
                 frozen,
-                jiff::Timestamp::now(),
+                self.config.clock.now(),
                 &self.metrics,
             ),
             _ => serde_json::json!({}),

@@ -745,6 +745,7 @@ async fn start_gate(catalog: CatalogSource, enroll: EnrollConfig) -> Gate {
         poll_interval: Duration::from_secs(1),
         assume_supervised: true,
         enroll,
+        clock: Default::default(),
     };
     let path = config.enroll.route();
     let engine = Engine::start(config).await.expect("the operator starts");

@@ -534,6 +534,7 @@ impl Env {
             poll_interval: Duration::from_secs(1),
             assume_supervised: true,
             enroll: Default::default(),
+            clock: Default::default(),
         };
         let log = Arc::new(RequestLog::default());
         let scoped = scoped_client(client.clone(), &namespace, log.clone(), None);
