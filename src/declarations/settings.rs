@@ -1,18 +1,35 @@
-//! The one `softwareupdate.settings` declaration per device: policies' settings merged by the
-//! schema's merge types (number-max, boolean-and, enum-last), then reduced to the keys the
-//! device's OS and enrollment accept.
+//! The one `softwareupdate.settings` declaration per device: policies' settings merged key by
+//! key by the `combinetype` Apple's schema gives it (boolean-and, number-max, enum-last by
+//! position in the key's range list), then reduced to the keys the device's OS and enrollment
+//! accept. Every merge is commutative, so the result does not depend on policy names or order;
+//! `tests/it/settings_merge.rs` checks each key against Apple's YAML.
 
 use serde_json::{Map, Value, json};
 
 use super::{Unsupported, check_channel};
-use crate::api::{AutomaticActions, Beta, Deferrals, RapidSecurityResponseSettings, SettingsSpec};
+use crate::api::{
+    AutomaticActions, Beta, Cadence, Deferrals, RapidSecurityResponseSettings, SettingsSpec,
+    SwitchSetting,
+};
 use crate::catalog::Platform;
 use crate::inventory::Device;
 
-/// Settings merged across every policy that applies to a device, in policy order.
+/// Settings merged across every policy that applies to a device.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MergedSettings(pub SettingsSpec);
 
+/// Apple's range list of `AutomaticActions.Download`, `.InstallOSUpdates`,
+/// `.InstallSecurityUpdate` and `Beta.ProgramEnrollment`, in the schema's order.
+const SWITCH_RANGE: [SwitchSetting; 3] = [
+    SwitchSetting::Allowed,
+    SwitchSetting::AlwaysOn,
+    SwitchSetting::AlwaysOff,
+];
+
+/// Apple's range list of `RecommendedCadence`, in the schema's order.
+const CADENCE_RANGE: [Cadence; 3] = [Cadence::All, Cadence::Oldest, Cadence::Newest];
+
+/// `boolean-and`.
 fn and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a && b),
@@ -20,6 +37,7 @@ fn and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
     }
 }
 
+/// `number-max`.
 fn max(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.max(b)),
@@ -27,12 +45,19 @@ fn max(a: Option<u32>, b: Option<u32>) -> Option<u32> {
     }
 }
 
-fn last<T>(a: Option<T>, b: Option<T>) -> Option<T> {
-    b.or(a)
+/// `enum-last`: the value whose position is last in the range list.
+fn enum_last<T: Copy + PartialEq>(range: &[T], a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let position = |v: T| range.iter().position(|r| *r == v);
+            Some(if position(b) > position(a) { b } else { a })
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 impl MergedSettings {
-    /// Folds the next policy's settings in (later policies win enum-last keys).
+    /// Folds another policy's settings in.
     pub fn merge(&mut self, next: &SettingsSpec) {
         let current = &mut self.0;
         current.notifications = and(current.notifications, next.notifications);
@@ -43,14 +68,23 @@ impl MergedSettings {
             c.minor_period_in_days = max(c.minor_period_in_days, d.minor_period_in_days);
             c.system_period_in_days = max(c.system_period_in_days, d.system_period_in_days);
         }
-        current.recommended_cadence = last(current.recommended_cadence, next.recommended_cadence);
+        current.recommended_cadence = enum_last(
+            &CADENCE_RANGE,
+            current.recommended_cadence,
+            next.recommended_cadence,
+        );
         if let Some(a) = &next.automatic_actions {
             let c = current
                 .automatic_actions
                 .get_or_insert_with(AutomaticActions::default);
-            c.download = last(c.download, a.download);
-            c.install_os_updates = last(c.install_os_updates, a.install_os_updates);
-            c.install_security_update = last(c.install_security_update, a.install_security_update);
+            c.download = enum_last(&SWITCH_RANGE, c.download, a.download);
+            c.install_os_updates =
+                enum_last(&SWITCH_RANGE, c.install_os_updates, a.install_os_updates);
+            c.install_security_update = enum_last(
+                &SWITCH_RANGE,
+                c.install_security_update,
+                a.install_security_update,
+            );
         }
         if let Some(r) = &next.rapid_security_response {
             let c = current
@@ -65,7 +99,8 @@ impl MergedSettings {
         );
         if let Some(b) = &next.beta {
             let c = current.beta.get_or_insert_with(Beta::default);
-            c.program_enrollment = last(c.program_enrollment, b.program_enrollment);
+            c.program_enrollment =
+                enum_last(&SWITCH_RANGE, c.program_enrollment, b.program_enrollment);
         }
     }
 }
@@ -191,49 +226,43 @@ pub fn settings_payload(settings: &MergedSettings, device: &Device) -> Option<Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{Cadence, SwitchSetting};
+
+    fn spec(json: serde_json::Value) -> SettingsSpec {
+        serde_json::from_value(json).expect("a SettingsSpec")
+    }
 
     #[test]
-    fn merge_follows_the_schema_merge_types() {
-        let mut merged = MergedSettings::default();
-        merged.merge(&SettingsSpec {
-            notifications: Some(true),
-            deferrals: Some(Deferrals {
-                combined_period_in_days: Some(7),
-                ..Deferrals::default()
-            }),
-            recommended_cadence: Some(Cadence::Newest),
-            rapid_security_response: Some(RapidSecurityResponseSettings {
-                enable: Some(true),
-                enable_rollback: None,
-            }),
-            ..SettingsSpec::default()
-        });
-        merged.merge(&SettingsSpec {
-            notifications: Some(false),
-            deferrals: Some(Deferrals {
-                combined_period_in_days: Some(3),
-                major_period_in_days: Some(30),
-                ..Deferrals::default()
-            }),
-            recommended_cadence: Some(Cadence::Oldest),
-            automatic_actions: Some(AutomaticActions {
-                download: Some(SwitchSetting::AlwaysOn),
-                ..AutomaticActions::default()
-            }),
-            rapid_security_response: Some(RapidSecurityResponseSettings {
-                enable: Some(false),
-                enable_rollback: Some(true),
-            }),
-            ..SettingsSpec::default()
-        });
-        let s = &merged.0;
-        assert_eq!(s.notifications, Some(false), "boolean-and");
-        let d = s.deferrals.as_ref().expect("deferrals");
-        assert_eq!(d.combined_period_in_days, Some(7), "number-max");
-        assert_eq!(d.major_period_in_days, Some(30));
-        assert_eq!(s.recommended_cadence, Some(Cadence::Oldest), "enum-last");
-        let r = s.rapid_security_response.as_ref().expect("rsr");
-        assert_eq!((r.enable, r.enable_rollback), (Some(false), Some(true)));
+    fn merge_follows_the_schema_merge_types_in_any_order() {
+        let lockdown = spec(json!({
+            "notifications": true,
+            "deferrals": {"combinedPeriodInDays": 7},
+            "recommendedCadence": "Oldest",
+            "automaticActions": {"download": "AlwaysOff", "installOSUpdates": "AlwaysOn"},
+            "rapidSecurityResponse": {"enable": true},
+            "beta": {"programEnrollment": "AlwaysOff"},
+        }));
+        let permissive = spec(json!({
+            "notifications": false,
+            "deferrals": {"combinedPeriodInDays": 3, "majorPeriodInDays": 30},
+            "recommendedCadence": "All",
+            "automaticActions": {"download": "AlwaysOn", "installOSUpdates": "Allowed"},
+            "rapidSecurityResponse": {"enable": false, "enableRollback": true},
+            "beta": {"programEnrollment": "Allowed"},
+        }));
+        let expected = spec(json!({
+            "notifications": false,
+            "deferrals": {"combinedPeriodInDays": 7, "majorPeriodInDays": 30},
+            "recommendedCadence": "Oldest",
+            "automaticActions": {"download": "AlwaysOff", "installOSUpdates": "AlwaysOn"},
+            "rapidSecurityResponse": {"enable": false, "enableRollback": true},
+            "beta": {"programEnrollment": "AlwaysOff"},
+        }));
+        for order in [[&lockdown, &permissive], [&permissive, &lockdown]] {
+            let mut merged = MergedSettings::default();
+            for settings in order {
+                merged.merge(settings);
+            }
+            assert_eq!(merged.0, expected, "boolean-and, number-max, enum-last");
+        }
     }
 }

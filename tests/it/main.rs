@@ -9,4 +9,5 @@ mod helm_chart;
 mod kubernetes;
 mod nanomdm_sync;
 mod plan_examples;
+mod settings_merge;
 mod standalone_e2e;

@@ -1899,8 +1899,8 @@ fn two_policies_on_one_device_both_apply_earliest_deadline_wins_and_settings_mer
     }
     assert!(checked > 0, "a canary Mac goes to 26.6.2");
 
-    // Settings of both merge into one declaration: number-max, boolean-and, enum-last (policies
-    // in name order: macs, then macs-security).
+    // Settings of both merge into one declaration: number-max, boolean-and, enum-last (the value
+    // last in Apple's range list: AlwaysOff over AlwaysOn over Allowed).
     let merged = json!({
         "Notifications": false,
         "Deferrals": {"MajorPeriodInDays": 60, "MinorPeriodInDays": 7, "SystemPeriodInDays": 7},
