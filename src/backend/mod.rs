@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::declarations::Declaration;
-use crate::resolve::{Rollout, Rollouts};
+use crate::resolve::{Ledger, RingDeadline, RingKey, Rollout};
 
 /// What one device should hold: its whole declaration set, by identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +87,12 @@ pub struct Orphan {
 /// What the resolver pass remembers between passes and restarts, kept as durably as the sets.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Memory {
-    /// Per enrollment, the release each policy is taking, or took, it to.
-    pub rollouts: Rollouts,
+    /// The rollout ledger: per enrollment, the release each policy is taking, or took, it to
+    /// and the deadline it was handed; per ring of a rollout, the deadline it was handed.
+    pub ledger: Ledger,
+    /// Ledger rows that could not be read when the store was opened (each such device is
+    /// handed out anew; counted in metrics).
+    pub corrupt_rows: u64,
     /// Frozen enrollments.
     pub orphans: HashMap<String, Orphan>,
 }
@@ -97,12 +101,14 @@ pub struct Memory {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryChanges {
     pub rollouts: BTreeMap<String, BTreeMap<String, Rollout>>,
+    /// Ring deadlines: the new value, or `None` to forget.
+    pub rings: BTreeMap<RingKey, Option<RingDeadline>>,
     pub orphans: BTreeMap<String, Option<Orphan>>,
 }
 
 impl MemoryChanges {
     pub fn is_empty(&self) -> bool {
-        self.rollouts.is_empty() && self.orphans.is_empty()
+        self.rollouts.is_empty() && self.rings.is_empty() && self.orphans.is_empty()
     }
 }
 

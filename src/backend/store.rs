@@ -71,6 +71,20 @@ const MIGRATIONS: &[&str] = &[
         sources TEXT NOT NULL,
         since INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 3: the rollout ledger: under which intent and when each device's deadline was handed
+    // out (rows from before count as handed under the current intent), and each ring's.
+    "ALTER TABLE rollouts ADD COLUMN intent TEXT NOT NULL DEFAULT '';
+    ALTER TABLE rollouts ADD COLUMN handed_at INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE ring_deadlines (
+        policy TEXT NOT NULL,
+        ring TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        version TEXT NOT NULL,
+        deadline TEXT NOT NULL,
+        intent TEXT NOT NULL,
+        handed_at INTEGER NOT NULL,
+        PRIMARY KEY (policy, ring, platform, version)
+    ) WITHOUT ROWID;",
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.
@@ -121,7 +135,6 @@ pub fn kind_of(declaration_type: &str) -> &'static str {
         "configuration"
     }
 }
-
 
 fn timestamp(seconds: i64) -> Timestamp {
     Timestamp::from_second(seconds).unwrap_or(Timestamp::UNIX_EPOCH)
@@ -242,28 +255,76 @@ impl Store {
     fn load_memory(&self) -> Result<(), BackendError> {
         let connection = relock(self.connection.lock());
         let mut memory = Memory::default();
-        let mut statement =
-            connection.prepare("SELECT enrollment_id, policy, version, deadline FROM rollouts")?;
+        let mut statement = connection.prepare(
+            "SELECT enrollment_id, policy, version, deadline, intent, handed_at FROM rollouts",
+        )?;
         let rows = statement.query_map([], |row| {
             Ok((
                 row.get::<_, String>(0)?,
                 row.get::<_, String>(1)?,
                 row.get::<_, String>(2)?,
                 row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
             ))
         })?;
         for row in rows {
-            let (enrollment, policy, version, deadline) = row?;
-            // A row this version cannot read is forgotten, not fatal: it only counts a device.
+            let (enrollment, policy, version, deadline, intent, handed_at) = row?;
+            // A row this version cannot read is not fatal: that device is handed out anew.
             let Ok(deadline) = deadline.parse::<jiff::civil::DateTime>() else {
-                tracing::warn!(%enrollment, %policy, %deadline, "unreadable rollout deadline; forgotten");
+                tracing::error!(%enrollment, %policy, %deadline, "unreadable ledger row (deadline); the device is handed out anew");
+                memory.corrupt_rows += 1;
                 continue;
             };
-            memory
-                .rollouts
-                .entry(enrollment)
-                .or_default()
-                .insert(policy, crate::resolve::Rollout { version, deadline });
+            memory.ledger.devices.entry(enrollment).or_default().insert(
+                policy,
+                crate::resolve::Rollout {
+                    version,
+                    deadline,
+                    intent,
+                    handed_at: timestamp(handed_at),
+                },
+            );
+        }
+        let mut statement = connection.prepare(
+            "SELECT policy, ring, platform, version, deadline, intent, handed_at FROM ring_deadlines",
+        )?;
+        let rows = statement.query_map([], |row| {
+            Ok((
+                (
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ),
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, i64>(6)?,
+            ))
+        })?;
+        for row in rows {
+            let ((policy, ring, platform, version), deadline, intent, handed_at) = row?;
+            let platform = platform.parse::<crate::catalog::Platform>();
+            let (Ok(platform), Ok(deadline)) =
+                (platform, deadline.parse::<jiff::civil::DateTime>())
+            else {
+                tracing::error!(%policy, %ring, %version, %deadline, "unreadable ledger row (ring); the ring is handed out anew");
+                memory.corrupt_rows += 1;
+                continue;
+            };
+            memory.ledger.rings.insert(
+                crate::resolve::RingKey {
+                    policy,
+                    ring,
+                    platform,
+                    version,
+                },
+                crate::resolve::RingDeadline {
+                    deadline,
+                    intent,
+                    handed_at: timestamp(handed_at),
+                },
+            );
         }
         let mut statement =
             connection.prepare("SELECT enrollment_id, orphaned_by, sources, since FROM orphans")?;
@@ -310,7 +371,7 @@ impl Store {
                 let mut forget =
                     transaction.prepare_cached("DELETE FROM rollouts WHERE enrollment_id = ?1")?;
                 let mut insert = transaction.prepare_cached(
-                    "INSERT INTO rollouts (enrollment_id, policy, version, deadline) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO rollouts (enrollment_id, policy, version, deadline, intent, handed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )?;
                 for (enrollment, rollouts) in &changes.rollouts {
                     forget.execute(params![enrollment])?;
@@ -319,8 +380,40 @@ impl Store {
                             enrollment,
                             policy,
                             rollout.version,
-                            rollout.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string()
+                            crate::resolve::ledger::format_local(rollout.deadline),
+                            rollout.intent,
+                            rollout.handed_at.as_second()
                         ])?;
+                    }
+                }
+                let mut forget_ring = transaction.prepare_cached(
+                    "DELETE FROM ring_deadlines WHERE policy = ?1 AND ring = ?2 AND platform = ?3 AND version = ?4",
+                )?;
+                let mut insert_ring = transaction.prepare_cached(
+                    "INSERT OR REPLACE INTO ring_deadlines (policy, ring, platform, version, deadline, intent, handed_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for (key, ring) in &changes.rings {
+                    let platform = key.platform.to_string();
+                    match ring {
+                        Some(ring) => {
+                            insert_ring.execute(params![
+                                key.policy,
+                                key.ring,
+                                platform,
+                                key.version,
+                                crate::resolve::ledger::format_local(ring.deadline),
+                                ring.intent,
+                                ring.handed_at.as_second()
+                            ])?;
+                        }
+                        None => {
+                            forget_ring.execute(params![
+                                key.policy,
+                                key.ring,
+                                platform,
+                                key.version
+                            ])?;
+                        }
                     }
                 }
                 let mut unfreeze =
@@ -352,9 +445,22 @@ impl Store {
         let memory = Arc::make_mut(&mut memory);
         for (enrollment, rollouts) in &changes.rollouts {
             if rollouts.is_empty() {
-                memory.rollouts.remove(enrollment);
+                memory.ledger.devices.remove(enrollment);
             } else {
-                memory.rollouts.insert(enrollment.clone(), rollouts.clone());
+                memory
+                    .ledger
+                    .devices
+                    .insert(enrollment.clone(), rollouts.clone());
+            }
+        }
+        for (key, ring) in &changes.rings {
+            match ring {
+                Some(ring) => {
+                    memory.ledger.rings.insert(key.clone(), ring.clone());
+                }
+                None => {
+                    memory.ledger.rings.remove(key);
+                }
             }
         }
         for (enrollment, orphan) in &changes.orphans {
@@ -871,6 +977,19 @@ mod tests {
         let rollout = |version: &str| Rollout {
             version: version.into(),
             deadline: jiff::civil::date(2026, 9, 1).at(19, 0, 0, 0),
+            intent: "0123456789abcdef".into(),
+            handed_at: Timestamp::from_second(1_788_000_000).expect("a timestamp"),
+        };
+        let ring_key = crate::resolve::RingKey {
+            policy: "it/macs".into(),
+            ring: "canary".into(),
+            platform: crate::catalog::Platform::MacOs,
+            version: "26.6.2".into(),
+        };
+        let ring = crate::resolve::RingDeadline {
+            deadline: jiff::civil::date(2026, 8, 30).at(19, 0, 0, 0),
+            intent: "0123456789abcdef".into(),
+            handed_at: Timestamp::from_second(1_787_000_000).expect("a timestamp"),
         };
         let orphan = Orphan {
             by: "UpdatePolicy it/mobile".into(),
@@ -894,7 +1013,14 @@ mod tests {
                 [("it/macs".to_string(), rollout("26.6.2"))].into(),
             );
             changes.orphans.insert("D2".into(), Some(orphan.clone()));
+            changes.rings.insert(ring_key.clone(), Some(ring.clone()));
+            let mut gone = ring_key.clone();
+            gone.version = "26.5".into();
+            changes.rings.insert(gone.clone(), Some(ring.clone()));
             store.remember(&changes).expect("remember");
+            let mut changes = MemoryChanges::default();
+            changes.rings.insert(gone, None);
+            store.remember(&changes).expect("forget a ring");
             // D1's policy moved on, D0 lost one policy: each enrollment's map is replaced.
             let mut changes = MemoryChanges::default();
             changes.rollouts.insert("D1".into(), BTreeMap::new());
@@ -907,13 +1033,15 @@ mod tests {
         let store = Store::open(&path).expect("reopen");
         let memory = store.memory();
         assert_eq!(
-            memory.rollouts,
+            memory.ledger.devices,
             [(
                 "D0".to_string(),
                 [("it/macs".to_string(), rollout("26.6.2"))].into()
             )]
             .into()
         );
+        assert_eq!(memory.ledger.rings, [(ring_key, ring)].into());
+        assert_eq!(memory.corrupt_rows, 0);
         assert_eq!(memory.orphans, [("D2".to_string(), orphan)].into());
         let mut changes = MemoryChanges::default();
         changes.orphans.insert("D2".into(), None);

@@ -7,6 +7,10 @@
 //! `deletionPolicy: Orphan`. Both are written only when they change.
 
 mod devices;
+#[cfg(test)]
+mod generated_tests;
+#[cfg(test)]
+mod ledger_tests;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -77,7 +81,7 @@ pub async fn pass(
             catalog,
             now,
         },
-        &memory.rollouts,
+        &memory.ledger,
     );
     let suspended = suspended_devices(checked, &plan);
     let assigned: HashSet<&str> = records
@@ -96,7 +100,7 @@ pub async fn pass(
             continue;
         }
         let mut now = outcome.rollouts(&checked.policies);
-        let before = memory.rollouts.get(&device.enrollment_id);
+        let before = memory.ledger.devices.get(&device.enrollment_id);
         // A policy that still applies but gives nothing this pass (a refusal, a catalog
         // refresh, a superseding target) keeps what it was taking the device to.
         if let Some(before) = before {
@@ -117,7 +121,8 @@ pub async fn pass(
     // reported): their memory would otherwise stay forever, and freeze them if they came back.
     let present: HashSet<&str> = devices.iter().map(|d| d.enrollment_id.as_str()).collect();
     for gone in memory
-        .rollouts
+        .ledger
+        .devices
         .keys()
         .filter(|k| !present.contains(k.as_str()))
     {
@@ -130,6 +135,7 @@ pub async fn pass(
     {
         changes.orphans.insert(gone.clone(), None);
     }
+    changes.rings = ring_changes(checked, &plan, &memory, &changes);
     let frozen = Frozen {
         suspended: suspended.len(),
         orphaned: orphans.by_resource,
@@ -176,6 +182,44 @@ pub async fn pass(
         records,
         applied,
     })
+}
+
+/// The ring deadlines to write: those this pass handed out or re-handed, and those no device
+/// entry of a policy still in force refers to any more (forgotten, never applied again).
+fn ring_changes(
+    checked: &Checked,
+    plan: &Plan,
+    memory: &Memory,
+    changes: &MemoryChanges,
+) -> BTreeMap<resolve::RingKey, Option<resolve::RingDeadline>> {
+    let mut rings = BTreeMap::new();
+    for (key, ring) in &plan.rings {
+        if memory.ledger.rings.get(key) != Some(ring) {
+            rings.insert(key.clone(), Some(ring.clone()));
+        }
+    }
+    let policies: HashSet<String> = checked.policies.iter().map(|p| p.key.to_string()).collect();
+    let mut referenced: HashSet<(&str, &str)> = HashSet::new();
+    let entries = memory
+        .ledger
+        .devices
+        .iter()
+        .filter(|(enrollment, _)| !changes.rollouts.contains_key(*enrollment))
+        .chain(changes.rollouts.iter());
+    for (_, rollouts) in entries {
+        for (policy, rollout) in rollouts {
+            referenced.insert((policy.as_str(), rollout.version.as_str()));
+        }
+    }
+    for key in memory.ledger.rings.keys() {
+        let kept = plan.rings.contains_key(key)
+            || (policies.contains(&key.policy)
+                && referenced.contains(&(key.policy.as_str(), key.version.as_str())));
+        if !kept {
+            rings.insert(key.clone(), None);
+        }
+    }
+    rings
 }
 
 /// Devices governed by a suspended group, policy or target keep what they have.
@@ -472,7 +516,7 @@ spec: {{platforms: [iOS]}}
         let held = sets(&store);
         assert!(held.iter().all(Option::is_some));
         // Both are being taken to 26.5 by it: remembered.
-        assert_eq!(store.memory().rollouts.len(), 2);
+        assert_eq!(store.memory().ledger.devices.len(), 2);
 
         // Deleted with Orphan: frozen, nothing written to their sets.
         let deleting = fixture.pass(&backend, &without, &with_hold).await;
@@ -492,7 +536,7 @@ spec: {{platforms: [iOS]}}
                 .all(|o| o.by == "UpdatePolicy it/hold" && o.sources.is_empty())
         );
         // A frozen device's rollouts stay as they were.
-        assert_eq!(memory.rollouts.len(), 2);
+        assert_eq!(memory.ledger.devices.len(), 2);
 
         // Gone: still frozen, and after a reopen of the store too.
         let gone = fixture.pass(&backend, &without, &none).await;
@@ -609,13 +653,13 @@ spec: {{platforms: [iOS]}}
         let backend = Embedded::new(store.clone(), None);
         let hold = check(&policy("hold", "Withdraw"));
         fixture.pass(&backend, &hold, &none).await;
-        assert_eq!(store.memory().rollouts.len(), 2);
+        assert_eq!(store.memory().ledger.devices.len(), 2);
         // B leaves the inventory (it never reported): its memory goes with it.
         fixture.seed.retain(|d| d.enrollment_id == "A");
         fixture.pass(&backend, &hold, &none).await;
         let memory = store.memory();
         assert_eq!(
-            memory.rollouts.keys().collect::<Vec<_>>(),
+            memory.ledger.devices.keys().collect::<Vec<_>>(),
             vec![&"A".to_string()]
         );
     }

@@ -7,30 +7,37 @@ use jiff::{Timestamp, ToSpan};
 
 use crate::api::validate::CheckedDeadline;
 
-/// The deadline for a release posted on `posted`, in a ring delayed by `delay_days`.
+/// The deadline for a release posted on `posted`, in a ring delayed by `delay_days`, as if
+/// handed out at `now` (no sooner than the minimum lead time from then). The rollout ledger
+/// (`ledger`) fixes it once a device has it.
 pub fn deadline(rule: &CheckedDeadline, posted: Date, delay_days: u32, now: Timestamp) -> DateTime {
     let days = i64::from(rule.days_after_posting) + i64::from(delay_days);
     let date = posted.checked_add(days.days()).unwrap_or(posted);
-    let mut at = skip_weekend(rule, date).to_datetime(rule.local_time);
-    if let Some(lead) = rule.minimum_lead_time {
-        let earliest = now
-            .checked_add(lead)
-            .unwrap_or(now)
-            .to_zoned(rule.time_zone.clone())
-            .datetime();
-        if at < earliest {
-            // The first `localTime` at or after the earliest allowed moment.
-            let mut date = earliest.date();
-            if date.to_datetime(rule.local_time) < earliest {
-                date = date.tomorrow().unwrap_or(date);
-            }
-            at = skip_weekend(rule, date).to_datetime(rule.local_time);
-        }
+    let at = skip_weekend(rule, date).to_datetime(rule.local_time);
+    match earliest(rule, now) {
+        Some(earliest) => at.max(earliest),
+        None => at,
     }
-    at
 }
 
-fn skip_weekend(rule: &CheckedDeadline, date: Date) -> Date {
+/// The first deadline the minimum lead time allows when handing out at `now`: the first
+/// `localTime` at or after `now + minimumLeadTime` (weekends skipped when asked); `None` when
+/// the policy sets no lead time.
+pub fn earliest(rule: &CheckedDeadline, now: Timestamp) -> Option<DateTime> {
+    let lead = rule.minimum_lead_time?;
+    let earliest = now
+        .checked_add(lead)
+        .unwrap_or(now)
+        .to_zoned(rule.time_zone.clone())
+        .datetime();
+    let mut date = earliest.date();
+    if date.to_datetime(rule.local_time) < earliest {
+        date = date.tomorrow().unwrap_or(date);
+    }
+    Some(skip_weekend(rule, date).to_datetime(rule.local_time))
+}
+
+pub fn skip_weekend(rule: &CheckedDeadline, date: Date) -> Date {
     if !rule.skip_weekends {
         return date;
     }

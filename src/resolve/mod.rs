@@ -5,11 +5,10 @@
 
 mod deadline;
 mod generate;
+pub mod ledger;
 mod reason;
 mod select;
 mod single;
-#[cfg(test)]
-mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -18,6 +17,7 @@ use jiff::civil::DateTime;
 
 pub use deadline::deadline;
 pub use generate::{target_name, target_object};
+pub use ledger::{Ledger, RingDeadline, RingDeadlines, RingKey, Rollout, Rollouts};
 pub use reason::Reason;
 pub use select::{selects, shard_bucket};
 pub use single::{Required, lowest_at_least, policy_target};
@@ -62,6 +62,19 @@ pub struct Enforcement {
     pub deadline: DateTime,
     /// Index into `Plan::declarations`.
     pub declaration: u32,
+    /// For a policy's enforcement, how the ledger has it.
+    pub handed: Option<Handed>,
+}
+
+/// How a policy's enforcement stands in the rollout ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    /// The intent its deadline was computed under (`ledger::intent`).
+    pub intent: String,
+    /// When the device was handed this deadline (now, for a first hand-out).
+    pub handed_at: jiff::Timestamp,
+    /// The ring's deadline for this rollout; the device's own is later when it joined late.
+    pub ring_deadline: DateTime,
 }
 
 /// Why one source gives one device nothing (or something other than asked).
@@ -72,20 +85,6 @@ pub struct Note {
     pub detail: String,
 }
 
-/// The release a policy is taking, or took, one device to, remembered between passes (the
-/// backend keeps it): once the device runs it, the policy gives it nothing (`UpToDate`), and
-/// the generated target for that release keeps counting it as compliant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rollout {
-    /// The version, as `OsVersion` prints it (`26.3.1 (a)`).
-    pub version: String,
-    /// The deadline the device was given (the latest, if it changed on the way).
-    pub deadline: DateTime,
-}
-
-/// Enrollment id → policy (`namespace/name`) → the release it is taking, or took, the device to.
-pub type Rollouts = HashMap<String, BTreeMap<String, Rollout>>;
-
 /// A release a policy took the device to and the device now runs (the policy's answer is still
 /// that release): the generated target for it counts the device as compliant.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,8 +93,8 @@ pub struct Met {
     pub policy: usize,
     pub ring: usize,
     pub version: OsVersion,
-    /// The deadline the device was taken there by (as remembered).
-    pub taken_by: DateTime,
+    /// The ledger entry that took the device there (kept as it is).
+    pub taken: Rollout,
     /// The deadline of the generated target that counts the device (with `policy`, `ring`,
     /// the device's platform and `version`, it names one entry of `Plan::generated`).
     pub deadline: DateTime,
@@ -127,19 +126,20 @@ impl DevicePlan {
                     Rollout {
                         version: e.version.to_string(),
                         deadline: e.deadline,
+                        intent: e
+                            .handed
+                            .as_ref()
+                            .map(|h| h.intent.clone())
+                            .unwrap_or_default(),
+                        handed_at: e
+                            .handed
+                            .as_ref()
+                            .map_or(jiff::Timestamp::UNIX_EPOCH, |h| h.handed_at),
                     },
                 )),
                 Source::Target(_) => None,
             })
-            .chain(self.met.iter().map(|m| {
-                (
-                    key(m.policy),
-                    Rollout {
-                        version: m.version.to_string(),
-                        deadline: m.taken_by,
-                    },
-                )
-            }))
+            .chain(self.met.iter().map(|m| (key(m.policy), m.taken.clone())))
             .collect()
     }
 }
@@ -163,6 +163,9 @@ pub struct GeneratedTarget {
     pub devices: u64,
     /// Devices the policy took to its version that run it now.
     pub up_to_date: u64,
+    /// Devices it takes to its version by a later deadline of their own (they joined the
+    /// rollout after it was handed out, and the minimum lead time counts from their joining).
+    pub later_personal: u64,
 }
 
 impl GeneratedTarget {
@@ -182,6 +185,9 @@ pub struct Plan {
     pub generated: Vec<GeneratedTarget>,
     /// Member device indexes per group, parallel to `Input::groups`.
     pub members: Vec<Vec<u32>>,
+    /// The ring deadlines this pass's enforcements count from: those already in the ledger
+    /// and those handed out now.
+    pub rings: RingDeadlines,
     pub warnings: Vec<String>,
 }
 
@@ -242,15 +248,17 @@ struct Candidate {
     build: Option<Build>,
     deadline: DateTime,
     details_url: Option<String>,
+    handed: Option<Handed>,
 }
 
-/// Runs one pass, with nothing remembered: no device counts as taken anywhere by a policy.
+/// Runs one pass with an empty ledger: every deadline as if handed out now.
 pub fn resolve(input: Input<'_>) -> Plan {
-    resolve_with(input, &Rollouts::new())
+    resolve_with(input, &Ledger::default())
 }
 
-/// Runs one pass; `rollouts` says which releases policies took devices to before.
-pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
+/// Runs one pass; `ledger` holds what was handed out before (deadlines stay as handed).
+pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
+    let rollouts = &ledger.devices;
     let mut plan = Plan {
         members: vec![Vec::new(); input.groups.len()],
         ..Plan::default()
@@ -293,6 +301,7 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
         .catalog
         .expiry_day(input.now.to_zoned(jiff::tz::TimeZone::UTC).date());
     let mut table = Declarations::default();
+    let mut book = RingBook::new(&ledger.rings, input.now);
     let mut generated: BTreeMap<GeneratedKey, GeneratedTarget> = BTreeMap::new();
     let mut contested: BTreeMap<(usize, usize), u64> = BTreeMap::new();
 
@@ -382,7 +391,24 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
                 };
                 for (p, ring) in &applying {
                     let policy = &input.policies[*p];
-                    match policy_candidate(input, policy, policy.asset_set, *ring, os, today) {
+                    let handed = rollouts
+                        .get(&device.enrollment_id)
+                        .and_then(|r| r.get(&policy_keys[*p]));
+                    let at = Hand {
+                        policy_key: &policy_keys[*p],
+                        platform: device.platform,
+                        handed,
+                    };
+                    match policy_candidate(
+                        input,
+                        policy,
+                        policy.asset_set,
+                        *ring,
+                        os,
+                        today,
+                        &mut book,
+                        at,
+                    ) {
                         Ok((candidate, two_step)) => {
                             if let Some(base) = two_step {
                                 out.notes.push(Note {
@@ -410,7 +436,7 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
                                     policy: *p,
                                     ring: *ring,
                                     version,
-                                    taken_by: taken.deadline,
+                                    taken: taken.clone(),
                                     deadline: taken.deadline,
                                 });
                             }
@@ -474,13 +500,17 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
             let index = enforcement_declaration(&mut table, &candidate);
             configurations.push(index);
             if let Source::Policy(p) = candidate.source {
+                let ring_deadline = candidate
+                    .handed
+                    .as_ref()
+                    .map_or(candidate.deadline, |h| h.ring_deadline);
                 let entry = generated
                     .entry((
                         p,
                         candidate.ring,
                         device.platform,
                         candidate.version.to_string(),
-                        candidate.deadline,
+                        ring_deadline,
                     ))
                     .or_insert_with(|| GeneratedTarget {
                         name: String::new(),
@@ -488,12 +518,16 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
                         ring: candidate.ring,
                         platform: device.platform,
                         version: candidate.version.clone(),
-                        deadline: candidate.deadline,
+                        deadline: ring_deadline,
                         builds: BTreeMap::new(),
                         devices: 0,
                         up_to_date: 0,
+                        later_personal: 0,
                     });
                 entry.devices += 1;
+                if candidate.deadline > ring_deadline {
+                    entry.later_personal += 1;
+                }
                 if let (Some(build), Some(id)) = (&candidate.build, device.catalog_device_id()) {
                     entry.builds.insert(id.to_string(), build.clone());
                 }
@@ -505,6 +539,7 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
                 build: candidate.build,
                 deadline: candidate.deadline,
                 declaration: index,
+                handed: candidate.handed,
             });
         }
 
@@ -570,6 +605,7 @@ pub fn resolve_with(input: Input<'_>, rollouts: &Rollouts) -> Plan {
     }
     count_up_to_date(input, &mut plan.devices, &mut generated);
     plan.generated = generated.into_values().collect();
+    plan.rings = book.used;
     name_targets(input.policies, &mut plan.generated);
     plan.declarations = table.list;
     plan
@@ -601,8 +637,8 @@ fn count_up_to_date(
             {
                 only_up_to_date
                     .entry((met.policy, met.ring, device.platform, version))
-                    .and_modify(|(at, _)| *at = (*at).max(met.taken_by))
-                    .or_insert((met.taken_by, &met.version));
+                    .and_modify(|(at, _)| *at = (*at).max(met.taken.deadline))
+                    .or_insert((met.taken.deadline, &met.version));
             }
         }
     }
@@ -619,6 +655,7 @@ fn count_up_to_date(
                 builds: BTreeMap::new(),
                 devices: 0,
                 up_to_date: 0,
+                later_personal: 0,
             },
         )
         .collect();
@@ -636,7 +673,7 @@ fn count_up_to_date(
     }
     for (device, outcome) in input.devices.iter().zip(devices.iter_mut()) {
         for met in &mut outcome.met {
-            let wanted = met.taken_by;
+            let wanted = met.taken.deadline;
             let nearest = generated
                 .range_mut(range(
                     met.policy,
@@ -681,7 +718,132 @@ fn name_targets(policies: &[CheckedPolicy], targets: &mut [GeneratedTarget]) {
 
 type Decided = Result<(Candidate, Option<String>), Refused>;
 
+/// The ring deadlines one pass counts from, and the ledger entries it reads.
+struct RingBook<'a> {
+    ledger: &'a RingDeadlines,
+    now: jiff::Timestamp,
+    /// Kept from the ledger or handed out now, for enforcements this pass gives.
+    used: RingDeadlines,
+}
+
+/// Who a policy's deadline is for: the policy, the device's platform and what the device was
+/// handed before under this policy.
+#[derive(Clone, Copy)]
+struct Hand<'a> {
+    policy_key: &'a str,
+    platform: Platform,
+    handed: Option<&'a Rollout>,
+}
+
+impl<'a> RingBook<'a> {
+    fn new(ledger: &'a RingDeadlines, now: jiff::Timestamp) -> Self {
+        RingBook {
+            ledger,
+            now,
+            used: RingDeadlines::new(),
+        }
+    }
+
+    /// A ring's deadline for one rollout: as the ledger has it (same intent), else handed out
+    /// now, spaced after the previous ring's. `record` keeps it for the ledger.
+    fn ring(
+        &mut self,
+        policy: &CheckedPolicy,
+        ring: usize,
+        key: RingKey,
+        posted: jiff::civil::Date,
+        record: bool,
+    ) -> RingDeadline {
+        if let Some(entry) = self.used.get(&key) {
+            return entry.clone();
+        }
+        let intent = ledger::intent(policy, ring);
+        let entry = match self
+            .ledger
+            .get(&key)
+            .filter(|e| ledger::same_intent(&e.intent, &intent))
+        {
+            Some(kept) => RingDeadline {
+                intent,
+                ..kept.clone()
+            },
+            None => {
+                let previous = match ring.checked_sub(1) {
+                    Some(r) => {
+                        let key = RingKey {
+                            ring: policy.rings[r].name.clone(),
+                            ..key.clone()
+                        };
+                        let before = self.ring(policy, r, key, posted, record);
+                        Some((before.deadline, policy.rings[r].delay_days))
+                    }
+                    None => None,
+                };
+                RingDeadline {
+                    deadline: ledger::ring_deadline(
+                        &policy.deadline,
+                        posted,
+                        policy.rings[ring].delay_days,
+                        previous,
+                        self.now,
+                    ),
+                    intent,
+                    handed_at: self.now,
+                }
+            }
+        };
+        if record {
+            self.used.insert(key, entry.clone());
+        }
+        entry
+    }
+
+    /// The deadline one device has for a release: the one it was handed (same version, same
+    /// intent), else the ring's as it joins now.
+    fn device(
+        &mut self,
+        policy: &CheckedPolicy,
+        ring: usize,
+        hand: Hand<'_>,
+        version: &OsVersion,
+        posted: jiff::civil::Date,
+        record: bool,
+    ) -> (DateTime, Handed) {
+        let version_text = version.to_string();
+        let key = RingKey {
+            policy: hand.policy_key.to_string(),
+            ring: policy.rings[ring].name.clone(),
+            platform: hand.platform,
+            version: version_text.clone(),
+        };
+        let ring_entry = self.ring(policy, ring, key, posted, record);
+        let intent = ring_entry.intent.clone();
+        match hand
+            .handed
+            .filter(|h| h.version == version_text && ledger::same_intent(&h.intent, &intent))
+        {
+            Some(handed) => (
+                handed.deadline,
+                Handed {
+                    intent,
+                    handed_at: handed.handed_at,
+                    ring_deadline: ring_entry.deadline,
+                },
+            ),
+            None => (
+                ledger::join(&policy.deadline, ring_entry.deadline, self.now),
+                Handed {
+                    intent,
+                    handed_at: self.now,
+                    ring_deadline: ring_entry.deadline,
+                },
+            ),
+        }
+    }
+}
+
 /// What one policy asks of one device.
+#[allow(clippy::too_many_arguments)]
 fn policy_candidate(
     input: Input<'_>,
     policy: &CheckedPolicy,
@@ -689,6 +851,8 @@ fn policy_candidate(
     ring: usize,
     os: DeviceOs<'_>,
     today: jiff::civil::Date,
+    book: &mut RingBook<'_>,
+    hand: Hand<'_>,
 ) -> Decided {
     let strategy = scoped_strategy(policy, os.version);
     let query = Query {
@@ -705,13 +869,14 @@ fn policy_candidate(
             detail: format!("{} from {:?}", query.strategy, asset_set),
             met: met.map(|m| m.release.version.clone()),
         })?;
-    let delay = policy.rings[ring].delay_days;
     let mut chosen = choice;
-    let mut at = deadline(
-        &policy.deadline,
+    let (mut at, _) = book.device(
+        policy,
+        ring,
+        hand,
+        &chosen.release.version,
         chosen.release.posting_date,
-        delay,
-        input.now,
+        false,
     );
     // A stale copy's expiration dates lag by its age (Apple rolls them forward daily): compare
     // deadlines moved back by the same amount.
@@ -721,34 +886,45 @@ fn policy_candidate(
         let day = day.checked_sub(jiff::Span::new().days(lag)).unwrap_or(day);
         expires.is_none_or(|e| e >= day)
     };
+    let mut clamp = None;
     if !signed_on(at.date(), chosen.expires) {
         // The deadline falls after the build stops being signed: take a newer release that is
         // still signed then, or move the deadline to the last day it is.
         let later = input.catalog.candidates(os, &query).into_iter().find(|c| {
-            !c.two_step
-                && signed_on(
-                    deadline(&policy.deadline, c.release.posting_date, delay, input.now).date(),
-                    c.expires,
-                )
+            !c.two_step && {
+                let (at, _) = book.device(
+                    policy,
+                    ring,
+                    hand,
+                    &c.release.version,
+                    c.release.posting_date,
+                    false,
+                );
+                signed_on(at.date(), c.expires)
+            }
         });
         match later {
-            Some(later) => {
-                chosen = later;
-                at = deadline(
-                    &policy.deadline,
-                    chosen.release.posting_date,
-                    delay,
-                    input.now,
-                );
-            }
+            Some(later) => chosen = later,
             None => {
-                if let Some(expires) = chosen.expires {
-                    at = expires.to_datetime(policy.deadline.local_time);
-                }
+                clamp = chosen
+                    .expires
+                    .map(|e| e.to_datetime(policy.deadline.local_time))
             }
         }
     }
-    Ok(candidate(
+    let handed;
+    (at, handed) = book.device(
+        policy,
+        ring,
+        hand,
+        &chosen.release.version,
+        chosen.release.posting_date,
+        true,
+    );
+    if let Some(clamp) = clamp {
+        at = at.min(clamp);
+    }
+    let (mut candidate, two_step) = candidate(
         input.catalog,
         asset_set,
         os.device_id,
@@ -756,7 +932,9 @@ fn policy_candidate(
         ring,
         at,
         policy.details_url.clone(),
-    ))
+    );
+    candidate.handed = Some(handed);
+    Ok((candidate, two_step))
 }
 
 /// `majors` narrows the strategy: stay in a listed major, or move to the newest listed one.
@@ -821,6 +999,7 @@ fn candidate(
             },
             deadline,
             details_url,
+            handed: None,
         },
         two_step,
     )

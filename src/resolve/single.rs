@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 
-use super::{Input, Reason, candidate, policy_candidate};
+use super::{Hand, Input, Reason, RingBook, RingDeadlines, candidate, policy_candidate};
 use crate::api::validate::CheckedPolicy;
 use crate::catalog::{AssetSet, Build, Catalog, DeviceOs, OsVersion, Query, Strategy};
 use crate::inventory::Device;
@@ -48,7 +48,23 @@ pub fn policy_target(
     };
     let today = catalog.expiry_day(now.to_zoned(jiff::tz::TimeZone::UTC).date());
     let ring = ring.min(policy.rings.len().saturating_sub(1));
-    let (chosen, _) = policy_candidate(input, policy, asset_set, ring, os, today)?;
+    // As if handed out now: the gate answers before any deadline is handed to the device.
+    let rings = RingDeadlines::new();
+    let hand = Hand {
+        policy_key: "",
+        platform: device.platform,
+        handed: None,
+    };
+    let (chosen, _) = policy_candidate(
+        input,
+        policy,
+        asset_set,
+        ring,
+        os,
+        today,
+        &mut RingBook::new(&rings, now),
+        hand,
+    )?;
     Ok(Required {
         version: chosen.version,
         build: chosen.build,

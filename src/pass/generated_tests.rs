@@ -1,13 +1,18 @@
-//! The resolver on small fleets against the catalog fixture of 2026-08-22.
+//! Generated EnforcementTargets and the ledger on small fleets, resolved and reported, against
+//! the catalog fixture of 2026-08-22.
 
 use std::collections::HashMap;
 
 use jiff::civil::{DateTime, date};
 
-use super::*;
+use std::collections::BTreeMap;
+
+use super::report::standings;
 use crate::api::validate::Checked;
+use crate::catalog::Catalog;
+use crate::inventory::Device;
 use crate::manifests::check_str;
-use crate::pass::report::standings;
+use crate::resolve::*;
 use crate::status::bucket::Bucket;
 
 const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
@@ -46,6 +51,10 @@ fn phones(versions: &[&str]) -> Vec<Device> {
 }
 
 fn plan_for(checked: &Checked, devices: &[Device], rollouts: &Rollouts) -> Plan {
+    let ledger = Ledger {
+        devices: rollouts.clone(),
+        ..Ledger::default()
+    };
     let catalog = Catalog::from_slice(FIXTURE)
         .expect("the fixture")
         .with_as_of(date(2026, 8, 22));
@@ -58,7 +67,7 @@ fn plan_for(checked: &Checked, devices: &[Device], rollouts: &Rollouts) -> Plan 
             catalog: &catalog,
             now: now(),
         },
-        rollouts,
+        &ledger,
     )
 }
 
@@ -77,6 +86,8 @@ fn taken(list: &[(&str, &str, DateTime)]) -> Rollouts {
                     Rollout {
                         version: version.to_string(),
                         deadline: *deadline,
+                        intent: String::new(),
+                        handed_at: jiff::Timestamp::UNIX_EPOCH,
                     },
                 )]
                 .into(),
@@ -111,7 +122,7 @@ fn a_target_counts_the_devices_it_took_there_and_only_those() {
             policy: 0,
             ring: 0,
             version: "26.5".parse().expect("a version"),
-            taken_by: earlier,
+            taken: taken(&[("B", "26.5", earlier)])["B"]["it/hold"].clone(),
             deadline: due(),
         }]
     );
@@ -125,23 +136,27 @@ fn a_target_counts_the_devices_it_took_there_and_only_those() {
     assert_eq!(tally.count(Bucket::Pending), 1);
     assert_eq!(tally.compliance(), "1/2");
 
-    // What the pass remembers: A is being taken to 26.5, B was (its deadline kept), C nothing.
+    // What the pass remembers: A is being taken to 26.5 (handed out now), B was (its entry
+    // kept as it was), C nothing.
     let remembered: Vec<BTreeMap<String, Rollout>> = plan
         .devices
         .iter()
         .map(|d| d.rollouts(&checked.policies))
         .collect();
-    let one = |deadline| -> BTreeMap<String, Rollout> {
-        [(
-            "it/hold".to_string(),
-            Rollout {
-                version: "26.5".into(),
-                deadline,
-            },
-        )]
-        .into()
+    let handed_now = Rollout {
+        version: "26.5".into(),
+        deadline: due(),
+        intent: ledger::intent(&checked.policies[0], 0),
+        handed_at: now(),
     };
-    assert_eq!(remembered, [one(due()), one(earlier), BTreeMap::new()]);
+    assert_eq!(
+        remembered,
+        [
+            [("it/hold".to_string(), handed_now)].into(),
+            taken(&[("B", "26.5", earlier)])["B"].clone(),
+            BTreeMap::new()
+        ]
+    );
 }
 
 #[test]
