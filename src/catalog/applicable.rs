@@ -8,7 +8,7 @@ use jiff::civil::Date;
 use serde::Serialize;
 
 use super::index::{AssetSet, Catalog, Offer, Release, ReleaseKind, ReleaseSet};
-use super::version::{Build, OsVersion};
+use super::version::{Build, OsVersion, runs_at_least};
 
 /// How a target version is chosen for a device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,14 @@ pub struct DeviceOs<'a> {
     pub build: Option<&'a Build>,
 }
 
+impl DeviceOs<'_> {
+    /// Whether `release` would take the device further: newer than what it runs, or the release
+    /// of the version whose beta it runs.
+    pub fn would_move(&self, release: &OsVersion) -> bool {
+        !runs_at_least(self.version, self.build, release)
+    }
+}
+
 /// The choices that do not depend on the device.
 #[derive(Debug, Clone)]
 pub struct Query {
@@ -131,13 +139,18 @@ pub struct Choice<'c> {
     /// The device must install this base release before the security improvement it was
     /// chosen for (in a candidate list: the release needs its base first).
     pub two_step: bool,
+    /// With `two_step` from `resolve`: the security improvement that follows the base, with this
+    /// device's expiration date for it.
+    pub then: Option<(&'c Release, Option<Date>)>,
 }
 
 impl PartialEq for Choice<'_> {
     fn eq(&self, other: &Self) -> bool {
+        let then = |c: &Self| c.then.map(|(r, e)| (std::ptr::from_ref(r), e));
         std::ptr::eq(self.release, other.release)
             && self.expires == other.expires
             && self.two_step == other.two_step
+            && then(self) == then(other)
     }
 }
 
@@ -248,6 +261,7 @@ impl Catalog {
             release,
             expires: offer.expires,
             two_step: false,
+            then: None,
         });
         let mut newest_expired = full.newest_expired;
         let mut any_in_scope = full.any_in_scope;
@@ -261,7 +275,7 @@ impl Catalog {
             {
                 match security_route(set, offers, device, release, offer, query.on) {
                     Some(via) => choice = Some(via),
-                    None => unreachable_patch = release.version > *device.version,
+                    None => unreachable_patch = device.would_move(&release.version),
                 }
             }
             newest_expired = newer_of(newest_expired, patch.newest_expired);
@@ -269,17 +283,15 @@ impl Catalog {
         }
 
         match choice {
-            Some(choice) if choice.release.version > *device.version => Ok(choice),
-            _ if newest_expired.is_some_and(|r| r.version > *device.version) => {
+            Some(choice) if device.would_move(&choice.release.version) => Ok(choice),
+            _ if newest_expired.is_some_and(|r| device.would_move(&r.version)) => {
                 Err((NoTarget::NoSignedRelease, None))
             }
             Some(met) => Err((NoTarget::UpToDate, Some(met))),
             // Everything in scope has expired and none of it is newer than the device.
             None if any_in_scope && !unreachable_patch => Err((NoTarget::UpToDate, None)),
             None => match scope {
-                Scope::Exactly(pin) if *pin <= device.version.base() => {
-                    Err((NoTarget::UpToDate, None))
-                }
+                Scope::Exactly(pin) if !device.would_move(pin) => Err((NoTarget::UpToDate, None)),
                 Scope::Major(major) if major < device.version.major() => {
                     Err((NoTarget::UpToDate, None))
                 }
@@ -315,7 +327,7 @@ impl Catalog {
                 let release = source.release(*offer);
                 if !scope.allows(&release.version)
                     || is_expired(offer.expires, query.on)
-                    || release.version <= *device.version
+                    || !device.would_move(&release.version)
                 {
                     continue;
                 }
@@ -339,6 +351,7 @@ impl Catalog {
                     release,
                     expires: offer.expires,
                     two_step,
+                    then: None,
                 });
             }
         }
@@ -413,6 +426,7 @@ fn security_route<'c>(
             release: patch,
             expires: patch_offer.expires,
             two_step: false,
+            then: None,
         });
     }
     let prerequisite = patch.prerequisite_build.as_ref()?;
@@ -422,22 +436,45 @@ fn security_route<'c>(
         .find(|(offer, base)| {
             base.build.as_ref() == Some(prerequisite) && !is_expired(offer.expires, on)
         })
-        .filter(|(_, base)| base.version > *device.version)
+        .filter(|(_, base)| device.would_move(&base.version))
         .map(|(offer, base)| Choice {
             release: base,
             expires: offer.expires,
             two_step: true,
+            then: Some((patch, patch_offer.expires)),
         })
 }
 
 impl Catalog {
     /// How many builds of exactly `version` the set offers this device (twin builds count
-    /// separately); more than one means enforcement should name the build.
+    /// separately): a build can only be named where there is one.
     pub fn builds_of(&self, asset_set: AssetSet, device_id: &str, version: &OsVersion) -> usize {
-        let set = self.set(asset_set);
-        set.offers(device_id)
-            .iter()
-            .filter(|offer| set.release(**offer).version == *version)
-            .count()
+        count_builds(self.set(asset_set), device_id, version)
     }
+
+    /// `builds_of` for security improvements.
+    pub fn security_builds_of(&self, device_id: &str, version: &OsVersion) -> usize {
+        count_builds(&self.security, device_id, version)
+    }
+
+    /// The newest version any set lists for this device, expired or not: a version above it is
+    /// one Apple has not released (yet).
+    pub fn newest_listed(&self, device_id: &str) -> Option<&OsVersion> {
+        [&self.mdm, &self.public, &self.security]
+            .into_iter()
+            .filter_map(|set| {
+                // Offers are sorted newest first.
+                set.offers(device_id)
+                    .first()
+                    .map(|offer| &set.release(*offer).version)
+            })
+            .max()
+    }
+}
+
+fn count_builds(set: &ReleaseSet, device_id: &str, version: &OsVersion) -> usize {
+    set.offers(device_id)
+        .iter()
+        .filter(|offer| set.release(**offer).version == *version)
+        .count()
 }

@@ -5,13 +5,15 @@ mod applicable;
 pub mod fetch;
 pub mod guard;
 mod index;
+mod lists;
 mod model;
 mod version;
 
 pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
 pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
+pub use lists::usable_set;
 pub use model::{ParseError, PlatformSets, PmvDocument, PmvEntry};
-pub use version::{Build, OsVersion, VersionError};
+pub use version::{Build, OsVersion, VersionError, runs_at_least, runs_prerelease};
 
 /// The UTC calendar date of a moment: catalog expiration dates are compared with it.
 pub fn utc_date(at: jiff::Timestamp) -> jiff::civil::Date {

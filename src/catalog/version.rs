@@ -11,7 +11,7 @@ use std::str::FromStr;
 pub enum VersionError {
     #[error("{0:?} is not an OS version (expected numbers separated by dots, like 17.5.1)")]
     Version(String),
-    #[error("{0:?} is not a supplemental extra (expected a letter in parentheses, like (a))")]
+    #[error("{0:?} is not a supplemental extra (expected a lowercase letter, like a or (a))")]
     Extra(String),
 }
 
@@ -87,11 +87,15 @@ impl OsVersion {
     }
 }
 
+/// Reads a supplemental extra in either of Apple's spellings: `(a)` (pmv `ProductVersionExtra`,
+/// the 403's `OSVersion` "16.1 (a)") or a bare `a` (the status item
+/// `device.operating-system.supplemental.extra-version`, "for example, 'a'", and MDM's
+/// `SupplementalOSVersionExtra`, "the ... version letter"). Kept as `(a)`.
 fn parse_extra(extra: &str) -> Result<String, VersionError> {
     let inner = extra
         .strip_prefix('(')
         .and_then(|e| e.strip_suffix(')'))
-        .ok_or_else(|| VersionError::Extra(extra.to_string()))?;
+        .unwrap_or(extra);
     if inner.is_empty() || inner.len() > 8 || !inner.chars().all(|c| c.is_ascii_lowercase()) {
         return Err(VersionError::Extra(extra.to_string()));
     }
@@ -103,9 +107,13 @@ impl FromStr for OsVersion {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
+        // `26.3.1 (a)`, `26.3.1 a`, and Apple's prose form `16.5.1(a)`.
         let (numeric, extra) = match s.split_once(char::is_whitespace) {
             Some((numeric, extra)) => (numeric, Some(parse_extra(extra.trim())?)),
-            None => (s, None),
+            None => match s.find('(') {
+                Some(at) => (&s[..at], Some(parse_extra(&s[at..])?)),
+                None => (s, None),
+            },
         };
         let components = numeric
             .split('.')
@@ -227,6 +235,25 @@ impl Build {
     }
 }
 
+/// Whether a device reporting `version` with the base build `build` runs a pre-release (a beta)
+/// of `version`. Beta builds end in a lowercase letter (`20A5303i`, `23G5070a`); so do
+/// supplemental builds (`23D771330a`), but a device on a supplemental release says so with its
+/// extra (`26.3.1 (a)`) and reports the base build as its build (real status reports; see
+/// `shared/research/real-data.md` §3, §5).
+pub fn runs_prerelease(version: &OsVersion, build: Option<&Build>) -> bool {
+    version.extra().is_none() && build.is_some_and(Build::has_suffix)
+}
+
+/// Whether a device on `version` (`build`) runs `wanted` or newer. A beta of a version comes
+/// before its release: a device on 26.6.1 `23G5070a` does not run the 26.6.1 release.
+pub fn runs_at_least(version: &OsVersion, build: Option<&Build>, wanted: &OsVersion) -> bool {
+    match version.cmp(wanted) {
+        Ordering::Greater => true,
+        Ordering::Equal => !runs_prerelease(version, build),
+        Ordering::Less => false,
+    }
+}
+
 fn parse_build(raw: &str) -> Option<BuildKey> {
     let bytes = raw.as_bytes();
     let digits = |from: usize| {
@@ -316,7 +343,10 @@ mod tests {
             "17.5a",
             "-1",
             "17 (A)",
-            "17 a",
+            "17 A",
+            "17 a1",
+            "17(a",
+            "17 ()",
             "1.2.3.4.5",
         ] {
             assert!(
@@ -325,6 +355,51 @@ mod tests {
             );
         }
         assert!(OsVersion::with_extra("17.5 (a)", Some("(b)")).is_err());
+    }
+
+    /// Apple writes the extra as `(a)` (pmv, the 403's `OSVersion`), as a bare `a` (the status
+    /// item `device.operating-system.supplemental.extra-version`, MDM's
+    /// `SupplementalOSVersionExtra`) and as `16.5.1(a)` in prose: all read alike.
+    #[test]
+    fn every_spelling_of_the_extra_reads_alike() {
+        let expected = v("26.3.1 (a)");
+        for text in ["26.3.1 (a)", "26.3.1 a", "26.3.1(a)", " 26.3.1  a "] {
+            assert_eq!(v(text), expected, "{text:?}");
+            assert_eq!(v(text).to_string(), "26.3.1 (a)", "{text:?}");
+        }
+        for extra in ["a", "(a)", " a "] {
+            assert_eq!(
+                OsVersion::with_extra("26.3.1", Some(extra)).expect("valid"),
+                expected,
+                "{extra:?}"
+            );
+        }
+        assert_eq!(OsVersion::with_extra("26.3.1", Some("")), Ok(v("26.3.1")));
+        assert!(OsVersion::with_extra("26.3.1", Some("A")).is_err());
+    }
+
+    #[test]
+    fn a_beta_comes_before_its_release() {
+        let release = v("26.6.1");
+        let beta = Build::new("23G5070a");
+        assert!(runs_prerelease(&release, Some(&beta)));
+        assert!(!runs_at_least(&release, Some(&beta), &release));
+        assert!(runs_at_least(&release, Some(&beta), &v("26.6")));
+        assert!(runs_at_least(
+            &release,
+            Some(&Build::new("23G80")),
+            &release
+        ));
+        assert!(runs_at_least(&release, None, &release));
+        // A supplemental release carries its extra; its base build has no letter anyway.
+        let patched = v("26.3.1 (a)");
+        assert!(!runs_prerelease(&patched, Some(&Build::new("23D771330a"))));
+        assert!(runs_at_least(
+            &patched,
+            Some(&Build::new("23D8133")),
+            &v("26.3.1")
+        ));
+        assert!(!runs_at_least(&v("26.6"), None, &release));
     }
 
     #[test]
