@@ -551,6 +551,7 @@ fn main() {
         ready: Default::default(),
         status: tokio::sync::RwLock::new(json!({"ready": true})),
         enrollment: Default::default(),
+        ledger: None,
     });
     let (ours, stop_ours) = serve(&server_rt, http::router("/ddm", ddm_state, app));
     let trivial = Router::new().route(

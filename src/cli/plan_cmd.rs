@@ -15,7 +15,8 @@ use crate::api::validate::{Checked, check_all};
 use crate::declarations::Declaration;
 use crate::inventory::Device;
 use crate::manifests::{self, LoadError};
-use crate::resolve::{self, Input, Plan, Reason, Source, target_object};
+use crate::resolve::ledger::LedgerDocument;
+use crate::resolve::{self, Input, Ledger, Plan, Reason, Source, target_object};
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
 pub enum PlanOutput {
@@ -39,8 +40,65 @@ pub struct PlanArgs {
     /// A date (2026-08-23, meaning 00:00 UTC) or an RFC 3339 time; default now.
     #[arg(long, value_parser = parse_at)]
     at: Option<Timestamp>,
+    /// The rollout ledger the operator exports (`GET /api/v1/rollouts`), a file or an http(s)
+    /// URL: deadlines already handed out are shown as devices have them. Without it every
+    /// deadline is shown as if handed out now.
+    #[arg(long)]
+    ledger: Option<String>,
     #[arg(long, value_enum, default_value_t)]
     output: PlanOutput,
+}
+
+/// The largest ledger `--ledger` reads (about a million devices).
+const MAX_LEDGER_BYTES: usize = 512 << 20;
+
+/// `--ledger`: the exported ledger, with the rows it could not read named as warnings.
+fn load_ledger(source: &str) -> Result<(Ledger, Vec<String>), CliError> {
+    let bytes = if source.starts_with("https://") || source.starts_with("http://") {
+        let fetch = async {
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(60))
+                .build()
+                .map_err(|e| e.to_string())?;
+            let mut response = client
+                .get(source)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())
+                .map_err(|e| e.to_string())?;
+            let mut body = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                if body.len() + chunk.len() > MAX_LEDGER_BYTES {
+                    return Err(format!("larger than {} MiB", MAX_LEDGER_BYTES >> 20));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(body)
+        };
+        super::runtime()?
+            .block_on(fetch)
+            .map_err(|e| CliError::Unreadable(format!("{source}: {e}")))?
+    } else {
+        std::fs::read(source).map_err(|e| CliError::Unreadable(format!("{source}: {e}")))?
+    };
+    let document: LedgerDocument = serde_json::from_slice(&bytes)
+        .map_err(|e| CliError::Invalid(vec![format!("{source}: not a rollout ledger: {e}")]))?;
+    let (ledger, problems) = Ledger::from_document(&document);
+    if document.kind != crate::resolve::ledger::LEDGER_KIND {
+        return Err(CliError::Invalid(
+            problems
+                .into_iter()
+                .map(|p| format!("{source}: {p}"))
+                .collect(),
+        ));
+    }
+    Ok((
+        ledger,
+        problems
+            .into_iter()
+            .map(|p| format!("--ledger {source}: {p}"))
+            .collect(),
+    ))
 }
 
 pub fn run(args: PlanArgs) -> Result<String, CliError> {
@@ -69,15 +127,32 @@ pub fn run(args: PlanArgs) -> Result<String, CliError> {
     })?;
     let catalog = load_catalog(&catalog_file(&args.catalog)?, None)?;
     let now = args.at.unwrap_or_else(Timestamp::now);
-    let plan = resolve::resolve(Input {
-        groups: &checked.groups,
-        policies: &checked.policies,
-        targets: &checked.targets,
-        devices: &devices,
-        catalog: &catalog,
-        now,
-    });
-    let report = Report::new(&checked, &devices, &plan);
+    let (ledger, ledger_problems) = match &args.ledger {
+        Some(source) => load_ledger(source)?,
+        None => (Ledger::default(), Vec::new()),
+    };
+    let mut plan = resolve::resolve_with(
+        Input {
+            groups: &checked.groups,
+            policies: &checked.policies,
+            targets: &checked.targets,
+            devices: &devices,
+            catalog: &catalog,
+            now,
+        },
+        &ledger,
+    );
+    plan.warnings.extend(ledger_problems);
+    let deadlines = match &args.ledger {
+        Some(source) => format!(
+            "deadlines handed out before are as the ledger {source} has them ({} device entries); the rest as if handed out at {now}",
+            ledger.devices.values().map(|r| r.len()).sum::<usize>()
+        ),
+        None => format!(
+            "every deadline as if handed out at {now} (no --ledger); the operator fixes each deadline once it hands it out"
+        ),
+    };
+    let report = Report::new(&checked, &devices, &plan, deadlines);
     match args.output {
         // Streamed: at 100,000 devices the document is hundreds of megabytes.
         PlanOutput::Json => {
@@ -137,13 +212,34 @@ struct DeviceReason {
 #[serde(rename_all = "camelCase")]
 struct DeviceReport<'a> {
     enrollment_id: &'a str,
+    enforcements: Vec<DeviceEnforcement>,
     declarations: Vec<&'a Declaration>,
     reasons: Vec<DeviceReason>,
+}
+
+/// One enforcement a device gets and where its deadline comes from.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceEnforcement {
+    source: String,
+    version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    build: Option<String>,
+    /// `TargetLocalDateTime`.
+    deadline: String,
+    /// For a policy: the ring's deadline (the device's own is later when it joined late).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ring_deadline: Option<String>,
+    /// For a policy: when the device was handed this deadline (the plan's time: not yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    handed_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Summary {
+    /// Where deadlines come from: the ledger, or as if handed out now.
+    deadlines: String,
     devices: usize,
     devices_with_enforcement: usize,
     distinct_declarations: usize,
@@ -162,7 +258,7 @@ struct Report<'a> {
 }
 
 impl<'a> Report<'a> {
-    fn new(checked: &Checked, devices: &'a [Device], plan: &'a Plan) -> Self {
+    fn new(checked: &Checked, devices: &'a [Device], plan: &'a Plan, deadlines: String) -> Self {
         let enforcement_targets = plan
             .generated
             .iter()
@@ -174,6 +270,21 @@ impl<'a> Report<'a> {
             .zip(&plan.devices)
             .map(|(device, outcome)| DeviceReport {
                 enrollment_id: &device.enrollment_id,
+                enforcements: outcome
+                    .enforcements
+                    .iter()
+                    .map(|e| DeviceEnforcement {
+                        source: source_name(checked, e.source),
+                        version: e.version.to_string(),
+                        build: e.build.as_ref().map(ToString::to_string),
+                        deadline: resolve::ledger::format_local(e.deadline),
+                        ring_deadline: e
+                            .handed
+                            .as_ref()
+                            .map(|h| resolve::ledger::format_local(h.ring_deadline)),
+                        handed_at: e.handed.as_ref().map(|h| h.handed_at.to_string()),
+                    })
+                    .collect(),
                 declarations: outcome
                     .declarations
                     .iter()
@@ -203,6 +314,7 @@ impl<'a> Report<'a> {
             enforcement_targets,
             devices: device_reports,
             summary: Summary {
+                deadlines,
                 devices: devices.len(),
                 devices_with_enforcement: plan
                     .devices
@@ -266,6 +378,7 @@ impl<'a> Report<'a> {
         for (reason, count) in &s.reasons {
             let _ = writeln!(out, "  {reason}: {count}");
         }
+        let _ = writeln!(out, "{}", s.deadlines);
         for warning in &s.warnings {
             let _ = writeln!(out, "warning: {warning}");
         }

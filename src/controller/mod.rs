@@ -170,6 +170,7 @@ pub async fn start(
         ready: Default::default(),
         status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
         enrollment: tally.clone(),
+        ledger: Some(store.clone()),
     });
     let (gate, gate_view) = watch::channel(Arc::new(GateView::unavailable(
         "this replica is not the leader or has not resolved yet",

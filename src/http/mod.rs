@@ -24,6 +24,8 @@ pub struct AppState {
     pub status: RwLock<serde_json::Value>,
     /// Enrollment gate decisions, added live to the status.
     pub enrollment: Arc<crate::enroll::tally::Tally>,
+    /// The store whose rollout ledger `GET /api/v1/rollouts` exports.
+    pub ledger: Option<Arc<crate::backend::store::Store>>,
 }
 
 /// The router: DDM under `base_path` (such as `/ddm`), the rest at the root. The enrollment
@@ -36,11 +38,34 @@ pub fn router(base_path: &str, ddm_state: Arc<ddm::DdmState>, app: Arc<AppState>
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/api/v1/status", get(status_json))
+        .route("/api/v1/rollouts", get(rollouts_json))
         .with_state(app);
     if base == "/" {
         app_routes.merge(ddm)
     } else {
         app_routes.nest(&base, ddm)
+    }
+}
+
+/// The rollout ledger (what `plan --ledger` reads): every handed-out deadline, per device and
+/// per ring.
+async fn rollouts_json(State(app): State<Arc<AppState>>) -> axum::response::Response {
+    let Some(store) = &app.ledger else {
+        return (
+            StatusCode::NOT_FOUND,
+            "this server keeps no rollout ledger\n",
+        )
+            .into_response();
+    };
+    let memory = store.memory();
+    let document = memory.ledger.document(Some(jiff::Timestamp::now()));
+    match serde_json::to_vec(&document) {
+        Ok(body) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response(),
+        Err(error) => (StatusCode::INTERNAL_SERVER_ERROR, error.to_string()).into_response(),
     }
 }
 

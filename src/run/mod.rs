@@ -83,6 +83,7 @@ impl Engine {
             ready: Default::default(),
             status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
             enrollment: tally.clone(),
+            ledger: Some(store.clone()),
         });
         let (gate, gate_view) =
             watch::channel(Arc::new(GateView::unavailable("no resolver pass yet")));

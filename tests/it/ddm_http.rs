@@ -42,6 +42,7 @@ async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> Server {
         ready: Default::default(),
         status: tokio::sync::RwLock::new(json!({})),
         enrollment: Default::default(),
+        ledger: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
