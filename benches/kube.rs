@@ -1739,22 +1739,13 @@ async fn scenario(
         .expect("a temporary folder")
         .to_path_buf();
     let config = RunConfig {
-        manifests: work.join("unused-manifests"),
-        catalog: CatalogSource::File(Path::new(ROOT).join(CATALOG)),
-        catalog_roots: None,
         catalog_refresh: Duration::from_secs(24 * 3600),
-        data_dir: work.join("data"),
-        database: work.join("ddm.sqlite"),
         inventory: Some(inventory_path),
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        base_path: "/ddm/".into(),
-        receive_key: None,
-        send_key: None,
-        nanomdm: None,
-        poll_interval: Duration::from_secs(1),
-        assume_supervised: true,
-        enroll: Default::default(),
-        clock: Default::default(),
+        ..RunConfig::local(
+            work.join("unused-manifests"),
+            CatalogSource::File(Path::new(ROOT).join(CATALOG)),
+            &work,
+        )
     };
     let settings = KubeSettings {
         lease_namespace: NAMESPACE.into(),

@@ -55,6 +55,32 @@ pub struct RunConfig {
     pub clock: crate::clock::Clock,
 }
 
+impl RunConfig {
+    /// An operator on loopback (any free port) with its store and cache under `work`, reading
+    /// `catalog`, no NanoMDM, no HMAC keys, no enrollment gate, the system clock: what tests,
+    /// benchmarks and simulations start from, changing what they need.
+    pub fn local(manifests: PathBuf, catalog: CatalogSource, work: &Path) -> Self {
+        RunConfig {
+            manifests,
+            catalog,
+            catalog_roots: None,
+            catalog_refresh: Duration::from_secs(3600),
+            data_dir: work.join("data"),
+            database: work.join("ddm.sqlite"),
+            inventory: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            base_path: "/ddm/".into(),
+            receive_key: None,
+            send_key: None,
+            nanomdm: None,
+            poll_interval: Duration::from_secs(1),
+            assume_supervised: true,
+            enroll: Default::default(),
+            clock: Default::default(),
+        }
+    }
+}
+
 /// The catalog in use and where it came from, for status.
 pub struct CatalogState {
     pub catalog: Arc<Catalog>,

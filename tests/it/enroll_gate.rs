@@ -730,22 +730,8 @@ async fn start_gate(catalog: CatalogSource, enroll: EnrollConfig) -> Gate {
     std::fs::create_dir_all(&manifests).expect("manifests folder");
     std::fs::write(manifests.join("fleet.yaml"), HTTP_MANIFESTS).expect("manifests");
     let config = RunConfig {
-        manifests,
-        catalog,
-        catalog_roots: None,
-        catalog_refresh: Duration::from_secs(3600),
-        data_dir: work.path().join("data"),
-        database: work.path().join("ddm.sqlite"),
-        inventory: None,
-        listen: "127.0.0.1:0".parse().expect("address"),
-        base_path: "/ddm/".into(),
-        receive_key: None,
-        send_key: None,
-        nanomdm: None,
-        poll_interval: Duration::from_secs(1),
-        assume_supervised: true,
         enroll,
-        clock: Default::default(),
+        ..RunConfig::local(manifests, catalog, work.path())
     };
     let path = config.enroll.route();
     let engine = Engine::start(config).await.expect("the operator starts");

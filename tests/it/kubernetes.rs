@@ -170,7 +170,7 @@ fn find_or_start_apiserver() -> Result<Access, String> {
 }
 
 /// A client straight to the API server (made per test: a client belongs to its runtime).
-async fn plain_client() -> Client {
+pub(crate) async fn plain_client() -> Client {
     let access = access();
     let kubeconfig = match &access.kubeconfig {
         Some(path) => Kubeconfig::read_from(path),
@@ -519,22 +519,12 @@ impl Env {
         let manifests = work.path().join("unused-manifests");
         std::fs::create_dir_all(&manifests).expect("a folder");
         let config = RunConfig {
-            manifests,
-            catalog: CatalogSource::File(Path::new(ROOT).join(CATALOG)),
-            catalog_roots: None,
-            catalog_refresh: Duration::from_secs(3600),
-            data_dir: work.path().join("data"),
-            database: work.path().join("ddm.sqlite"),
             inventory: Some(inventory),
-            listen: "127.0.0.1:0".parse().expect("an address"),
-            base_path: "/ddm/".into(),
-            receive_key: None,
-            send_key: None,
-            nanomdm: None,
-            poll_interval: Duration::from_secs(1),
-            assume_supervised: true,
-            enroll: Default::default(),
-            clock: Default::default(),
+            ..RunConfig::local(
+                manifests,
+                CatalogSource::File(Path::new(ROOT).join(CATALOG)),
+                work.path(),
+            )
         };
         let log = Arc::new(RequestLog::default());
         let scoped = scoped_client(client.clone(), &namespace, log.clone(), None);
