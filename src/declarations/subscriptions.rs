@@ -161,7 +161,7 @@ pub const STATUS_ITEMS: &[(&str, Availability)] = &[
     ),
     (
         "softwareupdate.pending-version",
-        [Some("17.0"), Some("14.0"), None, None, None],
+        [Some("17.0"), Some("14.0"), Some("18.4"), Some("26.0"), None],
     ),
 ];
 
@@ -184,28 +184,39 @@ static PARSED: std::sync::LazyLock<Vec<[Option<OsVersion>; 5]>> = std::sync::Laz
 });
 
 /// The items a device may subscribe to, as a bit per row of [`STATUS_ITEMS`]: a cheap key for
-/// sharing one subscriptions declaration among devices.
+/// sharing one subscriptions declaration among devices. 0 when it may subscribe to none.
 pub fn status_items_mask(device: &Device) -> u32 {
-    let user = device.enrollment_type == EnrollmentType::User;
-    let unsupervised_mac = device.platform == Platform::MacOs && !device.supervised;
     let column = column(device.platform);
     let mut mask = 0u32;
     for (row, ((name, _), versions)) in STATUS_ITEMS.iter().zip(PARSED.iter()).enumerate() {
         let available = versions[column]
             .as_ref()
             .is_some_and(|v| device.os_version >= *v);
-        let allowed = if name.starts_with("softwareupdate.") {
-            !user && !unsupervised_mac
-        } else if *name == "device.identifier.serial-number" {
-            !user
-        } else {
-            true
-        };
-        if available && allowed {
+        if available && enrollment_allows(device, name) {
             mask |= 1 << row;
         }
     }
     mask
+}
+
+/// The items' `allowed-enrollments` in Apple's status schemas: a supervised device may
+/// subscribe to every item; an unsupervised device enrollment only on iOS/iPadOS, tvOS and
+/// visionOS (no macOS or watchOS item lists `device`); a user enrollment only on iOS/iPadOS,
+/// macOS and visionOS, and never to the serial number or `softwareupdate.*`.
+fn enrollment_allows(device: &Device, name: &str) -> bool {
+    let platform = device.platform;
+    if device.enrollment_type == EnrollmentType::User {
+        return matches!(
+            platform,
+            Platform::Ios | Platform::IpadOs | Platform::MacOs | Platform::VisionOs
+        ) && !name.starts_with("softwareupdate.")
+            && name != "device.identifier.serial-number";
+    }
+    device.supervised
+        || matches!(
+            platform,
+            Platform::Ios | Platform::IpadOs | Platform::TvOs | Platform::VisionOs
+        )
 }
 
 /// The item names a mask stands for, in table order.
@@ -231,8 +242,6 @@ pub fn status_items_for(
 }
 
 /// The items this device may subscribe to: available on its OS and allowed for its enrollment.
-/// Apple allows `softwareupdate.*` only on supervised or device enrollments (supervised on
-/// macOS), and the serial number not on user enrollments.
 pub fn status_items_for_device(device: &Device) -> impl Iterator<Item = &'static str> {
     items_of_mask(status_items_mask(device))
 }

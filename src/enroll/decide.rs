@@ -7,9 +7,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::machine_info::MachineInfo;
+use super::response::require_beta_program_supported;
 use crate::api::FailurePolicy;
 use crate::api::validate::{CheckedGate, CheckedGroup, CheckedPolicy, MinimumVersion, ObjectKey};
-use crate::catalog::{AssetSet, Build, Catalog, OsVersion, Platform};
+use crate::catalog::{
+    Build, Catalog, OsVersion, Platform, runs_at_least, runs_prerelease, usable_set,
+};
 use crate::inventory::{Device, EnrollmentType};
 use crate::resolve::{Reason, Required, lowest_at_least, policy_target, selects};
 
@@ -99,7 +102,8 @@ pub enum Verdict {
     /// HTTP 403 `com.apple.softwareupdate.required`.
     UpdateRequired {
         required: Required,
-        /// The beta program's description, when the policy asks for one.
+        /// The beta program's description: only where the policy names one, the required
+        /// release is a pre-release and the device's OS takes `RequireBetaProgram`.
         beta_program: Option<String>,
     },
     /// The gate could not decide and the policy's `failurePolicy: Open` lets the device enroll.
@@ -145,7 +149,9 @@ pub struct Decision {
 /// One policy's answer before they are combined.
 enum PolicyAnswer {
     Allowed,
-    Update(Required),
+    /// Update to this release; `true` when it is a pre-release the device reaches through the
+    /// policy's beta program.
+    Update(Required, bool),
     Failed(String),
 }
 
@@ -204,10 +210,10 @@ pub fn decide(view: &GateView, info: &MachineInfo, now: Timestamp) -> Decision {
     let strictest = answers
         .iter()
         .filter_map(|(p, a)| match a {
-            PolicyAnswer::Update(required) => Some((*p, required)),
+            PolicyAnswer::Update(required, beta) => Some((*p, required, *beta)),
             _ => None,
         })
-        .max_by(|(pa, a), (pb, b)| a.version.cmp(&b.version).then(pb.cmp(pa)));
+        .max_by(|(pa, a, _), (pb, b, _)| a.version.cmp(&b.version).then(pb.cmp(pa)));
     let failed = |closed: bool| {
         answers.iter().find_map(|(p, a)| match a {
             PolicyAnswer::Failed(why)
@@ -218,11 +224,15 @@ pub fn decide(view: &GateView, info: &MachineInfo, now: Timestamp) -> Decision {
             _ => None,
         })
     };
-    let (verdict, policy) = if let Some((p, required)) = strictest {
+    let (verdict, policy) = if let Some((p, required, beta)) = strictest {
+        // Apple: "The device remains in the beta program after the system completes the
+        // enforced software update" (softwareupdate.required.yaml), so only a pre-release the
+        // policy asks for takes the device there, never a release.
+        let beta_program = beta.then(|| view.gates[p].beta_program.clone()).flatten();
         (
             Verdict::UpdateRequired {
                 required: required.clone(),
-                beta_program: view.gates[p].beta_program.clone(),
+                beta_program,
             },
             p,
         )
@@ -255,7 +265,7 @@ fn answer(
     now: Timestamp,
 ) -> PolicyAnswer {
     if let MinimumVersion::Version(minimum) = &gate.minimum
-        && device.os_version >= *minimum
+        && runs_at_least(&device.os_version, device.build_version.as_ref(), minimum)
     {
         return PolicyAnswer::Allowed;
     }
@@ -263,17 +273,23 @@ fn answer(
         Ok(catalog) => catalog,
         Err(why) => return PolicyAnswer::Failed(why.clone()),
     };
-    // Before macOS 15 a Mac may only be asked for what Software Update offers the public.
-    let asset_set = if device.platform == Platform::MacOs && device.os_version.major() < 15 {
-        AssetSet::Public
-    } else {
-        policy.asset_set
-    };
+    // The same lists the declarations choose from (before macOS 15, a Mac only the public one).
+    let (asset_set, _) = usable_set(
+        policy.asset_set,
+        device.platform,
+        &device.os_version,
+        device.supervised,
+    );
     let target = policy_target(catalog, policy, ring, device, asset_set, now);
     let model = device.catalog_device_id().unwrap_or(&device.model);
     let not_in_catalog = || format!("{model} is not in Apple's catalog");
+    let update = |required: Required| {
+        let beta = gate.beta_program.is_some()
+            && runs_prerelease(&required.version, required.build.as_ref());
+        PolicyAnswer::Update(required, beta)
+    };
     match (&gate.minimum, target) {
-        (MinimumVersion::Target, Ok(required)) => PolicyAnswer::Update(required),
+        (MinimumVersion::Target, Ok(required)) => update(required),
         (MinimumVersion::Target, Err((Reason::UpToDate, _))) => PolicyAnswer::Allowed,
         (_, Err((Reason::DeviceNotInCatalog, _))) => PolicyAnswer::Failed(not_in_catalog()),
         (_, Err((Reason::DeviceIdUnknown, _))) => PolicyAnswer::Failed(format!(
@@ -284,7 +300,7 @@ fn answer(
             reason.as_str()
         )),
         (MinimumVersion::Version(minimum), target) => match target {
-            Ok(required) if required.version >= *minimum => PolicyAnswer::Update(required),
+            Ok(required) if required.version >= *minimum => update(required),
             // The policy's own target is below the minimum (or the device already runs it):
             // the smallest release that meets the minimum.
             _ => match lowest_at_least(
@@ -295,12 +311,44 @@ fn answer(
                 minimum,
                 now,
             ) {
-                Some(required) => PolicyAnswer::Update(required),
-                None => PolicyAnswer::Failed(format!(
-                    "Apple offers {model} no release of at least {minimum} now"
-                )),
+                Some(required) => update(required),
+                None => prerelease(catalog, gate, device, model, minimum),
             },
         },
+    }
+}
+
+/// A minimum above every release Apple lists for the device can only be a pre-release: with a
+/// beta program named by the policy (the explicit intent), the device is required to reach it
+/// through that program where its OS takes `RequireBetaProgram`.
+fn prerelease(
+    catalog: &Catalog,
+    gate: &CheckedGate,
+    device: &Device,
+    model: &str,
+    minimum: &OsVersion,
+) -> PolicyAnswer {
+    let unreleased = device
+        .catalog_device_id()
+        .and_then(|id| catalog.newest_listed(id))
+        .is_some_and(|newest| newest < minimum);
+    match (&gate.beta_program, unreleased) {
+        (Some(_), true) if require_beta_program_supported(device.platform, &device.os_version) => {
+            PolicyAnswer::Update(
+                Required {
+                    version: minimum.clone(),
+                    build: None,
+                },
+                true,
+            )
+        }
+        (Some(_), true) => PolicyAnswer::Failed(format!(
+            "{minimum} is not released for {model}, and {} {} cannot be enrolled in a beta program during setup (RequireBetaProgram: iOS 17.5, macOS 14.5, visionOS 26)",
+            device.platform, device.os_version
+        )),
+        _ => PolicyAnswer::Failed(format!(
+            "Apple offers {model} no release of at least {minimum} now"
+        )),
     }
 }
 
@@ -437,6 +485,125 @@ mod tests {
         ] {
             assert_eq!(platform_of(product), platform, "{product}");
         }
+    }
+
+    const SNAPSHOT: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
+
+    /// One gate over everything: `latest`, with `enrollment` as given.
+    fn view(enrollment: &str) -> GateView {
+        let text = format!(
+            "apiVersion: updates.ddm.dev/v1alpha1
+kind: FleetGroup
+metadata: {{name: all, namespace: it}}
+spec: {{}}
+---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: UpdatePolicy
+metadata: {{name: gate, namespace: it}}
+spec:
+  fleetGroups: [all]
+  target: {{strategy: latest}}
+  deadline: {{daysAfterPosting: 7}}
+  enrollment: {enrollment}
+"
+        );
+        let checked =
+            crate::manifests::check_str("gate.yaml", &text).unwrap_or_else(|p| panic!("{p:?}"));
+        let catalog = Catalog::from_slice(SNAPSHOT)
+            .expect("the snapshot")
+            .with_as_of(jiff::civil::date(2026, 8, 22));
+        GateView::new(
+            &checked.groups,
+            &checked.policies,
+            Arc::default(),
+            Ok(Arc::new(catalog)),
+        )
+    }
+
+    fn info(product: &str, board: &str, version: &str, build: &str) -> MachineInfo {
+        MachineInfo {
+            serial: "S".into(),
+            product: product.into(),
+            build: build.into(),
+            os_version: Some(version.into()),
+            can_request_update: true,
+            software_update_device_id: Some(board.into()),
+            ..MachineInfo::default()
+        }
+    }
+
+    fn verdict(view: &GateView, info: &MachineInfo) -> Verdict {
+        let now: Timestamp = "2026-08-22T12:00:00Z".parse().expect("a time");
+        decide(view, info, now).verdict
+    }
+
+    fn required(version: &str, build: Option<&str>, beta: Option<&str>) -> Verdict {
+        Verdict::UpdateRequired {
+            required: Required {
+                version: version.parse().expect("a version"),
+                build: build.map(Build::new),
+            },
+            beta_program: beta.map(str::to_string),
+        }
+    }
+
+    /// Apple: the device "remains in the beta program after the system completes the enforced
+    /// software update", so a release is required without it; only a minimum Apple has not
+    /// released (a pre-release the policy asks for by naming a program) takes it there.
+    #[test]
+    fn the_beta_program_goes_only_with_a_prerelease_the_policy_asks_for() {
+        let beta = "betaProgram: {description: IT seed}";
+        // A Mac on macOS 14: the policy's target, from the public list (`PublicAssetSets
+        // macOS 26.6.2 25G83`, one build for J514sAP), without the program.
+        let mac_14 = info("Mac15,3", "J514sAP", "14.6", "23G80");
+        let gate = view(&format!("{{minimumVersion: '15.0', {beta}}}"));
+        assert_eq!(verdict(&gate, &mac_14), required("26.6.2", None, None));
+
+        // 27.0 is above everything Apple lists for J514sAP (26.6.2) and iPhone15,2 (26.6.1).
+        let gate = view(&format!(
+            "{{minimumVersion: '27.0', failurePolicy: Closed, {beta}}}"
+        ));
+        let mac_15 = info("Mac15,3", "J514sAP", "15.7.9", "24G830");
+        assert_eq!(
+            verdict(&gate, &mac_15),
+            required("27.0", None, Some("IT seed"))
+        );
+        // RequireBetaProgram needs iOS 17.5 (softwareupdate.required.yaml).
+        let old_phone = info("iPhone15,2", "iPhone15,2", "17.4", "21E219");
+        assert!(matches!(
+            verdict(&gate, &old_phone),
+            Verdict::FailedClosed(why) if why.contains("RequireBetaProgram")
+        ));
+        let phone = info("iPhone15,2", "iPhone15,2", "17.5", "21F79");
+        assert_eq!(
+            verdict(&gate, &phone),
+            required("27.0", None, Some("IT seed"))
+        );
+        // Without a program named, a minimum nobody can install is a failure, as before.
+        let gate = view("{minimumVersion: '27.0', failurePolicy: Closed}");
+        assert!(matches!(
+            verdict(&gate, &phone),
+            Verdict::FailedClosed(why) if why.contains("no release of at least 27.0")
+        ));
+    }
+
+    #[test]
+    fn a_beta_of_the_minimum_does_not_meet_it_and_the_bare_extra_reads() {
+        let gate = view("{minimumVersion: '26.6.1'}");
+        // `AssetSets iOS 26.6.1 23G83` and its twin `23G6083`: no build is named.
+        let beta = info("iPhone15,2", "iPhone15,2", "26.6.1", "23G5070a");
+        assert_eq!(verdict(&gate, &beta), required("26.6.1", None, None));
+        let release = info("iPhone15,2", "iPhone15,2", "26.6.1", "23G83");
+        assert_eq!(verdict(&gate, &release), Verdict::Allowed);
+        // `SUPPLEMENTAL_OS_VERSION_EXTRA` as a bare letter (Apple: "version letter").
+        let patched = MachineInfo {
+            supplemental_extra: Some("a".into()),
+            ..release
+        };
+        let target = view("{minimumVersion: Target, failurePolicy: Closed}");
+        assert_eq!(verdict(&target, &patched), Verdict::Allowed);
+        let decision = decide(&target, &patched, Timestamp::UNIX_EPOCH);
+        assert_eq!(decision.running.as_deref(), Some("26.6.1 a (23G83)"));
     }
 
     #[test]

@@ -1,8 +1,27 @@
 //! The 403 body Apple defines in `mdm/errors/softwareupdate.required.yaml`, as JSON or as an XML
 //! plist.
 
-use crate::catalog::Platform;
+use crate::catalog::{OsVersion, Platform};
 use crate::resolve::Required;
+
+/// The first version of each OS that takes `details.RequireBetaProgram` in the 403, as Apple's
+/// `mdm/errors/softwareupdate.required.yaml` has it: the key's own `supportedOS` (iOS 17.5,
+/// macOS 14.5) laid over the body's (visionOS 26.0; tvOS and watchOS `n/a`). A test reads the
+/// schema file and checks this table.
+pub fn require_beta_program_introduced(platform: Platform) -> Option<(u32, u32)> {
+    match platform {
+        Platform::Ios | Platform::IpadOs => Some((17, 5)),
+        Platform::MacOs => Some((14, 5)),
+        Platform::VisionOs => Some((26, 0)),
+        Platform::TvOs | Platform::WatchOs | Platform::AudioOs => None,
+    }
+}
+
+/// Whether a device on `platform` `running` understands `RequireBetaProgram`.
+pub fn require_beta_program_supported(platform: Platform, running: &OsVersion) -> bool {
+    require_beta_program_introduced(platform)
+        .is_some_and(|introduced| crate::declarations::at_least(running, introduced))
+}
 
 /// The body's format, from the request's `Accept`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 
 mod deadline;
 mod generate;
+#[cfg(test)]
+mod installable_tests;
 pub mod ledger;
 mod reason;
 mod select;
@@ -25,6 +27,7 @@ pub use single::{Required, lowest_at_least, policy_target};
 use crate::api::validate::{CheckedGroup, CheckedPolicy, CheckedTarget, ObjectKey};
 use crate::catalog::{
     AssetSet, Build, Catalog, Choice, DeviceOs, OsVersion, Platform, Query, ReleaseKind, Strategy,
+    runs_prerelease, usable_set,
 };
 use crate::declarations::{
     self, Declaration, MergedSettings, Unsupported, enforcement_supported, settings_supported,
@@ -391,6 +394,12 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
                 };
                 for (p, ring) in &applying {
                     let policy = &input.policies[*p];
+                    let (asset_set, narrowed) = usable_set(
+                        policy.asset_set,
+                        device.platform,
+                        &device.os_version,
+                        device.supervised,
+                    );
                     let handed = rollouts
                         .get(&device.enrollment_id)
                         .and_then(|r| r.get(&policy_keys[*p]));
@@ -400,29 +409,10 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
                         handed,
                     };
                     match policy_candidate(
-                        input,
-                        policy,
-                        policy.asset_set,
-                        *ring,
-                        os,
-                        today,
-                        &mut book,
-                        at,
+                        input, policy, asset_set, *ring, os, today, &mut book, at,
                     ) {
-                        Ok((candidate, two_step)) => {
-                            if let Some(base) = two_step {
-                                out.notes.push(Note {
-                                    source: Source::Policy(*p),
-                                    reason: Reason::TwoStep,
-                                    detail: format!(
-                                        "{base} first; its security improvement follows"
-                                    ),
-                                });
-                            }
-                            candidates.push(Candidate {
-                                source: Source::Policy(*p),
-                                ..candidate
-                            });
+                        Ok(asked) => {
+                            take(&mut out, &mut candidates, Source::Policy(*p), asked);
                         }
                         Err(refused) => {
                             // Up to date at the release this policy took it to.
@@ -447,29 +437,38 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
                             });
                         }
                     }
+                    // After the policy's own reason: a device's standing reads the first note.
+                    if let Some(why) = narrowed {
+                        out.notes.push(Note {
+                            source: Source::Policy(*p),
+                            reason: Reason::PublicAssetSetsOnly,
+                            detail: why.to_string(),
+                        });
+                    }
                 }
+                // Hand-written targets ask for AssetSets.
+                let (target_set, narrowed) = usable_set(
+                    AssetSet::Mdm,
+                    device.platform,
+                    &device.os_version,
+                    device.supervised,
+                );
                 for t in &targets {
-                    match target_candidate(input, &input.targets[*t], device, os, today) {
-                        Ok((candidate, two_step)) => {
-                            if let Some(base) = two_step {
-                                out.notes.push(Note {
-                                    source: Source::Target(*t),
-                                    reason: Reason::TwoStep,
-                                    detail: format!(
-                                        "{base} first; its security improvement follows"
-                                    ),
-                                });
-                            }
-                            candidates.push(Candidate {
-                                source: Source::Target(*t),
-                                ..candidate
-                            });
-                        }
+                    let target = &input.targets[*t];
+                    match target_candidate(input, target, device, os, target_set, today) {
+                        Ok(asked) => take(&mut out, &mut candidates, Source::Target(*t), asked),
                         Err(refused) => out.notes.push(Note {
                             source: Source::Target(*t),
                             reason: refused.reason,
                             detail: refused.detail,
                         }),
+                    }
+                    if let Some(why) = narrowed {
+                        out.notes.push(Note {
+                            source: Source::Target(*t),
+                            reason: Reason::PublicAssetSetsOnly,
+                            detail: why.to_string(),
+                        });
                     }
                 }
             }
@@ -546,8 +545,10 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
         if let Some(index) = settings_declaration(&mut table, input, &out.policies, device) {
             configurations.push(index);
         }
-        if subscriptions_allowed(device) && declarations::ddm_supported(device) {
-            let items = declarations::status_items_mask(device);
+        // No item at all where Apple's status schemas allow none for this enrollment (an
+        // unsupervised Mac or watch).
+        let items = declarations::status_items_mask(device);
+        if items != 0 && declarations::ddm_supported(device) {
             let index = match table.subscriptions.get(&items) {
                 Some(index) => *index,
                 None => {
@@ -600,6 +601,18 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
             plan.warnings.push(format!(
                 "EnforcementTarget {}: targetLocalDateTime {} has passed; devices below the target install it at once",
                 target.key, target.deadline
+            ));
+        }
+    }
+    for policy in input.policies {
+        if policy
+            .enrollment
+            .as_ref()
+            .is_some_and(|gate| gate.beta_program.is_some())
+        {
+            plan.warnings.push(format!(
+                "UpdatePolicy {}: enrollment.betaProgram enrolls a held device in the beta program only for a pre-release minimum (RequireBetaProgram); the device stays in the program after the update (Apple, softwareupdate.required.yaml)",
+                policy.key
             ));
         }
     }
@@ -716,7 +729,39 @@ fn name_targets(policies: &[CheckedPolicy], targets: &mut [GeneratedTarget]) {
     }
 }
 
-type Decided = Result<(Candidate, Option<String>), Refused>;
+/// What one source asks of one device: an enforcement and, where a security improvement needs
+/// its base first, the improvement's own enforcement after it.
+struct Asked {
+    first: Candidate,
+    then: Option<Candidate>,
+}
+
+type Decided = Result<Asked, Refused>;
+
+/// Keeps what a source asks of the device, saying so where it takes two steps.
+fn take(out: &mut DevicePlan, candidates: &mut Vec<Candidate>, source: Source, asked: Asked) {
+    let Asked { first, then } = asked;
+    if let Some(then) = &then {
+        let named = |c: &Candidate| match &c.build {
+            Some(build) => format!("{} ({build}) by {}", c.version, c.deadline),
+            None => format!("{} by {}", c.version, c.deadline),
+        };
+        out.notes.push(Note {
+            source,
+            reason: Reason::TwoStep,
+            detail: format!(
+                "{} first, then {}: a security improvement below its base takes two enforcements",
+                named(&first),
+                named(then)
+            ),
+        });
+    }
+    candidates.extend(
+        std::iter::once(first)
+            .chain(then)
+            .map(|c| Candidate { source, ..c }),
+    );
+}
 
 /// The ring deadlines one pass counts from, and the ledger entries it reads.
 struct RingBook<'a> {
@@ -924,17 +969,60 @@ fn policy_candidate(
     if let Some(clamp) = clamp {
         at = at.min(clamp);
     }
-    let (mut candidate, two_step) = candidate(
+    let mut first = candidate(
         input.catalog,
         asset_set,
-        os.device_id,
+        os,
         chosen,
         ring,
         at,
         policy.details_url.clone(),
     );
-    candidate.handed = Some(handed);
-    Ok((candidate, two_step))
+    let then = chosen.then.map(|(patch, _)| {
+        // The ledger keeps the device's last enforcement from this policy: the improvement.
+        // The base's deadline counts from when that was handed out, so neither moves later.
+        let (patch_at, patch_handed) =
+            book.device(policy, ring, hand, &patch.version, patch.posting_date, true);
+        if hand
+            .handed
+            .is_some_and(|h| h.version == patch.version.to_string())
+        {
+            let base_at = ledger::join(
+                &policy.deadline,
+                handed.ring_deadline,
+                patch_handed.handed_at,
+            );
+            at = clamp.map_or(base_at, |clamp| base_at.min(clamp));
+            first.deadline = at;
+        }
+        let mut then = candidate(
+            input.catalog,
+            asset_set,
+            os,
+            Choice {
+                release: patch,
+                expires: None,
+                two_step: false,
+                then: None,
+            },
+            ring,
+            patch_at.max(after(at)),
+            policy.details_url.clone(),
+        );
+        then.handed = Some(patch_handed);
+        then
+    });
+    first.handed = Some(handed);
+    Ok(Asked { first, then })
+}
+
+/// The earliest deadline for a security improvement whose base is due at `base`: a day later,
+/// so the device has installed and restarted into the base (Apple: use two configurations,
+/// "the first configuration to update to the new base version, and the second configuration to
+/// update the new base version to its supplemental version", softwareupdate.enforcement.specific
+/// notes; of several, the earliest deadline is processed first).
+fn after(base: DateTime) -> DateTime {
+    base.checked_add(jiff::Span::new().days(1)).unwrap_or(base)
 }
 
 /// `majors` narrows the strategy: stay in a listed major, or move to the newest listed one.
@@ -967,42 +1055,52 @@ fn scoped_strategy(policy: &CheckedPolicy, running: &OsVersion) -> Strategy {
 fn candidate(
     catalog: &Catalog,
     asset_set: AssetSet,
-    device_id: &str,
+    os: DeviceOs<'_>,
     choice: Choice<'_>,
     ring: usize,
     deadline: DateTime,
     details_url: Option<String>,
-) -> (Candidate, Option<String>) {
+) -> Candidate {
+    Candidate {
+        source: Source::Policy(usize::MAX),
+        ring,
+        version: choice.release.version.clone(),
+        build: pinned_build(catalog, asset_set, os, &choice),
+        deadline,
+        details_url,
+        handed: None,
+    }
+}
+
+/// `TargetBuildVersion`, only where the catalog says which build this device takes. Several
+/// builds of one version for one device id ("twins", such as 23G83 and 23G6083) are left to the
+/// device: nothing says every device of the id can take either.
+fn pinned_build(
+    catalog: &Catalog,
+    asset_set: AssetSet,
+    os: DeviceOs<'_>,
+    choice: &Choice<'_>,
+) -> Option<Build> {
     let release = choice.release;
-    let needs_build = release.kind == ReleaseKind::SecurityImprovement
-        || catalog.builds_of(asset_set, device_id, &release.version) > 1;
-    let two_step = choice.two_step.then(|| {
-        format!(
-            "{}{}",
-            release.version,
-            release
-                .build
-                .as_ref()
-                .map(|b| format!(" ({b})"))
-                .unwrap_or_default()
-        )
-    });
-    (
-        Candidate {
-            source: Source::Policy(usize::MAX),
-            ring,
-            version: release.version.clone(),
-            build: if needs_build {
-                release.build.clone()
-            } else {
-                None
-            },
-            deadline,
-            details_url,
-            handed: None,
-        },
-        two_step,
-    )
+    let build = release.build.as_ref()?;
+    // The base a security improvement names as its `PrerequisiteBuild`: exactly that one.
+    if choice.two_step {
+        return Some(build.clone());
+    }
+    let only_one = match release.kind {
+        // Apple: "To target a specific release or Background Security Improvement, a device
+        // management service can use the TargetBuildVersion key".
+        ReleaseKind::SecurityImprovement => {
+            catalog.security_builds_of(os.device_id, &release.version) == 1
+        }
+        // A device on a beta of this version: the release build tells the two apart.
+        ReleaseKind::Update => {
+            release.version == *os.version
+                && runs_prerelease(os.version, os.build)
+                && catalog.builds_of(asset_set, os.device_id, &release.version) == 1
+        }
+    };
+    only_one.then(|| build.clone())
 }
 
 /// What a hand-written EnforcementTarget asks of one device.
@@ -1011,9 +1109,10 @@ fn target_candidate(
     target: &CheckedTarget,
     device: &Device,
     os: DeviceOs<'_>,
+    asset_set: AssetSet,
     today: jiff::civil::Date,
 ) -> Decided {
-    if *os.version >= target.version {
+    if !os.would_move(&target.version) {
         return Err(Refused::new(
             Reason::UpToDate,
             format!("runs {} (target {})", os.version, target.version),
@@ -1021,7 +1120,7 @@ fn target_candidate(
     }
     let query = Query {
         strategy: Strategy::Pinned(target.version.base()),
-        asset_set: AssetSet::Mdm,
+        asset_set,
         security_improvements: target.version.extra().is_some(),
         on: today,
     };
@@ -1037,10 +1136,10 @@ fn target_candidate(
             format!("{} is not offered to {}", target.version, os.device_id),
         ));
     }
-    let (mut candidate, two_step) = candidate(
+    let mut first = candidate(
         input.catalog,
-        AssetSet::Mdm,
-        os.device_id,
+        asset_set,
+        os,
         choice,
         0,
         target.deadline,
@@ -1053,9 +1152,35 @@ fn target_candidate(
             .get(os.device_id)
             .or_else(|| target.builds.get(&device.model))
     {
-        candidate.build = Some(build.clone());
+        first.build = Some(build.clone());
     }
-    Ok((candidate, two_step))
+    // Below the base of the improvement it names: the base by the target's deadline, the
+    // improvement a day later.
+    let then = choice.then.map(|(patch, _)| {
+        let mut then = candidate(
+            input.catalog,
+            asset_set,
+            os,
+            Choice {
+                release: patch,
+                expires: None,
+                two_step: false,
+                then: None,
+            },
+            0,
+            after(target.deadline),
+            target.details_url.clone(),
+        );
+        if let Some(build) = target
+            .builds
+            .get(os.device_id)
+            .or_else(|| target.builds.get(&device.model))
+        {
+            then.build = Some(build.clone());
+        }
+        then
+    });
+    Ok(Asked { first, then })
 }
 
 fn enforcement_declaration(table: &mut Declarations, candidate: &Candidate) -> u32 {
@@ -1115,11 +1240,4 @@ fn settings_declaration(
     });
     table.settings.insert(key, index);
     index
-}
-
-/// Apple's schema: macOS takes status subscriptions on supervised or user enrollments only.
-fn subscriptions_allowed(device: &Device) -> bool {
-    device.platform != Platform::MacOs
-        || device.supervised
-        || device.enrollment_type == EnrollmentType::User
 }

@@ -25,8 +25,13 @@ pub enum Reason {
     /// Another enforcement with an earlier or equal deadline already takes the device to this
     /// version or newer.
     Superseded,
-    /// A security improvement needs its base release first; the base is sent now.
+    /// A security improvement needs its base release first: the base and the improvement are
+    /// sent as two enforcements, the improvement's deadline after the base's.
     TwoStep,
+    /// The policy asked for `AssetSets`, but the device may only be sent releases Apple lists
+    /// in `PublicAssetSets` (unsupervised, or a Mac before macOS 15); they were chosen from
+    /// there. The device may still get an enforcement.
+    PublicAssetSetsOnly,
 }
 
 impl Reason {
@@ -41,6 +46,7 @@ impl Reason {
             Reason::DeclarationNotSupported => "DeclarationNotSupported",
             Reason::Superseded => "Superseded",
             Reason::TwoStep => "TwoStep",
+            Reason::PublicAssetSetsOnly => "PublicAssetSetsOnly",
         }
     }
 }

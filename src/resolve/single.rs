@@ -55,7 +55,9 @@ pub fn policy_target(
         platform: device.platform,
         handed: None,
     };
-    let (chosen, _) = policy_candidate(
+    // Below the base of a security improvement the base comes first; the device asks again
+    // after installing it.
+    let chosen = policy_candidate(
         input,
         policy,
         asset_set,
@@ -64,7 +66,8 @@ pub fn policy_target(
         today,
         &mut RingBook::new(&rings, now),
         hand,
-    )?;
+    )?
+    .first;
     Ok(Required {
         version: chosen.version,
         build: chosen.build,
@@ -100,10 +103,10 @@ pub fn lowest_at_least(
         .into_iter()
         .rev()
         .find(|c| !c.two_step && c.release.version >= *minimum)?;
-    let (chosen, _) = candidate(
+    let chosen = candidate(
         catalog,
         asset_set,
-        device_id,
+        os,
         choice,
         0,
         jiff::civil::DateTime::default(),
