@@ -125,6 +125,10 @@ pub struct EnforcementTargetStatus {
     /// Devices by state bucket.
     #[serde(default)]
     pub devices: StateCounts,
+    /// For a generated target: devices it takes to its version by a later deadline of their
+    /// own (they joined after the rollout's deadline was handed out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub later_personal_deadlines: Option<u64>,
     /// Resolved build per model.
     // Nullable: server-side apply on Kubernetes 1.20 turns a list or map that was emptied
     // into null.

@@ -605,7 +605,7 @@ pub async fn enforcement_target(
             let name = object.name_any();
             let namespace = object.namespace().unwrap_or_else(|| "default".into());
             // Hand-written: its own source. Generated: the policy devices it names.
-            let (tally, builds) = match snapshot
+            let (tally, builds, later_personal_deadlines) = match snapshot
                 .partial
                 .checked
                 .targets
@@ -624,6 +624,7 @@ pub async fn enforcement_target(
                         .iter()
                         .map(|(m, b)| (m.clone(), b.to_string()))
                         .collect(),
+                    None,
                 ),
                 _ => match snapshot.plan.generated.iter().position(|g| {
                     g.name == name
@@ -641,8 +642,9 @@ pub async fn enforcement_target(
                             .iter()
                             .map(|(m, b)| (m.clone(), b.to_string()))
                             .collect(),
+                        Some(snapshot.plan.generated[g].later_personal),
                     ),
-                    None => (Tally::default(), BTreeMap::new()),
+                    None => (Tally::default(), BTreeMap::new(), None),
                 },
             };
             let current = object.status.as_ref();
@@ -656,6 +658,7 @@ pub async fn enforcement_target(
                 ),
                 compliance: Some(tally.compliance()),
                 devices: counts(&tally),
+                later_personal_deadlines,
                 builds,
                 worst_devices: tally
                     .worst

@@ -201,6 +201,7 @@ impl Resolver {
                     Ok(report) => Ok(report.changed.len()),
                     Err(error) => Err(error.to_string()),
                 };
+                self.metrics.ledger_corrupt_rows(result.corrupt_ledger_rows);
                 self.metrics.resolve_pass(
                     started.elapsed().as_secs_f64(),
                     applied.is_ok(),

@@ -72,6 +72,7 @@ pub struct Metrics {
     backend_requests: Family<BackendLabels, Counter>,
     backend_request_seconds: Family<BackendOperationLabels, Histogram>,
     distinct_declarations: Gauge,
+    ledger_corrupt_rows: Gauge,
     reconciles: Family<KindLabels, Counter>,
     reconcile_failures: Family<KindLabels, Counter>,
     reconcile_seconds: Family<KindLabels, Histogram>,
@@ -172,6 +173,12 @@ impl Metrics {
             "Distinct declarations in the last pass",
             distinct_declarations.clone(),
         );
+        let ledger_corrupt_rows = Gauge::default();
+        registry.register(
+            "ledger_corrupt_rows",
+            "Rollout ledger rows the store could not read when it opened (those devices were handed out anew)",
+            ledger_corrupt_rows.clone(),
+        );
         let reconciles = Family::<KindLabels, Counter>::default();
         registry.register("reconciles", "Reconcile runs per kind", reconciles.clone());
         let reconcile_failures = Family::<KindLabels, Counter>::default();
@@ -234,6 +241,7 @@ impl Metrics {
             catalog_posted_age_seconds,
             devices,
             distinct_declarations,
+            ledger_corrupt_rows,
         }
     }
 
@@ -318,6 +326,11 @@ impl Metrics {
 
     pub fn catalog_fetch_failed(&self) {
         self.catalog_fetch_failures.inc();
+    }
+
+    pub fn ledger_corrupt_rows(&self, rows: u64) {
+        self.ledger_corrupt_rows
+            .set(i64::try_from(rows).unwrap_or(i64::MAX));
     }
 
     pub fn catalog_age(&self, seconds: i64) {

@@ -249,7 +249,8 @@ async fn a_corrupt_ledger_row_hands_out_that_device_anew_and_is_counted() {
     }
     harness.reopen();
     assert_eq!(harness.store.memory().corrupt_rows, 1);
-    let (_, deadlines) = harness.pass(&live, &fleet, "2026-08-24T18:00:00Z").await;
+    let (result, deadlines) = harness.pass(&live, &fleet, "2026-08-24T18:00:00Z").await;
+    assert_eq!(result.corrupt_ledger_rows, 1, "counted for the metric");
     assert_eq!(deadlines["A"], local("2026-08-24T19:00:00"), "A untouched");
     assert_eq!(
         deadlines["B"],

@@ -58,6 +58,8 @@ pub struct PassResult {
     /// Devices left as they were.
     pub frozen: Frozen,
     pub applied: Result<ApplyReport, BackendError>,
+    /// Ledger rows the backend could not read (those devices were handed out anew).
+    pub corrupt_ledger_rows: u64,
 }
 
 pub async fn pass(
@@ -142,6 +144,7 @@ pub async fn pass(
     };
     // Remembered first: a device is frozen durably before any pass leaves it out. (The
     // memory snapshot goes first, so the store updates its copy in place.)
+    let corrupt_ledger_rows = memory.corrupt_rows;
     drop(memory);
     if let Err(error) = backend.remember(&changes).await {
         return Ok(PassResult {
@@ -150,6 +153,7 @@ pub async fn pass(
             devices,
             records,
             applied: Err(error),
+            corrupt_ledger_rows,
         });
     }
     let assignments: Vec<Assignment> = devices
@@ -181,6 +185,7 @@ pub async fn pass(
         devices,
         records,
         applied,
+        corrupt_ledger_rows,
     })
 }
 

@@ -235,6 +235,7 @@ pub fn status(
                         "deadline": t.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string(),
                         "devices": t.devices,
                         "upToDate": t.up_to_date,
+                        "laterPersonalDeadlines": t.later_personal,
                         // A suspended policy's devices keep what they had: this is not in force.
                         "applied": !policy.suspend,
                         "builds": t.builds.iter().map(|(m, b)| (m.clone(), b.to_string())).collect::<BTreeMap<_, _>>(),

@@ -8,6 +8,10 @@ use crate::api::{
     DeletionPolicy, EnforcementTarget, EnforcementTargetSpec, ModelBuild, POLICY_LABEL,
 };
 
+/// Says on every generated target how its deadline behaves (`kubectl describe et`).
+pub const DEADLINE_ANNOTATION: &str = "updates.ddm.dev/deadline";
+pub const DEADLINE_NOTE: &str = "fixed once handed out: time passing never moves it; only a change of the policy's deadline fields or ring delay, or a newer target version, does. Devices that joined the rollout later have their own, later deadline (join time + minimumLeadTime): see status.laterPersonalDeadlines.";
+
 /// Kubernetes label values and most tooling cap names at 63 characters.
 const MAX_NAME: usize = 63;
 
@@ -83,6 +87,7 @@ pub fn target_object(policy: &CheckedPolicy, target: &GeneratedTarget) -> Enforc
         name: Some(name),
         namespace: Some(policy.key.namespace.clone()),
         labels: Some([(POLICY_LABEL.to_string(), policy.key.name.clone())].into()),
+        annotations: Some([(DEADLINE_ANNOTATION.to_string(), DEADLINE_NOTE.to_string())].into()),
         owner_references,
         ..ObjectMeta::default()
     };

@@ -288,6 +288,7 @@ impl Loop {
                 0
             }
         };
+        self.metrics.ledger_corrupt_rows(result.corrupt_ledger_rows);
         self.metrics.resolve_pass(
             started.elapsed().as_secs_f64(),
             result.applied.is_ok(),
