@@ -6,6 +6,7 @@ mod ddm_http;
 mod durability;
 mod enroll_gate;
 mod helm_chart;
+mod installable;
 mod kubernetes;
 mod ledger;
 mod nanomdm_sync;
