@@ -222,38 +222,82 @@ spec:
   deadline: {daysAfterPosting: 14, localTime: '19:00'}
 "#;
 
-/// One inventory line: (id, platform, model, board id, version, build, supervised, track).
-type Line<'a> = (
-    &'a str,
-    &'a str,
-    &'a str,
-    &'a str,
-    &'a str,
-    &'a str,
-    bool,
-    &'a str,
-);
+/// One inventory line, `id platform model board-id version build supervised|unsupervised track`;
+/// a version with a supplemental extra is written `26.6.1+a`.
+struct Line<'a> {
+    id: &'a str,
+    platform: &'a str,
+    model: &'a str,
+    board: &'a str,
+    version: &'a str,
+    extra: Option<&'a str>,
+    build: &'a str,
+    supervised: bool,
+    track: &'a str,
+}
+
+fn line(text: &str) -> Line<'_> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let [
+        id,
+        platform,
+        model,
+        board,
+        version,
+        build,
+        supervision,
+        track,
+    ] = fields[..]
+    else {
+        panic!("{text:?} has eight fields");
+    };
+    let (version, extra) = match version.split_once('+') {
+        Some((version, extra)) => (version, Some(extra)),
+        None => (version, None),
+    };
+    Line {
+        id,
+        platform,
+        model,
+        board,
+        version,
+        extra,
+        build,
+        supervised: supervision == "supervised",
+        track,
+    }
+}
 
 fn inventory(lines: &[Line]) -> String {
     let mut text = String::from("devices:\n");
-    for (id, platform, model, board, running, build, supervised, track) in lines {
-        let (running, extra) = running.split_once(' ').unwrap_or((running, ""));
+    for l in lines {
         text.push_str(&format!(
-            "  - {{enrollmentId: {id}, platform: {platform}, model: '{model}', softwareUpdateDeviceId: '{board}', osVersion: '{running}', buildVersion: '{build}', supervised: {supervised}, enrollmentType: {}, labels: {{track: {track}}}{}}}\n",
-            if *supervised { "ade" } else { "device" },
-            if extra.is_empty() { String::new() } else { format!(", supplementalExtra: '{extra}'") },
+            "  - {{enrollmentId: {}, platform: {}, model: '{}', softwareUpdateDeviceId: '{}', osVersion: '{}', buildVersion: '{}', supervised: {}, enrollmentType: {}, labels: {{track: {}}}{}}}\n",
+            l.id,
+            l.platform,
+            l.model,
+            l.board,
+            l.version,
+            l.build,
+            l.supervised,
+            if l.supervised { "ade" } else { "device" },
+            l.track,
+            l.extra
+                .map(|e| format!(", supplementalExtra: '{e}'"))
+                .unwrap_or_default(),
         ));
     }
     text
 }
 
 /// `plan --output json` of [`MANIFESTS`] for `lines` on a snapshot, as of the day after it.
-fn plan(snapshot: &str, at: &str, lines: &[Line]) -> Value {
+fn plan(snapshot: &str, at: &str, lines: &[&str]) -> Value {
+    let lines: Vec<Line> = lines.iter().map(|l| line(l)).collect();
     let work = tempfile::tempdir().expect("tempdir");
     let manifests = work.path().join("fleet.yaml");
     std::fs::write(&manifests, MANIFESTS).expect("manifests");
     let inventory_path = work.path().join("inventory.yaml");
-    std::fs::write(&inventory_path, inventory(lines)).expect("inventory");
+    std::fs::write(&inventory_path, inventory(&lines)).expect("inventory");
     let catalog = Path::new(MANIFEST_DIR).join(format!("tests/fixtures/gdmf/pmv-{snapshot}.json"));
     let output = Command::new(env!("CARGO_BIN_EXE_ddm-update-operator"))
         .args(["plan", "-f"])
@@ -274,18 +318,19 @@ fn plan(snapshot: &str, at: &str, lines: &[Line]) -> Value {
     let plan: Value = serde_json::from_slice(&output.stdout).expect("plan JSON");
     // Every declaration each device gets validates against Apple's schemas for that device's
     // OS, version and enrollment, and the activation names exactly its configurations.
-    for ((id, platform, _, _, running, _, supervised, _), json) in lines
+    for (l, json) in lines
         .iter()
         .zip(plan["devices"].as_array().expect("devices"))
     {
-        assert_eq!(json["enrollmentId"], *id);
+        let id = l.id;
+        assert_eq!(json["enrollmentId"], id);
         let target = Target {
-            os: match *platform {
+            os: match l.platform {
                 "iOS" | "iPadOS" => "iOS",
                 other => other,
             },
-            os_version: running.split(' ').next().unwrap_or_default(),
-            enrollment: if *supervised { "supervised" } else { "device" },
+            os_version: l.version,
+            enrollment: if l.supervised { "supervised" } else { "device" },
         };
         let declarations = json["declarations"].as_array().expect("declarations");
         for declaration in declarations {
@@ -378,94 +423,29 @@ fn one(version: &str, build: Option<&str>, at: &str) -> (String, Option<String>,
 /// (iOS) and 25D2128 (macOS).
 #[test]
 fn on_2026_03_17_each_device_gets_only_what_it_can_install() {
-    let lines: [Line; 8] = [
+    let lines = [
         // Below iOS 18 the improvement needs its base first: two enforcements. Lines used:
         // `AssetSets iOS 26.3.1 23D8133 2026-03-04` (its twin 23D9133 too) and
         // `PublicBackgroundSecurityImprovements iOS 26.3.1 (a) 23D771330a 2026-03-17
         // PrerequisiteBuild 23D8133`.
-        (
-            "phone-17",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "17.6.1",
-            "21G93",
-            true,
-            "patched",
-        ),
+        "phone-17 iOS iPhone15,2 iPhone15,2 17.6.1 21G93 supervised patched",
         // From iOS 18 on, the improvement installs directly, named by its build.
-        (
-            "phone-26",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.2",
-            "23C55",
-            true,
-            "patched",
-        ),
+        "phone-26 iOS iPhone15,2 iPhone15,2 26.2 23C55 supervised patched",
         // A Mac on macOS 14 chooses from PublicAssetSets (`PublicAssetSets macOS 26.3.1 25D2128
         // 2026-03-11`, earliest posting `AssetSets` 2026-03-04) and goes two-step to
         // 26.3.1 (a) `25D771280a`.
-        (
-            "mac-14", "macOS", "Mac15,3", "J514sAP", "14.8.3", "23J220", true, "patched",
-        ),
+        "mac-14 macOS Mac15,3 J514sAP 14.8.3 23J220 supervised patched",
         // Unsupervised: PublicAssetSets only; 26.3.1 has twins there (23D8133, 23D9133), so
         // no build is named.
-        (
-            "phone-unsupervised",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.2",
-            "23C55",
-            false,
-            "plain",
-        ),
+        "phone-unsupervised iOS iPhone15,2 iPhone15,2 26.2 23C55 unsupervised plain",
         // Supervised, the same request: AssetSets, the same version (twins again: no build).
-        (
-            "phone-supervised",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.2",
-            "23C55",
-            true,
-            "plain",
-        ),
+        "phone-supervised iOS iPhone15,2 iPhone15,2 26.2 23C55 supervised plain",
         // Pinned to 26.3, which only AssetSets lists (`AssetSets iOS 26.3 23D127` and
         // `23D6127`): nothing for an unsupervised device.
-        (
-            "pin-unsupervised",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.2",
-            "23C55",
-            false,
-            "pinned",
-        ),
+        "pin-unsupervised iOS iPhone15,2 iPhone15,2 26.2 23C55 unsupervised pinned",
         // tvOS 26.2 and visionOS 26.2 subscribe to pending-version.
-        (
-            "tv",
-            "tvOS",
-            "AppleTV14,1",
-            "AppleTV14,1",
-            "26.2",
-            "23K54",
-            true,
-            "plain",
-        ),
-        (
-            "vision",
-            "visionOS",
-            "RealityDevice14,1",
-            "RealityDevice14,1",
-            "26.2",
-            "23N301",
-            true,
-            "plain",
-        ),
+        "tv tvOS AppleTV14,1 AppleTV14,1 26.2 23K54 supervised plain",
+        "vision visionOS RealityDevice14,1 RealityDevice14,1 26.2 23N301 supervised plain",
     ];
     let plan = plan("2026-03-17", "2026-03-18", &lines);
 
@@ -521,39 +501,12 @@ fn on_2026_03_17_each_device_gets_only_what_it_can_install() {
 /// 2026-08-22: a device on a beta of the newest release is not up to date with it.
 #[test]
 fn on_2026_08_22_a_beta_of_the_target_is_not_the_target() {
-    let lines: [Line; 3] = [
+    let lines = [
         // `AssetSets iOS 26.6.1 23G83 2026-08-17` and its twin `23G6083`.
-        (
-            "beta",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.6.1",
-            "23G5070a",
-            true,
-            "plain",
-        ),
-        (
-            "release",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.6.1",
-            "23G83",
-            true,
-            "plain",
-        ),
+        "beta iOS iPhone15,2 iPhone15,2 26.6.1 23G5070a supervised plain",
+        "release iOS iPhone15,2 iPhone15,2 26.6.1 23G83 supervised plain",
         // A bare `a` extra (as the status item reports it) reads as (a).
-        (
-            "patched",
-            "iOS",
-            "iPhone15,2",
-            "iPhone15,2",
-            "26.6.1 a",
-            "23G83",
-            true,
-            "plain",
-        ),
+        "patched iOS iPhone15,2 iPhone15,2 26.6.1+a 23G83 supervised plain",
     ];
     let plan = plan("2026-08-22", "2026-08-22T12:00:00Z", &lines);
     assert_eq!(
