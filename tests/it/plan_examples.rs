@@ -614,21 +614,34 @@ fn blocked(device: &Device) -> Option<&'static str> {
     }
 }
 
-/// The build an enforcement names: the mainline (lowest) build when the set offers the device
-/// several builds of the version; nothing when there is one.
-fn build_for(device_id: &str, version: &str, chosen: &Entry) -> Option<String> {
-    let all = CATALOG
+/// The list releases come from: PublicAssetSets for an unsupervised device (Apple: AssetSets are
+/// for supervised devices) and for a Mac before macOS 15 (Apple's enrollment note, followed by
+/// declarations too), where the policy asked for AssetSets.
+fn release_set(device: &Device) -> &'static str {
+    if !device.supervised || (device.platform == "macOS" && major(&device.version) < 15) {
+        "PublicAssetSets"
+    } else {
+        "AssetSets"
+    }
+}
+
+/// The build an enforcement names: a security improvement's, where it is the device's only
+/// build of that version; never a full release's (the examples hold no beta builds, and twins
+/// such as 23G83 / 23G6083 are left to the device).
+fn build_for(device_id: &str, chosen: &Entry) -> Option<String> {
+    let improvement = chosen.set == "PublicBackgroundSecurityImprovements";
+    let builds = CATALOG
         .iter()
-        .filter(|e| e.set == "AssetSets" && e.version == version)
+        .filter(|e| e.set == chosen.set && e.version == chosen.version)
         .filter(|e| e.devices.iter().any(|d| d == device_id))
         .count();
-    (all > 1 || chosen.set != "AssetSets").then(|| chosen.build.clone())
+    (improvement && builds == 1).then(|| chosen.build.clone())
 }
 
 fn policy_candidate(p: usize, ring: usize, device: &Device) -> Result<Candidate, &'static str> {
     let policy = &POLICIES[p];
     let id = device.catalog_id().expect("not blocked");
-    let mut offered = offers("AssetSets", id);
+    let mut offered = offers(release_set(device), id);
     if policy.security_improvements {
         offered.extend(offers("PublicBackgroundSecurityImprovements", id));
     }
@@ -651,7 +664,7 @@ fn policy_candidate(p: usize, ring: usize, device: &Device) -> Result<Candidate,
         .min_by_key(|e| bkey(&e.build))
         .expect("chosen");
     assert!(
-        chosen.set == "AssetSets",
+        chosen.set != "PublicBackgroundSecurityImprovements",
         "{id}: a security improvement is the newest release; this reading does not model it"
     );
     let delay = policy.rings[ring].2;
@@ -665,7 +678,7 @@ fn policy_candidate(p: usize, ring: usize, device: &Device) -> Result<Candidate,
         source: format!("UpdatePolicy {NAMESPACE}/{}", policy.name),
         policy: Some((p, ring)),
         version: chosen.version.clone(),
-        build: build_for(id, &chosen.version, chosen),
+        build: build_for(id, chosen),
         deadline: local(at),
         details_url: policy.details_url.map(str::to_string),
     })
@@ -676,7 +689,7 @@ fn target_candidate(target: &HandTarget, device: &Device) -> Result<Candidate, &
         return Err("UpToDate");
     }
     let id = device.catalog_id().expect("not blocked");
-    let chosen = offers("AssetSets", id)
+    let chosen = offers(release_set(device), id)
         .into_iter()
         .filter(|e| e.version == target.version)
         .min_by_key(|e| bkey(&e.build))
@@ -685,7 +698,7 @@ fn target_candidate(target: &HandTarget, device: &Device) -> Result<Candidate, &
         source: format!("EnforcementTarget {NAMESPACE}/{}", target.name),
         policy: None,
         version: target.version.into(),
-        build: build_for(id, target.version, chosen),
+        build: build_for(id, chosen),
         deadline: target.deadline.into(),
         details_url: Some(target.details_url.into()),
     })
@@ -718,7 +731,7 @@ fn expected_plan(devices: &[Device]) -> Expected {
         }
         let mut expectation = DeviceExpectation::default();
         // Policies in the resolver's order, then hand-written targets.
-        let mut sources: Vec<(String, Result<Candidate, &'static str>)> = Vec::new();
+        let mut sources: Vec<(String, Result<Candidate, &'static str>, bool)> = Vec::new();
         let blocked = blocked(device);
         for (p, policy) in POLICIES.iter().enumerate() {
             // A device in several rings takes the first that names it.
@@ -732,7 +745,7 @@ fn expected_plan(devices: &[Device]) -> Expected {
                     Some(reason) => Err(reason),
                     None => policy_candidate(p, ring, device),
                 };
-                sources.push((source, decision));
+                sources.push((source, decision, blocked.is_none()));
             }
         }
         for target in &TARGETS {
@@ -744,7 +757,7 @@ fn expected_plan(devices: &[Device]) -> Expected {
                     Some(reason) => Err(reason),
                     None => target_candidate(target, device),
                 };
-                sources.push((source, decision));
+                sources.push((source, decision, blocked.is_none()));
             }
         }
         let mut note = |reason: &str, source: &str| {
@@ -754,10 +767,14 @@ fn expected_plan(devices: &[Device]) -> Expected {
                 .or_default() += 1;
         };
         let mut candidates = Vec::new();
-        for (source, decision) in sources {
+        for (source, decision, resolved) in sources {
             match decision {
                 Ok(candidate) => candidates.push(candidate),
                 Err(reason) => note(reason, &source),
+            }
+            // Chosen from the public list where AssetSets was asked for: said for every source.
+            if resolved && release_set(device) == "PublicAssetSets" {
+                note("PublicAssetSetsOnly", &source);
             }
         }
         // Earliest deadline first; an enforcement an earlier-or-equal deadline already covers
@@ -1182,13 +1199,13 @@ fn generated_enforcement_targets_are_what_the_policies_say() {
     // iOS 18.7.8 (22H352) was posted 2026-04-22: long past. 48 hours after 2026-08-21 20:00 New
     // York is Sunday 08-23 20:00, after 18:00, so Monday 08-24 at 18:00.
     assert_eq!(deadline_of("mobile-ios-18-7-8"), "2026-08-24T18:00:00");
-    // Twin builds (23G83 and 23G6083 for every device): the target names the mainline build.
-    let ios = &actual["mobile-ios-26-6-1"]["spec"]["targetBuildVersions"];
+    // Twin builds (23G83 and 23G6083 for every device): nothing says which one a device can
+    // take, so the target names neither and each device picks its own.
+    let ios = &actual["mobile-ios-26-6-1"]["spec"];
     assert!(
-        ios.as_array()
-            .expect("builds")
-            .iter()
-            .all(|b| b["build"] == "23G83"),
+        ios.get("targetBuildVersions")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty),
         "{ios}"
     );
 }
@@ -1596,10 +1613,8 @@ fn edge_cases_carry_their_reasons() {
         assert_eq!(got.len(), 1, "{got:?}");
         let (version, build, _, _) = got.into_iter().next().expect("one");
         match device.platform.as_str() {
-            "iOS" => assert_eq!(
-                (version.as_str(), build.as_deref()),
-                ("26.6.1", Some("23G83"))
-            ),
+            // Twins (23G83, 23G6083): no build named.
+            "iOS" => assert_eq!((version.as_str(), build.as_deref()), ("26.6.1", None)),
             _ => assert_eq!((version.as_str(), build), ("26.6.2", None)),
         }
         assert_eq!(reason_list(json), []);
@@ -1614,7 +1629,7 @@ fn edge_cases_carry_their_reasons() {
         enforcements_of(json),
         BTreeSet::from([(
             "26.6.1".to_string(),
-            Some("23G83".to_string()),
+            None,
             "2026-08-26T12:00:00".to_string(),
             Some(TARGETS[0].details_url.to_string())
         )])
@@ -1635,6 +1650,7 @@ fn edge_cases_carry_their_reasons() {
         ]
     );
 
+    // 17.7.11 has twins (21H461, 21H6461): the device picks its own build.
     let (_, json) = only("ipados-17");
     assert_eq!(
         enforcements_of(json)
@@ -1643,7 +1659,7 @@ fn edge_cases_carry_their_reasons() {
             .collect::<Vec<_>>(),
         [(
             "17.7.11".to_string(),
-            Some("21H461".to_string()),
+            None,
             "2026-08-24T18:00:00".to_string()
         )]
     );
