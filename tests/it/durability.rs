@@ -1,35 +1,19 @@
 //! Killing the operator mid-run loses no status report it acknowledged: the real binary in
 //! standalone mode, concurrent devices reporting, SIGKILL, then the database is checked.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ddm_update_operator::backend::store::Store;
 
+use crate::support::process::{KillOnDrop, free_port};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-struct Operator {
-    child: Child,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
-fn start(data_dir: &std::path::Path, port: u16) -> Operator {
+fn start(data_dir: &std::path::Path, port: u16) -> KillOnDrop {
     let child = Command::new(BINARY)
         .args(["run", "--manifests", &format!("{ROOT}/examples/gitops")])
         .args([
@@ -43,7 +27,7 @@ fn start(data_dir: &std::path::Path, port: u16) -> Operator {
         .stderr(Stdio::null())
         .spawn()
         .expect("the operator starts");
-    Operator { child }
+    KillOnDrop(child)
 }
 
 async fn wait_ready(client: &reqwest::Client, base: &str) {
@@ -105,8 +89,8 @@ async fn killing_the_process_loses_no_acknowledged_report() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    operator.child.kill().expect("SIGKILL");
-    let _ = operator.child.wait();
+    operator.kill().expect("SIGKILL");
+    let _ = operator.wait();
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         let _ = task.await;

@@ -75,6 +75,9 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::support::process::free_port;
+use crate::support::yaml_files;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CHART: &str = "charts/ddm-update-operator";
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
@@ -1654,23 +1657,6 @@ fn documents(path: &Path) -> Vec<Value> {
     serde_saphyr::from_multiple(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-fn yaml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let path = entry.expect("entry").path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[test]
 fn gitops_wiring_points_at_this_repository() {
     let root = Path::new(ROOT);
@@ -2038,14 +2024,6 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
         out.extend_from_slice(&body[end + 2..end + 2 + size]);
         body = &body[end + 4 + size..];
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("binds")
-        .local_addr()
-        .expect("an address")
-        .port()
 }
 
 /// NanoMDM's API, as far as the operator uses it: records `PUT /v1/enqueue/...` requests with

@@ -75,15 +75,16 @@ use axum::extract::State;
 use axum::response::IntoResponse;
 use ddm_update_operator::api::condition_types::{COMPLIANT, READY, RESOLVED, SYNCED};
 use ddm_update_operator::api::{
-    self, EnforcementTarget, FINALIZER, FleetGroup, POLICY_LABEL, UpdatePolicy,
+    self, EnforcementTarget, EnrollmentGateStatus, FINALIZER, FleetGroup, POLICY_LABEL,
+    UpdatePolicy,
 };
-use ddm_update_operator::catalog::{Catalog, OsVersion, Platform};
+use ddm_update_operator::catalog::{OsVersion, Platform};
+use ddm_update_operator::controller::resolver::Snapshot;
 use ddm_update_operator::controller::{self, KubeSettings, Running};
 use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use ddm_update_operator::sim::{
-    DeclarationState, Fleet, FleetOptions, InstallState, ServerConfig, SimDevice, SyncOutcome,
-    http_client,
+    DeclarationState, InstallState, ServerConfig, SimDevice, SyncOutcome, http_client,
 };
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -93,8 +94,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde_json::{Value, json};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CATALOG: &str = "tests/fixtures/gdmf/pmv-2026-08-22.json";
+use crate::support::devices::{check_in_all, fleet_of, held, newest_catalog_path};
+use crate::support::process::metric_sum;
+use crate::support::{ROOT, examples, yaml_files};
+
 const ENFORCEMENT_TYPE: &str = "com.apple.configuration.softwareupdate.enforcement.specific";
 const SETTINGS_TYPE: &str = "com.apple.configuration.softwareupdate.settings";
 /// The field manager the tests apply manifests with (Flux would be `kustomize-controller`).
@@ -284,6 +287,16 @@ impl RequestLog {
             })
             .collect()
     }
+
+    /// How many writes (other than the Lease's) were sent so far.
+    fn write_count(&self) -> usize {
+        self.entries
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|e| e.is_write())
+            .count()
+    }
 }
 
 #[derive(Clone)]
@@ -438,6 +451,24 @@ impl Drop for NamespaceGuard {
     }
 }
 
+/// Creates a namespace with the label the tests' namespaces carry; the guard deletes it again
+/// unless disarmed.
+async fn create_namespace(client: &Client, namespace: &str) -> NamespaceGuard {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let object: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "ddm-update-operator-tests"}}
+    }))
+    .expect("a namespace");
+    namespaces
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
+    NamespaceGuard {
+        namespace: namespace.to_string(),
+        armed: true,
+    }
+}
+
 /// A running operator, stopped when dropped: a failing test stops it before its namespace is
 /// cleaned up (a live operator would put its finalizers back).
 struct Operator(Option<Running>);
@@ -476,6 +507,8 @@ struct Env {
     config: RunConfig,
     _work: tempfile::TempDir,
     guard: NamespaceGuard,
+    /// For the test's duration, printed by [`Env::finish`].
+    started: Instant,
 }
 
 fn unique_suffix() -> String {
@@ -493,22 +526,11 @@ impl Env {
     /// A fresh namespace, the CRDs, and an operator configuration whose inventory lists
     /// `devices` (labelled `fleet: corporate`; those in `vips` also `role: vip`).
     async fn new(tag: &str, devices: &[SimDevice], vips: &[&str]) -> Env {
+        let started = Instant::now();
         let client = plain_client().await;
         install_crds(&client).await;
         let namespace = format!("ddm-it-{tag}-{}", unique_suffix());
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let object: Namespace = serde_json::from_value(json!({
-            "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "ddm-update-operator-tests"}}
-        }))
-        .expect("a namespace");
-        namespaces
-            .create(&PostParams::default(), &object)
-            .await
-            .unwrap_or_else(|e| panic!("creating namespace {namespace}: {e}"));
-        let guard = NamespaceGuard {
-            namespace: namespace.clone(),
-            armed: true,
-        };
+        let guard = create_namespace(&client, &namespace).await;
         let work = tempfile::tempdir().expect("tempdir");
         let inventory = work.path().join("inventory.json");
         std::fs::write(
@@ -522,7 +544,7 @@ impl Env {
             inventory: Some(inventory),
             ..RunConfig::local(
                 manifests,
-                CatalogSource::File(Path::new(ROOT).join(CATALOG)),
+                CatalogSource::File(newest_catalog_path()),
                 work.path(),
             )
         };
@@ -536,6 +558,7 @@ impl Env {
             config,
             _work: work,
             guard,
+            started,
         }
     }
 
@@ -630,28 +653,94 @@ impl Env {
             .unwrap_or_else(|e| panic!("applying {} {name}: {e}", K::kind(&())));
     }
 
-    async fn policies(&self) -> Vec<UpdatePolicy> {
-        self.api::<UpdatePolicy>()
+    async fn list<K>(&self) -> Vec<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
             .list(&ListParams::default())
             .await
-            .expect("list UpdatePolicies")
+            .unwrap_or_else(|e| panic!("list {}s: {e}", K::kind(&())))
             .items
+    }
+
+    async fn policies(&self) -> Vec<UpdatePolicy> {
+        self.list().await
     }
 
     async fn groups(&self) -> Vec<FleetGroup> {
-        self.api::<FleetGroup>()
-            .list(&ListParams::default())
-            .await
-            .expect("list FleetGroups")
-            .items
+        self.list().await
     }
 
     async fn targets(&self) -> Vec<EnforcementTarget> {
-        self.api::<EnforcementTarget>()
-            .list(&ListParams::default())
-            .await
-            .expect("list EnforcementTargets")
-            .items
+        self.list().await
+    }
+
+    /// Merge-patches every object of kind `K` with `patch`.
+    async fn patch_all<K>(&self, patch: &Value)
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        for object in self.list::<K>().await {
+            self.api::<K>()
+                .patch(
+                    &object.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await
+                .expect("annotate");
+        }
+    }
+
+    /// The example UpdatePolicy `name` as `examples/gitops` has it, in this namespace: for a
+    /// test to change and apply.
+    fn example_policy(&self, name: &str) -> Value {
+        let mut policy = example_objects()
+            .into_iter()
+            .map(|(_, v)| v)
+            .find(|v| v["kind"] == "UpdatePolicy" && v["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("the {name} policy"));
+        policy["metadata"]["namespace"] = self.namespace.clone().into();
+        policy
+    }
+
+    /// The first event with `reason` about the object `regarding`, waiting for it.
+    async fn event(&self, reason: &str, regarding: &str) -> k8s_openapi::api::events::v1::Event {
+        let events: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        eventually(&format!("a {reason} event"), CONVERGE, || async {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+                })
+                .ok_or_else(|| "none yet".to_string())
+        })
+        .await
+    }
+
+    /// Waits until the UpdatePolicy `name` no longer exists.
+    async fn policy_gone(&self, name: &str) {
+        let policies = self.api::<UpdatePolicy>();
+        eventually("the policy gone", CONVERGE, || async {
+            match policies.get_opt(name).await {
+                Ok(None) => Ok(()),
+                Ok(Some(p)) => Err(format!("still there: {:?}", p.finalizers())),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
     }
 
     async fn policy(&self, name: &str) -> UpdatePolicy {
@@ -691,29 +780,17 @@ impl Env {
             .delete(&self.namespace, &DeleteParams::default())
             .await;
         eprintln!(
-            "[{}] cleaned up in {:.2} s",
+            "[{}] cleaned up in {:.2} s; the test took {:.1} s",
             self.namespace,
-            started.elapsed().as_secs_f64()
+            started.elapsed().as_secs_f64(),
+            self.started.elapsed().as_secs_f64()
         );
     }
 }
 
 /// Every object under `examples/gitops`, sorted by path.
 fn example_objects() -> Vec<(PathBuf, Value)> {
-    let mut files = Vec::new();
-    let mut stack = vec![Path::new(ROOT).join("examples/gitops")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).expect("examples/gitops").flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
+    yaml_files(&examples().join("gitops"))
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).expect("an example");
@@ -870,16 +947,7 @@ async fn all_ready(
 }
 
 fn metric(metrics: &Metrics, name: &str) -> f64 {
-    metrics
-        .encode()
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            let bare = key.split('{').next()?;
-            (bare == name).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    metric_sum(&metrics.encode(), name)
 }
 
 const BACKEND_CHANGES: &str = "ddm_update_operator_backend_assignment_changes_total";
@@ -889,31 +957,18 @@ const PASSES: &str = "ddm_update_operator_resolve_passes_total";
 /// Waits until nothing happens for `quiet`: no resolver pass, no reconcile, no API write.
 async fn quiesce(env: &Env, running: &Running, quiet: Duration, cap: Duration) -> Duration {
     let started = Instant::now();
-    let mut marks = (
-        metric(&running.metrics, PASSES),
-        metric(&running.metrics, RECONCILES),
-        env.log
-            .entries
-            .lock()
-            .expect("log")
-            .iter()
-            .filter(|e| e.is_write())
-            .count(),
-    );
+    let activity = || {
+        (
+            metric(&running.metrics, PASSES),
+            metric(&running.metrics, RECONCILES),
+            env.log.write_count(),
+        )
+    };
+    let mut marks = activity();
     let mut quiet_since = Instant::now();
     loop {
         tokio::time::sleep(POLL).await;
-        let now = (
-            metric(&running.metrics, PASSES),
-            metric(&running.metrics, RECONCILES),
-            env.log
-                .entries
-                .lock()
-                .expect("log")
-                .iter()
-                .filter(|e| e.is_write())
-                .count(),
-        );
+        let now = activity();
         if now != marks {
             marks = now;
             quiet_since = Instant::now();
@@ -933,31 +988,14 @@ async fn quiesce(env: &Env, running: &Running, quiet: Duration, cap: Duration) -
 // Devices
 // ---------------------------------------------------------------------------------------------
 
-fn catalog() -> Catalog {
-    let bytes = std::fs::read(Path::new(ROOT).join(CATALOG)).expect("the catalog fixture");
-    Catalog::from_slice(&bytes).expect("a catalog")
-}
-
-fn draw(catalog: &Catalog, platform: Platform, n: usize, seed: u64) -> Vec<SimDevice> {
-    let options = FleetOptions {
-        platforms: vec![platform],
-        ..FleetOptions::default()
-    };
-    Fleet::from_catalog_with(catalog, n, seed, &options)
-        .expect("the catalog lists devices of this platform")
-        .devices
-}
-
 /// Ten devices: four iPhones, two iPads, three Macs, an Apple TV; the same every run.
 fn fleet() -> Vec<SimDevice> {
-    let catalog = catalog();
-    let mut devices = draw(&catalog, Platform::Ios, 4, 21);
-    devices.extend(draw(&catalog, Platform::IpadOs, 2, 22));
-    devices.extend(draw(&catalog, Platform::MacOs, 3, 23));
-    devices.extend(draw(&catalog, Platform::TvOs, 1, 24));
-    let ids: BTreeSet<&str> = devices.iter().map(SimDevice::enrollment_id).collect();
-    assert_eq!(ids.len(), devices.len(), "enrollment ids are unique");
-    devices
+    fleet_of(&[
+        (Platform::Ios, 4, 21),
+        (Platform::IpadOs, 2, 22),
+        (Platform::MacOs, 3, 23),
+        (Platform::TvOs, 1, 24),
+    ])
 }
 
 /// The inventory the operator is seeded with: what each device is, plus the labels the
@@ -1020,22 +1058,7 @@ impl Devices {
 
     /// One check-in of every device, concurrently; then learns the targets of new enforcements.
     async fn sync_all(&mut self, running: &Running) -> Vec<SyncOutcome> {
-        let (client, server) = (&self.client, &self.server);
-        let results = futures::future::join_all(
-            self.list
-                .iter_mut()
-                .map(|device| async move { device.sync(client, server).await }),
-        )
-        .await;
-        let outcomes: Vec<SyncOutcome> = results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|e| {
-                    panic!("{}: check-in failed: {e}", self.list[i].enrollment_id())
-                })
-            })
-            .collect();
+        let outcomes = check_in_all(&mut self.list, &self.client, &self.server).await;
         self.learn_targets(running).await;
         outcomes
     }
@@ -1113,11 +1136,7 @@ impl Devices {
 
     /// Identifier → (Type, ServerToken) of what device `i` holds.
     fn held(&self, i: usize) -> BTreeMap<String, (String, String)> {
-        self.list[i]
-            .declarations()
-            .into_iter()
-            .map(|d| (d.identifier, (d.declaration_type, d.server_token)))
-            .collect()
+        held(&self.list[i])
     }
 
     /// The state bucket a device should be in for the policy enforcing on it: compliant once it
@@ -1139,6 +1158,27 @@ impl Devices {
             InstallState::Prepared => "prepared",
             InstallState::Installing => "installing",
             InstallState::Failed => "failed",
+        }
+    }
+
+    /// What every device holds, by index: see [`Devices::held`].
+    fn held_all(&self) -> Vec<BTreeMap<String, (String, String)>> {
+        (0..self.list.len()).map(|i| self.held(i)).collect()
+    }
+
+    /// The indices of the devices the example policy `policy` falls on.
+    fn under_policy(&self, policy: &str) -> Vec<usize> {
+        (0..self.list.len())
+            .filter(|i| policy_of(self.list[*i].spec().platform) == policy)
+            .collect()
+    }
+
+    /// The same devices, holding what they hold, checking in with another (restarted)
+    /// operator; the targets they learnt are forgotten.
+    fn with_operator(self, running: &Running) -> Devices {
+        Devices {
+            list: self.list,
+            ..Devices::new(Vec::new(), running)
         }
     }
 }
@@ -1166,13 +1206,119 @@ fn policy_counts(policy: &UpdatePolicy) -> BTreeMap<String, u64> {
         .unwrap_or_default()
 }
 
+/// Made by the example policy `policy` (its label).
+fn generated_by(target: &EnforcementTarget, policy: &str) -> bool {
+    target.labels().get(POLICY_LABEL).map(String::as_str) == Some(policy)
+}
+
+/// Every enforcement `device` holds is in the operator's plan, due at 17:30 (the local time
+/// the tests change the mobile policy to).
+fn assert_enforced_at_1730(snapshot: &Snapshot, device: &SimDevice) {
+    let id = device.enrollment_id();
+    for e in enforcements(device) {
+        let payload = snapshot
+            .plan
+            .declarations
+            .iter()
+            .find(|d| d.identifier == e.identifier)
+            .map(|d| d.payload.clone())
+            .unwrap_or_else(|| panic!("{id}: {} is in the plan", e.identifier));
+        assert!(
+            payload["TargetLocalDateTime"]
+                .as_str()
+                .is_some_and(|t| t.ends_with("T17:30:00")),
+            "{id}: due at 17:30: {payload}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the tests start, and what a restart must leave alone
+// ---------------------------------------------------------------------------------------------
+
+/// Where most tests start: a fresh namespace with the examples applied and Ready, its operator,
+/// and the devices of [`fleet`] checked in until they and the operator are quiet.
+async fn examples_with_settled_devices(tag: &str, identity: &str) -> (Env, Operator, Devices) {
+    let fleet = fleet();
+    let env = Env::new(tag, &fleet, &[]).await;
+    let running = env.start(identity).await;
+    env.apply_examples().await;
+    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
+    let mut devices = Devices::new(fleet, &running);
+    let settled = devices.settle(&running).await;
+    eprintln!(
+        "[{}] devices settled in {:.2} s",
+        env.namespace,
+        settled.as_secs_f64()
+    );
+    (env, running, devices)
+}
+
+/// Every object Ready again after the devices' first reports, then nothing happening for
+/// `quiet`: the baseline a test measures changes from.
+async fn ready_and_quiet(env: &Env, running: &Running, quiet: Duration) {
+    eventually("Ready after the first reports", CONVERGE, || all_ready(env)).await;
+    quiesce(env, running, quiet, CONVERGE).await;
+}
+
+/// Waits for a resolver pass numbered above `after` (0: the first pass of a restarted
+/// operator).
+async fn pass_after(running: &Running, after: u64, what: &str) {
+    eventually(what, CONVERGE, || async {
+        let now = running.snapshots.borrow().pass;
+        if now > after {
+            Ok(())
+        } else {
+            Err(format!("pass {now}, was {after}"))
+        }
+    })
+    .await;
+}
+
+/// Waits until the (restarted) operator made at least `objects` reconciles.
+async fn reconciled_at_least(running: &Running, objects: usize) {
+    eventually(
+        "every object reconciled after the restart",
+        CONVERGE,
+        || async {
+            let r = metric(&running.metrics, RECONCILES);
+            if r >= objects as f64 {
+                Ok(())
+            } else {
+                Err(format!("{r} reconciles"))
+            }
+        },
+    )
+    .await;
+}
+
+/// A restart at `mark` changed nothing: no write request, no backend write, every object at
+/// the resourceVersion of `versions` (from [`status_versions`]).
+async fn assert_restart_changed_nothing(
+    env: &Env,
+    running: &Running,
+    mark: Instant,
+    versions: &BTreeMap<String, String>,
+) {
+    assert_eq!(
+        env.log.writes_since(mark),
+        Vec::<String>::new(),
+        "no write request after a restart"
+    );
+    assert_eq!(
+        metric(&running.metrics, BACKEND_CHANGES),
+        0.0,
+        "no backend write after a restart"
+    );
+    assert_eq!(&status_versions(env).await, versions, "no object changed");
+}
+
 // ---------------------------------------------------------------------------------------------
 // The tests
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn examples_become_ready_with_generated_targets_kubectl_lists() {
-    let test_started = Instant::now();
     let devices = fleet();
     let vip = devices
         .iter()
@@ -1379,29 +1525,12 @@ async fn examples_become_ready_with_generated_targets_kubectl_lists() {
     );
 
     env.finish(running).await;
-    eprintln!(
-        "examples test: {:.1} s",
-        test_started.elapsed().as_secs_f64()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_get_declarations_and_statuses_follow_them_to_compliance() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("devices", &fleet, &[]).await;
-    let running = env.start("devices").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-
     // First check-ins: every device gets exactly the set the backend holds for it.
-    let mut devices = Devices::new(fleet, &running);
-    let settled = devices.settle(&running).await;
-    eprintln!(
-        "[{}] devices settled in {:.2} s",
-        env.namespace,
-        settled.as_secs_f64()
-    );
+    let (env, running, mut devices) = examples_with_settled_devices("devices", "devices").await;
     let snapshot = running.snapshots.borrow().clone();
     let assigned: HashMap<&str, BTreeSet<&str>> = snapshot
         .records
@@ -1704,27 +1833,13 @@ async fn devices_get_declarations_and_statuses_follow_them_to_compliance() {
     );
 
     env.finish(running).await;
-    eprintln!(
-        "devices test: {:.1} s",
-        test_started.elapsed().as_secs_f64()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("delete", &fleet, &[]).await;
-    let running = env.start("delete").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
-    let n = devices.list.len();
-    let before: Vec<BTreeMap<String, (String, String)>> = (0..n).map(|i| devices.held(i)).collect();
-    let mobile: Vec<usize> = (0..n)
-        .filter(|i| policy_of(devices.list[*i].spec().platform) == "mobile")
-        .collect();
+    let (env, running, mut devices) = examples_with_settled_devices("delete", "delete").await;
+    let before = devices.held_all();
+    let mobile = devices.under_policy("mobile");
     assert!(
         mobile
             .iter()
@@ -1735,7 +1850,7 @@ async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
         .targets()
         .await
         .iter()
-        .filter(|t| t.labels().get(POLICY_LABEL).map(String::as_str) == Some("mobile"))
+        .filter(|t| generated_by(t, "mobile"))
         .map(ResourceExt::name_any)
         .collect();
     assert!(!mobile_targets.is_empty());
@@ -1808,21 +1923,7 @@ async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
             assert_eq!(&now, was, "{id}: untouched by deleting another policy");
         }
     }
-    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
-    let withdrawn_event = eventually("a Withdrawn event", CONVERGE, || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("Withdrawn")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("mobile")
-            })
-            .ok_or_else(|| "none yet".to_string())
-    })
-    .await;
+    let withdrawn_event = env.event("Withdrawn", "mobile").await;
     assert_eq!(withdrawn_event.type_.as_deref(), Some("Normal"));
 
     // Let it go: the object disappears and its generated targets are garbage-collected.
@@ -1834,14 +1935,7 @@ async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
         )
         .await
         .expect("remove the test's finalizer");
-    eventually("the policy gone", CONVERGE, || async {
-        match policies.get_opt("mobile").await {
-            Ok(None) => Ok(()),
-            Ok(Some(p)) => Err(format!("still there: {:?}", p.finalizers())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
+    env.policy_gone("mobile").await;
     let collected_after = eventually(
         "its generated targets collected",
         Duration::from_secs(60),
@@ -1872,35 +1966,18 @@ async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
     assert_eq!(policies_left.len(), 2);
 
     env.finish(running).await;
-    eprintln!("delete test: {:.1} s", test_started.elapsed().as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("noop", &fleet, &[]).await;
-    let running = env.start("first").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
-    eventually("Ready after the first reports", CONVERGE, || {
-        all_ready(&env)
-    })
-    .await;
-    quiesce(&env, &running, Duration::from_secs(2), CONVERGE).await;
+    let (env, running, mut devices) = examples_with_settled_devices("noop", "first").await;
+    ready_and_quiet(&env, &running, Duration::from_secs(2)).await;
 
     // A changed policy: every target it generated is re-applied and Synced at its new
     // generation; the devices get the new deadline.
     let reconciles_before = metric(&running.metrics, RECONCILES);
     let writes_before = running.metrics.kube_writes_total();
-    let mut mobile = example_objects()
-        .into_iter()
-        .map(|(_, v)| v)
-        .find(|v| v["kind"] == "UpdatePolicy" && v["metadata"]["name"] == "mobile")
-        .expect("the mobile policy");
-    mobile["metadata"]["namespace"] = env.namespace.clone().into();
+    let mut mobile = env.example_policy("mobile");
     mobile["spec"]["deadline"]["localTime"] = "17:30".into();
     let changed_at = Instant::now();
     env.apply::<UpdatePolicy>(&mobile).await;
@@ -1915,7 +1992,7 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
             .targets()
             .await
             .into_iter()
-            .filter(|t| t.labels().get(POLICY_LABEL).map(String::as_str) == Some("mobile"))
+            .filter(|t| generated_by(t, "mobile"))
             .collect();
         if targets.len() != status.targets as usize || targets.is_empty() {
             return Err(format!(
@@ -2008,27 +2085,9 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
         env.namespace
     );
     devices.settle(&running).await;
-    for (i, device) in devices.list.iter().enumerate() {
-        if policy_of(device.spec().platform) != "mobile" {
-            continue;
-        }
-        for e in enforcements(device) {
-            let snapshot = running.snapshots.borrow().clone();
-            let payload = snapshot
-                .plan
-                .declarations
-                .iter()
-                .find(|d| d.identifier == e.identifier)
-                .map(|d| d.payload.clone())
-                .unwrap_or_else(|| panic!("{i}: {} is in the plan", e.identifier));
-            assert!(
-                payload["TargetLocalDateTime"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("T17:30:00")),
-                "{}: {payload}",
-                device.enrollment_id()
-            );
-        }
+    let snapshot = running.snapshots.borrow().clone();
+    for i in devices.under_policy("mobile") {
+        assert_enforced_at_1730(&snapshot, &devices.list[i]);
     }
     quiesce(&env, &running, Duration::from_secs(2), CONVERGE).await;
 
@@ -2040,45 +2099,10 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
     let passes = running.snapshots.borrow().pass;
     let reconciles = metric(&running.metrics, RECONCILES);
     let touch = json!({"metadata": {"annotations": {"it.example.com/touched": "yes"}}});
-    for p in env.policies().await {
-        env.api::<UpdatePolicy>()
-            .patch(
-                &p.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&touch),
-            )
-            .await
-            .expect("annotate");
-    }
-    for g in env.groups().await {
-        env.api::<FleetGroup>()
-            .patch(
-                &g.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&touch),
-            )
-            .await
-            .expect("annotate");
-    }
-    for t in env.targets().await {
-        env.api::<EnforcementTarget>()
-            .patch(
-                &t.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&touch),
-            )
-            .await
-            .expect("annotate");
-    }
-    eventually("a pass after the touches", CONVERGE, || async {
-        let now = running.snapshots.borrow().pass;
-        if now > passes {
-            Ok(())
-        } else {
-            Err(format!("pass {now}, was {passes}"))
-        }
-    })
-    .await;
+    env.patch_all::<UpdatePolicy>(&touch).await;
+    env.patch_all::<FleetGroup>(&touch).await;
+    env.patch_all::<EnforcementTarget>(&touch).await;
+    pass_after(&running, passes, "a pass after the touches").await;
     let touched_pass = running.snapshots.borrow().pass;
     for device in &mut devices.list {
         device.request_full_report();
@@ -2089,15 +2113,7 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
         "every device reported"
     );
     assert!(outcomes.iter().all(|o| !o.declarations_changed));
-    eventually("a pass after the reports", CONVERGE, || async {
-        let now = running.snapshots.borrow().pass;
-        if now > touched_pass {
-            Ok(())
-        } else {
-            Err(format!("pass {now}, was {touched_pass}"))
-        }
-    })
-    .await;
+    pass_after(&running, touched_pass, "a pass after the reports").await;
     quiesce(&env, &running, Duration::from_secs(3), CONVERGE).await;
     let objects = env.policies().await.len() + env.groups().await.len() + env.targets().await.len();
     let noop_reconciles = metric(&running.metrics, RECONCILES) - reconciles;
@@ -2133,39 +2149,16 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
         "no backend write"
     );
     assert_eq!(running.snapshots.borrow().applied, Ok(0));
-    let devices_before: Vec<_> = (0..devices.list.len()).map(|i| devices.held(i)).collect();
+    let devices_before = devices.held_all();
     let statuses_before: BTreeMap<String, String> = status_versions(&env).await;
 
     // Restart on the same database: nothing written, nothing changed.
     running.stop();
     let restart_mark = Instant::now();
     let running = env.start("second").await;
-    let mut devices = Devices {
-        list: devices.list,
-        ..Devices::new(Vec::new(), &running)
-    };
-    eventually("a first pass after the restart", CONVERGE, || async {
-        let s = running.snapshots.borrow().clone();
-        if s.pass >= 1 {
-            Ok(())
-        } else {
-            Err("no pass yet".into())
-        }
-    })
-    .await;
-    eventually(
-        "every object reconciled after the restart",
-        CONVERGE,
-        || async {
-            let r = metric(&running.metrics, RECONCILES);
-            if r >= objects as f64 {
-                Ok(())
-            } else {
-                Err(format!("{r} reconciles"))
-            }
-        },
-    )
-    .await;
+    let mut devices = devices.with_operator(&running);
+    pass_after(&running, 0, "a first pass after the restart").await;
+    reconciled_at_least(&running, objects).await;
     devices.sync_all(&running).await;
     let restart_quiet = quiesce(&env, &running, Duration::from_secs(3), CONVERGE).await;
     eprintln!(
@@ -2180,20 +2173,11 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
             .filter(Logged::counts)
             .count()
     );
-    assert_eq!(
-        env.log.writes_since(restart_mark),
-        Vec::<String>::new(),
-        "no write request after a restart"
-    );
+    assert_restart_changed_nothing(&env, &running, restart_mark, &statuses_before).await;
     assert_eq!(
         running.metrics.kube_writes_total(),
         0,
         "no write counted after a restart"
-    );
-    assert_eq!(
-        metric(&running.metrics, BACKEND_CHANGES),
-        0.0,
-        "no backend write after a restart"
     );
     for (i, before) in devices_before.iter().enumerate() {
         assert_eq!(
@@ -2203,55 +2187,34 @@ async fn nothing_changed_writes_nothing_and_a_restart_changes_nothing() {
             devices.list[i].enrollment_id()
         );
     }
-    assert_eq!(
-        status_versions(&env).await,
-        statuses_before,
-        "no object changed"
-    );
 
     env.finish(running).await;
-    eprintln!("no-op test: {:.1} s", test_started.elapsed().as_secs_f64());
 }
 
 /// `Kind/name` → resourceVersion of every object.
 async fn status_versions(env: &Env) -> BTreeMap<String, String> {
+    fn versions<K: Resource<DynamicType = ()>>(objects: Vec<K>) -> Vec<(String, String)> {
+        objects
+            .iter()
+            .map(|o| {
+                (
+                    format!("{}/{}", K::kind(&()), o.name_any()),
+                    o.resource_version().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
     let mut out = BTreeMap::new();
-    for p in env.policies().await {
-        out.insert(
-            format!("UpdatePolicy/{}", p.name_any()),
-            p.resource_version().unwrap_or_default(),
-        );
-    }
-    for g in env.groups().await {
-        out.insert(
-            format!("FleetGroup/{}", g.name_any()),
-            g.resource_version().unwrap_or_default(),
-        );
-    }
-    for t in env.targets().await {
-        out.insert(
-            format!("EnforcementTarget/{}", t.name_any()),
-            t.resource_version().unwrap_or_default(),
-        );
-    }
+    out.extend(versions(env.policies().await));
+    out.extend(versions(env.groups().await));
+    out.extend(versions(env.targets().await));
     out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_reported_without_touching_the_rest() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("invalid", &fleet, &[]).await;
-    let running = env.start("invalid").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
-    eventually("Ready after the first reports", CONVERGE, || {
-        all_ready(&env)
-    })
-    .await;
-    quiesce(&env, &running, Duration::from_secs(2), CONVERGE).await;
+    let (env, running, _devices) = examples_with_settled_devices("invalid", "invalid").await;
+    ready_and_quiet(&env, &running, Duration::from_secs(2)).await;
     let versions = status_versions(&env).await;
     let backend = metric(&running.metrics, BACKEND_CHANGES);
     let mark = Instant::now();
@@ -2361,10 +2324,6 @@ async fn invalid_specs_are_reported_without_touching_the_rest() {
     ));
 
     env.finish(running).await;
-    eprintln!(
-        "invalid test: {:.1} s",
-        test_started.elapsed().as_secs_f64()
-    );
 }
 
 /// What one generated target shows: `(exists, compliance, counts, Compliant reason)`.
@@ -2386,14 +2345,7 @@ async fn target_view(env: &Env, name: &str) -> (bool, Option<String>, String, Op
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_targets_count_the_devices_they_take_to_compliance() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("etcount", &fleet, &[]).await;
-    let running = env.start("etcount").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
+    let (env, running, mut devices) = examples_with_settled_devices("etcount", "etcount").await;
 
     // The generated target with two devices (the broad ring of the macOS policy).
     let (name, version) = eventually(
@@ -2488,23 +2440,8 @@ async fn generated_targets_count_the_devices_they_take_to_compliance() {
     running.stop();
     let mark = Instant::now();
     let running = env.start("etcount-again").await;
-    let mut devices = Devices {
-        list: devices.list,
-        ..Devices::new(Vec::new(), &running)
-    };
-    eventually(
-        "every object reconciled after the restart",
-        CONVERGE,
-        || async {
-            let r = metric(&running.metrics, RECONCILES);
-            if r >= versions.len() as f64 {
-                Ok(())
-            } else {
-                Err(format!("{r} reconciles"))
-            }
-        },
-    )
-    .await;
+    let mut devices = devices.with_operator(&running);
+    reconciled_at_least(&running, versions.len()).await;
     devices.sync_all(&running).await;
     quiesce(&env, &running, Duration::from_secs(2), CONVERGE).await;
     assert_eq!(
@@ -2512,19 +2449,9 @@ async fn generated_targets_count_the_devices_they_take_to_compliance() {
         views[1],
         "{name} after a restart"
     );
-    assert_eq!(
-        env.log.writes_since(mark),
-        Vec::<String>::new(),
-        "no write request after a restart"
-    );
-    assert_eq!(metric(&running.metrics, BACKEND_CHANGES), 0.0);
-    assert_eq!(status_versions(&env).await, versions, "no object changed");
+    assert_restart_changed_nothing(&env, &running, mark, &versions).await;
 
     env.finish(running).await;
-    eprintln!(
-        "etcount test: {:.1} s",
-        test_started.elapsed().as_secs_f64()
-    );
 }
 
 /// The operator's `/api/v1/status` document.
@@ -2542,18 +2469,12 @@ async fn operator_status(running: &Running) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
-    let test_started = Instant::now();
     let fleet = fleet();
     let env = Env::new("orphan", &fleet, &[]).await;
     let running = env.start("orphan").await;
     env.apply_examples().await;
     // The mobile policy, declared to orphan its devices when deleted.
-    let mut mobile = example_objects()
-        .into_iter()
-        .map(|(_, v)| v)
-        .find(|v| v["kind"] == "UpdatePolicy" && v["metadata"]["name"] == "mobile")
-        .expect("the mobile policy");
-    mobile["metadata"]["namespace"] = env.namespace.clone().into();
+    let mut mobile = env.example_policy("mobile");
     mobile["spec"]["deletionPolicy"] = "Orphan".into();
     env.apply::<UpdatePolicy>(&mobile).await;
     eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
@@ -2563,11 +2484,8 @@ async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
         all_ready(&env)
     })
     .await;
-    let n = devices.list.len();
-    let before: Vec<BTreeMap<String, (String, String)>> = (0..n).map(|i| devices.held(i)).collect();
-    let mobile_devices: Vec<usize> = (0..n)
-        .filter(|i| policy_of(devices.list[*i].spec().platform) == "mobile")
-        .collect();
+    let before = devices.held_all();
+    let mobile_devices = devices.under_policy("mobile");
     let holds = |i: &usize, kind: &str| before[*i].values().any(|(t, _)| t == kind);
     assert!(
         mobile_devices.iter().any(|i| holds(i, ENFORCEMENT_TYPE)),
@@ -2576,40 +2494,18 @@ async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
     assert!(mobile_devices.iter().all(|i| holds(i, SETTINGS_TYPE)));
 
     // Delete it: the finalizer lets it go once its devices are frozen, with an event saying so.
-    let policies = env.api::<UpdatePolicy>();
     let deleted_at = Instant::now();
-    policies
+    env.api::<UpdatePolicy>()
         .delete("mobile", &DeleteParams::default())
         .await
         .expect("delete the policy");
-    let gone_after = eventually("the policy gone", CONVERGE, || async {
-        match policies.get_opt("mobile").await {
-            Ok(None) => Ok(deleted_at.elapsed()),
-            Ok(Some(p)) => Err(format!("still there: {:?}", p.finalizers())),
-            Err(e) => Err(e.to_string()),
-        }
-    })
-    .await;
+    env.policy_gone("mobile").await;
     eprintln!(
         "[{}] delete with Orphan → gone: {:.2} s",
         env.namespace,
-        gone_after.as_secs_f64()
+        deleted_at.elapsed().as_secs_f64()
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
-    let orphaned_event = eventually("an Orphaned event", CONVERGE, || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .into_iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("Orphaned")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("mobile")
-            })
-            .ok_or_else(|| "none yet".to_string())
-    })
-    .await;
+    let orphaned_event = env.event("Orphaned", "mobile").await;
     let note = orphaned_event.note.unwrap_or_default();
     assert!(
         note.contains(&format!("{} device(s)", mobile_devices.len())),
@@ -2663,18 +2559,8 @@ async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
     // A restart on the same database: still kept.
     running.stop();
     let running = env.start("orphan-again").await;
-    let mut devices = Devices {
-        list: devices.list,
-        ..Devices::new(Vec::new(), &running)
-    };
-    eventually("a first pass after the restart", CONVERGE, || async {
-        if running.snapshots.borrow().pass >= 1 {
-            Ok(())
-        } else {
-            Err("no pass yet".to_string())
-        }
-    })
-    .await;
+    let mut devices = devices.with_operator(&running);
+    pass_after(&running, 0, "a first pass after the restart").await;
     devices.settle(&running).await;
     check_kept(&devices, "after a restart");
     check_status(&operator_status(&running).await, "after a restart");
@@ -2699,21 +2585,8 @@ async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
             .unwrap_or_default();
         let held: BTreeSet<String> = devices.held(*i).into_keys().collect();
         assert_eq!(held, assigned, "{id}: holds what the backend assigned");
-        for e in enforcements(&devices.list[*i]) {
-            let payload = snapshot
-                .plan
-                .declarations
-                .iter()
-                .find(|d| d.identifier == e.identifier)
-                .map(|d| d.payload.clone())
-                .unwrap_or_else(|| panic!("{id}: {} is resolved now", e.identifier));
-            assert!(
-                payload["TargetLocalDateTime"]
-                    .as_str()
-                    .is_some_and(|t| t.ends_with("T17:30:00")),
-                "{id}: enforced by mobile-again: {payload}"
-            );
-        }
+        // Enforced by mobile-again, the only policy due at 17:30.
+        assert_enforced_at_1730(&snapshot, &devices.list[*i]);
     }
     assert!(
         mobile_devices
@@ -2726,24 +2599,12 @@ async fn deleting_a_policy_with_orphan_leaves_its_devices_their_declarations() {
     assert_eq!(status["orphaned"], json!([]));
 
     env.finish(running).await;
-    eprintln!("orphan test: {:.1} s", test_started.elapsed().as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_say_what_each_change_did() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("events", &fleet, &[]).await;
-    let running = env.start("events").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
-    eventually("Ready after the first reports", CONVERGE, || {
-        all_ready(&env)
-    })
-    .await;
-    quiesce(&env, &running, Duration::from_secs(1), CONVERGE).await;
+    let (env, running, _devices) = examples_with_settled_devices("events", "events").await;
+    ready_and_quiet(&env, &running, Duration::from_secs(1)).await;
 
     let events: Api<k8s_openapi::api::events::v1::Event> = env.api();
     let notes = || async {
@@ -2774,7 +2635,7 @@ async fn events_say_what_each_change_did() {
         .targets()
         .await
         .into_iter()
-        .filter(|t| t.labels().get(POLICY_LABEL).map(String::as_str) == Some("mobile"))
+        .filter(|t| generated_by(t, "mobile"))
         .collect();
     assert!(
         mobile_targets.len() >= 2,
@@ -2796,12 +2657,7 @@ async fn events_say_what_each_change_did() {
     }
 
     // A new deadline: the events say so.
-    let mut mobile = example_objects()
-        .into_iter()
-        .map(|(_, v)| v)
-        .find(|v| v["kind"] == "UpdatePolicy" && v["metadata"]["name"] == "mobile")
-        .expect("the mobile policy");
-    mobile["metadata"]["namespace"] = env.namespace.clone().into();
+    let mut mobile = env.example_policy("mobile");
     mobile["spec"]["deadline"]["localTime"] = "17:30".into();
     env.apply::<UpdatePolicy>(&mobile).await;
     eventually("the mobile targets moved to 17:30", CONVERGE, || async {
@@ -2809,7 +2665,7 @@ async fn events_say_what_each_change_did() {
             .targets()
             .await
             .iter()
-            .filter(|t| t.labels().get(POLICY_LABEL).map(String::as_str) == Some("mobile"))
+            .filter(|t| generated_by(t, "mobile"))
             .all(|t| t.spec.target_local_date_time.ends_with("T17:30:00"));
         if moved {
             Ok(())
@@ -2833,24 +2689,12 @@ async fn events_say_what_each_change_did() {
     );
 
     env.finish(running).await;
-    eprintln!("events test: {:.1} s", test_started.elapsed().as_secs_f64());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_with_a_slow_target_watch_changes_nothing() {
-    let test_started = Instant::now();
-    let fleet = fleet();
-    let env = Env::new("slowet", &fleet, &[]).await;
-    let running = env.start("first").await;
-    env.apply_examples().await;
-    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
-    let mut devices = Devices::new(fleet, &running);
-    devices.settle(&running).await;
-    eventually("Ready after the first reports", CONVERGE, || {
-        all_ready(&env)
-    })
-    .await;
-    quiesce(&env, &running, Duration::from_secs(2), CONVERGE).await;
+    let (env, running, _devices) = examples_with_settled_devices("slowet", "first").await;
+    ready_and_quiet(&env, &running, Duration::from_secs(2)).await;
     let versions = status_versions(&env).await;
     running.stop();
 
@@ -2859,39 +2703,16 @@ async fn a_restart_with_a_slow_target_watch_changes_nothing() {
     let running = env
         .start_with_slow_target_lists("second", Duration::from_secs(2))
         .await;
-    let objects = versions.len() as f64;
-    eventually(
-        "every object reconciled after the restart",
-        CONVERGE,
-        || async {
-            let r = metric(&running.metrics, RECONCILES);
-            if r >= objects {
-                Ok(())
-            } else {
-                Err(format!("{r} reconciles"))
-            }
-        },
-    )
-    .await;
+    reconciled_at_least(&running, versions.len()).await;
     let quiet = quiesce(&env, &running, Duration::from_secs(3), CONVERGE).await;
     eprintln!(
         "[{}] restart with slow EnforcementTarget lists: quiet after {:.2} s",
         env.namespace,
         quiet.as_secs_f64()
     );
-    assert_eq!(
-        env.log.writes_since(mark),
-        Vec::<String>::new(),
-        "no write request after a restart"
-    );
-    assert_eq!(metric(&running.metrics, BACKEND_CHANGES), 0.0);
-    assert_eq!(status_versions(&env).await, versions, "no object changed");
+    assert_restart_changed_nothing(&env, &running, mark, &versions).await;
 
     env.finish(running).await;
-    eprintln!(
-        "slow-watch restart test: {:.1} s",
-        test_started.elapsed().as_secs_f64()
-    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2902,6 +2723,27 @@ async fn a_restart_with_a_slow_target_watch_changes_nothing() {
 /// release: the gate holds it at exactly the version its declarations name, with the labels the
 /// inventory gives its serial (the example groups select by label), and the policy's status and
 /// the metrics count the decision.
+/// The macs policy's `status.enrollment`, once it counts `n` UpdateRequired decisions.
+async fn update_required_counted(policies: &Api<UpdatePolicy>, n: u64) -> EnrollmentGateStatus {
+    eventually(
+        &format!("macs status.enrollment counting {n}"),
+        CONVERGE,
+        || async {
+            let policy = policies.get("macs").await.map_err(|e| e.to_string())?;
+            let enrollment = policy
+                .status
+                .and_then(|s| s.enrollment)
+                .ok_or("no status.enrollment yet")?;
+            if enrollment.decisions.get("UpdateRequired") == Some(&n) {
+                Ok(enrollment)
+            } else {
+                Err(format!("{enrollment:?}"))
+            }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() {
     let devices = fleet();
@@ -2988,19 +2830,7 @@ async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() 
 
     // The policy's status follows (debounced), and only the gated policy gets the block.
     let policies: Api<UpdatePolicy> = env.api();
-    let status = eventually("macs status.enrollment", CONVERGE, || async {
-        let policy = policies.get("macs").await.map_err(|e| e.to_string())?;
-        let enrollment = policy
-            .status
-            .and_then(|s| s.enrollment)
-            .ok_or("no status.enrollment yet")?;
-        if enrollment.decisions.get("UpdateRequired") == Some(&1) {
-            Ok(enrollment)
-        } else {
-            Err(format!("{enrollment:?}"))
-        }
-    })
-    .await;
+    let status = update_required_counted(&policies, 1).await;
     assert!(status.last_decision_time.is_some());
     assert_eq!(status.last_problem, None);
     let mobile = policies.get("mobile").await.expect("mobile");
@@ -3025,23 +2855,7 @@ async fn the_enrollment_gate_holds_a_mac_at_its_declared_target_and_counts_it() 
         }
     })
     .await;
-    let again = eventually(
-        "macs status.enrollment after the restart",
-        CONVERGE,
-        || async {
-            let policy = policies.get("macs").await.map_err(|e| e.to_string())?;
-            let enrollment = policy
-                .status
-                .and_then(|s| s.enrollment)
-                .ok_or("no status.enrollment")?;
-            if enrollment.decisions.get("UpdateRequired") == Some(&2) {
-                Ok(enrollment)
-            } else {
-                Err(format!("{enrollment:?}"))
-            }
-        },
-    )
-    .await;
+    let again = update_required_counted(&policies, 2).await;
     assert_eq!(
         again.since, status.since,
         "counting started at the first start"
@@ -3061,21 +2875,7 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
     let devices = fleet();
     let env = Env::new("nsonly", &devices, &[]).await;
     let other = format!("{}-other", env.namespace);
-    let namespaces: Api<Namespace> = Api::all(env.client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": other, "labels": {"app.kubernetes.io/part-of": "ddm-update-operator-tests"}}
-            }))
-            .expect("a namespace"),
-        )
-        .await
-        .expect("the other namespace");
-    let _other_guard = NamespaceGuard {
-        namespace: other.clone(),
-        armed: true,
-    };
+    let _other_guard = create_namespace(&env.client, &other).await;
     let foreign: Api<FleetGroup> = Api::namespaced(env.client.clone(), &other);
     foreign
         .create(

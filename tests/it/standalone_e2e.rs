@@ -27,19 +27,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ddm_update_operator::catalog::{Catalog, OsVersion, Platform, PmvDocument};
+use ddm_update_operator::catalog::{OsVersion, Platform, PmvDocument};
 use ddm_update_operator::sim::{
-    DeviceSpec, FailureMode, Fleet, FleetOptions, InstallState, ServerConfig, SimDevice,
-    SyncOutcome, http_client,
+    DeviceSpec, FailureMode, InstallState, ServerConfig, SimDevice, SyncOutcome, http_client,
 };
 use serde_json::{Value, json};
 
+use crate::support::devices::{check_in_all, fleet_of, held, newest_catalog_path};
+use crate::support::process::{KillOnDrop, free_port, metric_sum};
+
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CATALOG: &str = "tests/fixtures/gdmf/pmv-2026-08-22.json";
 const NAMESPACE: &str = "e2e";
 const ENFORCEMENT_TYPE: &str = "com.apple.configuration.softwareupdate.enforcement.specific";
 /// With no report and no declaration change for this long, the operator has run every pass the
@@ -49,14 +49,10 @@ const QUIET: Duration = Duration::from_millis(1500);
 /// Hard cap on one wait for the operator.
 const SETTLE_CAP: Duration = Duration::from_secs(20);
 
-fn catalog_path() -> PathBuf {
-    Path::new(ROOT).join(CATALOG)
-}
-
 /// The catalog's as-of moment: 00:00 UTC on its newest posting date (what `run` judges a
 /// catalog file on).
 fn catalog_as_of() -> String {
-    let bytes = std::fs::read(catalog_path()).expect("the catalog fixture");
+    let bytes = std::fs::read(newest_catalog_path()).expect("the catalog fixture");
     let document = PmvDocument::from_slice(&bytes).expect("a pmv document");
     let day = document
         .newest_posting_date()
@@ -75,6 +71,21 @@ struct Mobile {
     suspend: bool,
     /// `deletionPolicy: Orphan`.
     orphan: bool,
+}
+
+/// The mobile policy as the tests first write it.
+const MOBILE: Mobile = Mobile {
+    days_after_posting: 3,
+    suspend: false,
+    orphan: false,
+};
+
+/// A scratch folder whose `gitops/` holds the tests' manifests with `mobile`: (folder, gitops).
+fn work_with_manifests(mobile: Mobile) -> (tempfile::TempDir, PathBuf) {
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifests = work.path().join("gitops");
+    write_manifests(&manifests, mobile);
+    (work, manifests)
 }
 
 fn write_atomically(path: &Path, text: &str) {
@@ -179,24 +190,10 @@ spec:
 // ---------------------------------------------------------------------------------------------
 
 struct Operator {
-    child: Child,
+    child: KillOnDrop,
     root: String,
     log: PathBuf,
     client: reqwest::Client,
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
 }
 
 impl Operator {
@@ -215,7 +212,7 @@ impl Operator {
                 .arg("--manifests")
                 .arg(manifests)
                 .arg("--catalog")
-                .arg(catalog_path())
+                .arg(newest_catalog_path())
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -227,7 +224,7 @@ impl Operator {
                 .spawn()
                 .expect("the operator starts");
             let mut operator = Operator {
-                child,
+                child: KillOnDrop(child),
                 root: format!("http://127.0.0.1:{port}"),
                 log: log.clone(),
                 client: http_client(Duration::from_secs(10)).expect("HTTP client"),
@@ -287,19 +284,8 @@ impl Operator {
 
     /// A counter or gauge from `/metrics` (the sum over its label sets).
     async fn metric(&self, name: &str) -> f64 {
-        metric_value(&self.get_text("/metrics").await, name)
+        metric_sum(&self.get_text("/metrics").await, name)
     }
-}
-
-fn metric_value(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (key, value) = line.rsplit_once(' ')?;
-            let bare = key.split('{').next()?;
-            (bare == name).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -327,18 +313,8 @@ impl Devices {
 
     /// One check-in of every device, concurrently.
     async fn sync_all(&mut self) -> Vec<SyncOutcome> {
-        let (client, server) = (&self.client, &self.server);
-        let results = futures::future::join_all(
-            self.list
-                .iter_mut()
-                .map(|device| async move { device.sync(client, server).await }),
-        )
-        .await;
-        let mut outcomes = Vec::with_capacity(results.len());
-        for (index, result) in results.into_iter().enumerate() {
-            let outcome = result.unwrap_or_else(|e| {
-                panic!("{}: check-in failed: {e}", self.list[index].enrollment_id())
-            });
+        let outcomes = check_in_all(&mut self.list, &self.client, &self.server).await;
+        for (index, outcome) in outcomes.iter().enumerate() {
             if let Some(declarations) = outcome
                 .report
                 .as_ref()
@@ -346,7 +322,6 @@ impl Devices {
             {
                 self.reported_declarations[index] = Some(declarations.clone());
             }
-            outcomes.push(outcome);
         }
         outcomes
     }
@@ -385,11 +360,7 @@ impl Devices {
 
     /// Each device's held set: Identifier → (Type, ServerToken).
     fn held(&self, index: usize) -> BTreeMap<String, (String, String)> {
-        self.list[index]
-            .declarations()
-            .into_iter()
-            .map(|d| (d.identifier, (d.declaration_type, d.server_token)))
-            .collect()
+        held(&self.list[index])
     }
 
     /// The inventory `plan` is given: what each device reports about itself.
@@ -424,34 +395,19 @@ impl Devices {
     }
 }
 
-/// Draws `n` devices of one platform from the catalog (a separate draw per platform keeps the
-/// mix fixed whatever the seed).
-fn draw(catalog: &Catalog, platform: Platform, n: usize, seed: u64) -> Vec<SimDevice> {
-    let options = FleetOptions {
-        platforms: vec![platform],
-        ..FleetOptions::default()
-    };
-    Fleet::from_catalog_with(catalog, n, seed, &options)
-        .expect("the catalog lists devices of this platform")
-        .devices
-}
-
 fn fleet(iphones: usize, ipads: usize, macs: usize, seed: u64) -> Vec<SimDevice> {
-    let bytes = std::fs::read(catalog_path()).expect("the catalog fixture");
-    let catalog = Catalog::from_slice(&bytes).expect("a catalog");
-    let mut devices = draw(&catalog, Platform::Ios, iphones, seed);
-    devices.extend(draw(&catalog, Platform::IpadOs, ipads, seed + 1));
-    devices.extend(draw(&catalog, Platform::MacOs, macs, seed + 2));
-    let ids: BTreeSet<&str> = devices.iter().map(SimDevice::enrollment_id).collect();
-    assert_eq!(ids.len(), devices.len(), "enrollment ids are unique");
-    devices
+    fleet_of(&[
+        (Platform::Ios, iphones, seed),
+        (Platform::IpadOs, ipads, seed + 1),
+        (Platform::MacOs, macs, seed + 2),
+    ])
 }
 
 /// A supervised Mac on macOS 14.8.7: it speaks DDM and could take an enforcement, but its OS
 /// does not offer `softwareupdate.device-id` (macOS 15), so the operator never learns its board
 /// id.
 fn mac_on_macos_14() -> SimDevice {
-    let bytes = std::fs::read(catalog_path()).expect("the catalog fixture");
+    let bytes = std::fs::read(newest_catalog_path()).expect("the catalog fixture");
     let raw: Value = serde_json::from_slice(&bytes).expect("JSON");
     let entry = raw["AssetSets"]["macOS"]
         .as_array()
@@ -485,6 +441,29 @@ impl Predicted {
             .find(|(_, (t, _))| t == ENFORCEMENT_TYPE)
             .map(|(id, _)| (id.as_str(), &self.payloads[id]))
     }
+
+    /// The indices of the devices the plan gives an enforcement.
+    fn enforced(&self, devices: &Devices) -> Vec<usize> {
+        (0..devices.list.len())
+            .filter(|i| self.enforcement(devices.list[*i].enrollment_id()).is_some())
+            .collect()
+    }
+}
+
+/// The operator on `manifests` (polled every 250 ms) and `fleet` enrolled and settled, their
+/// sets checked against `plan`'s: where the later tests start.
+async fn enrolled(
+    work: &Path,
+    manifests: &Path,
+    fleet: Vec<SimDevice>,
+) -> (Operator, Devices, Predicted) {
+    let operator = Operator::start(work, manifests, "250ms").await;
+    let mut devices = Devices::new(fleet, operator.server());
+    devices.sync_all().await;
+    devices.settle(&operator).await;
+    let predicted = plan(work, manifests, &devices);
+    assert_sets_match_plan(&devices, &predicted, "after enrollment");
+    (operator, devices, predicted)
 }
 
 fn plan(work: &Path, manifests: &Path, devices: &Devices) -> Predicted {
@@ -501,7 +480,7 @@ fn plan(work: &Path, manifests: &Path, devices: &Devices) -> Predicted {
         .arg("--inventory")
         .arg(&inventory)
         .arg("--catalog")
-        .arg(catalog_path())
+        .arg(newest_catalog_path())
         .args(["--at", &catalog_as_of(), "--output", "json"])
         .output()
         .expect("plan runs");
@@ -591,7 +570,7 @@ fn expected_deadline(device: &SimDevice, payload: &Value) -> String {
         .software_update_device_id
         .as_deref()
         .expect("a catalog device id");
-    let bytes = std::fs::read(catalog_path()).expect("the catalog fixture");
+    let bytes = std::fs::read(newest_catalog_path()).expect("the catalog fixture");
     let raw: Value = serde_json::from_slice(&bytes).expect("JSON");
     let version = payload["TargetOSVersion"]
         .as_str()
@@ -664,16 +643,7 @@ fn policy_of(platform: Platform) -> &'static str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdrawn() {
     let started = Instant::now();
-    let work = tempfile::tempdir().expect("tempdir");
-    let manifests = work.path().join("gitops");
-    write_manifests(
-        &manifests,
-        Mobile {
-            days_after_posting: 3,
-            suspend: false,
-            orphan: false,
-        },
-    );
+    let (work, manifests) = work_with_manifests(MOBILE);
     let operator = Operator::start(work.path(), &manifests, "2s").await;
     let mut fleet = fleet(12, 8, 10, 7);
     fleet.push(mac_on_macos_14());
@@ -734,13 +704,7 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
     // The fleet must exercise the interesting paths: enforcements on every platform, devices
     // already up to date, devices the operator cannot enforce on (an OS too old for the
     // declaration, a Mac that reports no board id).
-    let with_enforcement: Vec<usize> = (0..n)
-        .filter(|i| {
-            predicted
-                .enforcement(devices.list[*i].enrollment_id())
-                .is_some()
-        })
-        .collect();
+    let with_enforcement = predicted.enforced(&devices);
     for platform in [Platform::Ios, Platform::IpadOs, Platform::MacOs] {
         assert!(
             with_enforcement
@@ -1075,12 +1039,12 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
     let metrics = operator.get_text("/metrics").await;
     let sent: u64 = devices.list.iter().map(SimDevice::reports_sent).sum();
     assert_eq!(
-        metric_value(&metrics, "ddm_update_operator_status_reports_total"),
+        metric_sum(&metrics, "ddm_update_operator_status_reports_total"),
         sent as f64,
         "the status report counter counts every report"
     );
     assert_eq!(
-        metric_value(&metrics, "ddm_update_operator_devices"),
+        metric_sum(&metrics, "ddm_update_operator_devices"),
         n as f64,
         "the state gauges add up to the fleet"
     );
@@ -1132,28 +1096,12 @@ async fn devices_enroll_get_the_planned_set_install_and_get_enforcement_withdraw
 async fn editing_and_suspending_a_policy_in_the_watched_folder() {
     const POLL: Duration = Duration::from_millis(250);
     let started = Instant::now();
-    let work = tempfile::tempdir().expect("tempdir");
-    let manifests = work.path().join("gitops");
-    let mut mobile = Mobile {
-        days_after_posting: 3,
-        suspend: false,
-        orphan: false,
-    };
-    write_manifests(&manifests, mobile);
-    let operator = Operator::start(work.path(), &manifests, "250ms").await;
-    let mut devices = Devices::new(fleet(6, 4, 0, 11), operator.server());
+    let mut mobile = MOBILE;
+    let (work, manifests) = work_with_manifests(mobile);
+    let (operator, mut devices, before) =
+        enrolled(work.path(), &manifests, fleet(6, 4, 0, 11)).await;
     let n = devices.list.len();
-    devices.sync_all().await;
-    devices.settle(&operator).await;
-    let before = plan(work.path(), &manifests, &devices);
-    assert_sets_match_plan(&devices, &before, "after enrollment");
-    let enforced: Vec<usize> = (0..n)
-        .filter(|i| {
-            before
-                .enforcement(devices.list[*i].enrollment_id())
-                .is_some()
-        })
-        .collect();
+    let enforced = before.enforced(&devices);
     assert!(
         !enforced.is_empty(),
         "the fleet (seed 11) has devices with an enforcement"
@@ -1312,23 +1260,13 @@ async fn editing_and_suspending_a_policy_in_the_watched_folder() {
 async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
     const POLL: Duration = Duration::from_millis(250);
     let started = Instant::now();
-    let work = tempfile::tempdir().expect("tempdir");
-    let manifests = work.path().join("gitops");
-    write_manifests(
-        &manifests,
-        Mobile {
-            days_after_posting: 3,
-            suspend: false,
-            orphan: true,
-        },
-    );
-    let operator = Operator::start(work.path(), &manifests, "250ms").await;
-    let mut devices = Devices::new(fleet(4, 2, 2, 11), operator.server());
+    let (work, manifests) = work_with_manifests(Mobile {
+        orphan: true,
+        ..MOBILE
+    });
+    let (operator, mut devices, enrolled) =
+        enrolled(work.path(), &manifests, fleet(4, 2, 2, 11)).await;
     let n = devices.list.len();
-    devices.sync_all().await;
-    devices.settle(&operator).await;
-    let enrolled = plan(work.path(), &manifests, &devices);
-    assert_sets_match_plan(&devices, &enrolled, "after enrollment");
     let mobile: Vec<usize> = (0..n)
         .filter(|i| policy_of(devices.list[*i].spec().platform) == "mobile")
         .collect();
@@ -1433,16 +1371,7 @@ async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
 /// store opens again cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_operator_cleanly() {
-    let work = tempfile::tempdir().expect("tempdir");
-    let manifests = work.path().join("gitops");
-    write_manifests(
-        &manifests,
-        Mobile {
-            days_after_posting: 3,
-            suspend: false,
-            orphan: false,
-        },
-    );
+    let (work, manifests) = work_with_manifests(MOBILE);
     let mut operator = Operator::start(work.path(), &manifests, "1s").await;
     let pid = operator.child.id().to_string();
     let sent = Command::new("kill")

@@ -1,13 +1,35 @@
-//! What several integration tests share: paths into the repository and file helpers. One copy
-//! here instead of one per test file.
+//! What several integration tests share: paths into the repository and file helpers, simulated
+//! devices ([`devices`]), child processes and metrics ([`process`]). One copy here instead of
+//! one per test file.
 
 use std::path::{Path, PathBuf};
+
+pub mod devices;
+pub mod process;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The repository's `examples/` folder.
 pub fn examples() -> PathBuf {
     Path::new(ROOT).join("examples")
+}
+
+/// Every `.yaml`/`.yml` file below `dir`, sorted by path.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 /// Copies a folder tree (the examples' manifests, say) so a test can edit its copy.
