@@ -12,6 +12,11 @@ use ddm_update_operator::catalog::{
     AssetSet, Build, Catalog, DeviceOs, OsVersion, Query, Strategy,
 };
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{SNAPSHOTS, read_snapshot};
+
 /// Counts live heap bytes and their peak, for the memory figures.
 struct Counting;
 
@@ -60,22 +65,6 @@ fn median(runs: usize, mut f: impl FnMut()) -> Duration {
     times[runs / 2]
 }
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gdmf");
-const SNAPSHOTS: [&str; 7] = [
-    "2024-06-30",
-    "2024-09-16",
-    "2025-05-21",
-    "2025-09-16",
-    "2025-10-30",
-    "2026-03-17",
-    "2026-08-22",
-];
-
-fn read(date: &str) -> Vec<u8> {
-    let path = format!("{FIXTURES}/pmv-{date}.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 struct Device {
     id: String,
     version: OsVersion,
@@ -121,7 +110,7 @@ fn main() {
     // Criterion-style flags (`--bench`) are passed by cargo; nothing to configure.
     let largest = SNAPSHOTS
         .iter()
-        .map(|d| (*d, read(d)))
+        .map(|d| (*d, read_snapshot(d)))
         .max_by_key(|(_, b)| b.len())
         .expect("snapshots");
     let (date, bytes) = &largest;
@@ -154,7 +143,7 @@ fn main() {
     const DEVICES: usize = 100_000;
     let catalogs: Vec<Catalog> = SNAPSHOTS
         .iter()
-        .map(|d| Catalog::from_slice(&read(d)).expect("catalog"))
+        .map(|d| Catalog::from_slice(&read_snapshot(d)).expect("catalog"))
         .collect();
     let devices = fleet(&catalogs, DEVICES);
     let newest = catalogs.last().expect("snapshots");

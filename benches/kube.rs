@@ -52,7 +52,7 @@ use ddm_update_operator::api::condition_types::{READY, SYNCED};
 use ddm_update_operator::api::{
     self, EnforcementTarget, FleetGroup, POLICY_LABEL, STATUS_FIELD_MANAGER, UpdatePolicy,
 };
-use ddm_update_operator::catalog::{AssetSet, Build, Catalog, OsVersion, Platform};
+use ddm_update_operator::catalog::{AssetSet, Catalog, OsVersion, Platform};
 use ddm_update_operator::controller::{self, KubeSettings, Running};
 use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::inventory;
@@ -68,20 +68,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{
+    APPLE_TVS, DEPARTMENTS, History, IPADS, IPHONES, Model, Rng, SNAPSHOTS, VISION_PROS, histories,
+    mix, snapshot_path,
+};
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const CATALOG: &str = "tests/fixtures/gdmf/pmv-2026-08-22.json";
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gdmf");
-/// Oldest first; devices run versions Apple offered their model in any of them.
-const SNAPSHOTS: [&str; 7] = [
-    "2024-06-30",
-    "2024-09-16",
-    "2025-05-21",
-    "2025-09-16",
-    "2025-10-30",
-    "2026-03-17",
-    "2026-08-22",
-];
-
 const NAMESPACE: &str = "bench-scale";
 const DEVICES: usize = 100_000;
 const TARGETS: usize = 1_000;
@@ -126,43 +122,6 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 // The fleet (after benches/plan.rs: real device ids of the newest snapshot, each device running
 // a version and build Apple really offered its model in one of the snapshots).
 
-/// (software-update device id, model identifier, weight within its platform).
-type Model = (&'static str, &'static str, u32);
-
-const IPHONES: &[Model] = &[
-    ("iPhone11,8", "iPhone11,8", 2),
-    ("iPhone12,1", "iPhone12,1", 4),
-    ("iPhone12,8", "iPhone12,8", 4),
-    ("iPhone13,2", "iPhone13,2", 5),
-    ("iPhone14,5", "iPhone14,5", 7),
-    ("iPhone14,6", "iPhone14,6", 4),
-    ("iPhone14,7", "iPhone14,7", 7),
-    ("iPhone15,2", "iPhone15,2", 4),
-    ("iPhone15,4", "iPhone15,4", 8),
-    ("iPhone15,5", "iPhone15,5", 3),
-    ("iPhone16,1", "iPhone16,1", 5),
-    ("iPhone16,2", "iPhone16,2", 3),
-    ("iPhone17,1", "iPhone17,1", 4),
-    ("iPhone17,3", "iPhone17,3", 8),
-    ("iPhone17,5", "iPhone17,5", 4),
-    ("iPhone18,1", "iPhone18,1", 3),
-    ("iPhone18,3", "iPhone18,3", 5),
-];
-
-const IPADS: &[Model] = &[
-    ("iPad7,11", "iPad7,11", 2),
-    ("iPad11,6", "iPad11,6", 3),
-    ("iPad12,1", "iPad12,1", 6),
-    ("iPad13,1", "iPad13,1", 2),
-    ("iPad13,16", "iPad13,16", 3),
-    ("iPad13,18", "iPad13,18", 6),
-    ("iPad14,1", "iPad14,1", 3),
-    ("iPad14,8", "iPad14,8", 2),
-    ("iPad15,3", "iPad15,3", 2),
-    ("iPad15,7", "iPad15,7", 4),
-    ("iPad16,3", "iPad16,3", 2),
-];
-
 const MACS: &[Model] = &[
     ("J274AP", "Macmini9,1", 3),
     ("J293AP", "MacBookPro17,1", 3),
@@ -183,17 +142,6 @@ const MACS: &[Model] = &[
     ("J230KAP", "MacBookAir9,1", 1),
 ];
 
-const APPLE_TVS: &[Model] = &[
-    ("AppleTV6,2", "AppleTV6,2", 1),
-    ("AppleTV11,1", "AppleTV11,1", 2),
-    ("AppleTV14,1", "AppleTV14,1", 3),
-];
-
-const VISION_PROS: &[Model] = &[
-    ("RealityDevice14,1", "RealityDevice14,1", 3),
-    ("RealityDevice17,1", "RealityDevice17,1", 1),
-];
-
 /// Platforms with their share of the fleet, per mille.
 const FLEET: [(Platform, &[Model], u32); 5] = [
     (Platform::Ios, IPHONES, 440),
@@ -202,84 +150,6 @@ const FLEET: [(Platform, &[Model], u32); 5] = [
     (Platform::TvOs, APPLE_TVS, 20),
     (Platform::VisionOs, VISION_PROS, 15),
 ];
-
-const DEPARTMENTS: &[(&str, u32)] = &[
-    ("engineering", 30),
-    ("sales", 25),
-    ("operations", 20),
-    ("retail", 15),
-    ("executive", 10),
-];
-
-/// splitmix64: deterministic, so every run builds the same fleet.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn permille(&mut self, p: u64) -> bool {
-        self.next() % 1000 < p
-    }
-
-    fn weighted<'a, T>(&mut self, items: &'a [T], weight: impl Fn(&T) -> u32) -> &'a T {
-        let total: u32 = items.iter().map(&weight).sum();
-        let mut at = (self.next() % u64::from(total)) as u32;
-        for item in items {
-            if at < weight(item) {
-                return item;
-            }
-            at -= weight(item);
-        }
-        unreachable!("weights add up")
-    }
-}
-
-/// splitmix64's finaliser, a bijection: distinct inputs give distinct ids.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Each version Apple offered a model over the snapshots, oldest first, with its builds.
-type History = Vec<(OsVersion, Vec<Build>)>;
-
-fn histories(catalogs: &[Catalog]) -> HashMap<&'static str, History> {
-    let wanted: HashSet<&str> = FLEET
-        .iter()
-        .flat_map(|(_, models, _)| models.iter().map(|m| m.0))
-        .collect();
-    let mut seen: HashMap<&'static str, BTreeMap<OsVersion, Vec<Build>>> = HashMap::new();
-    for catalog in catalogs {
-        for release in catalog.releases(AssetSet::Mdm) {
-            for device in &release.supported_devices {
-                let Some(id) = wanted.get(&**device) else {
-                    continue;
-                };
-                let builds = seen
-                    .entry(*id)
-                    .or_default()
-                    .entry(release.version.clone())
-                    .or_default();
-                if let Some(build) = &release.build
-                    && !builds.contains(build)
-                {
-                    builds.push(build.clone());
-                }
-            }
-        }
-    }
-    seen.into_iter()
-        .map(|(id, versions)| (id, versions.into_iter().collect()))
-        .collect()
-}
 
 /// The inventory as JSON (an MDM export), plus devices per platform for the report.
 fn inventory_json(
@@ -295,20 +165,7 @@ fn inventory_json(
         let &(id, model, _) = rng.weighted(models, |m| m.2);
         *per_platform.entry(platform).or_default() += 1;
         let history = &histories[id];
-        let newest = history.len() - 1;
-        // About a fifth up to date; most a few releases behind; a tail anywhere in the history.
-        let index = match rng.below(100) {
-            0..20 => newest,
-            20..85 => {
-                let mut behind = 1;
-                while behind < newest && rng.permille(650) {
-                    behind += 1;
-                }
-                newest.saturating_sub(behind)
-            }
-            _ => rng.below(history.len()),
-        };
-        let (version, builds) = &history[index];
+        let (version, builds) = &history[rng.position_in_history(history.len())];
         let build = (!builds.is_empty()).then(|| builds[rng.below(builds.len())].clone());
         let (enrollment_type, supervised) = match (platform, rng.below(100)) {
             (Platform::Ios, 0..85) | (Platform::IpadOs, 0..92) | (Platform::MacOs, 0..90) => {
@@ -948,6 +805,27 @@ fn describe(conditions: &[Condition]) -> String {
         .join("; ")
 }
 
+/// `object` (of `kind`) observed at its generation, Ready=True and Synced=True there.
+fn ready_and_synced(
+    kind: &str,
+    object: &impl ResourceExt,
+    observed: Option<i64>,
+    conditions: &[Condition],
+) -> Outcome<()> {
+    let generation = object.meta().generation;
+    if observed != generation
+        || !has(conditions, READY, generation)
+        || !has(conditions, SYNCED, generation)
+    {
+        return Err(format!(
+            "{kind} {} gen {generation:?}: {}",
+            object.name_any(),
+            describe(conditions)
+        ));
+    }
+    Ok(())
+}
+
 /// Objects by kind: (groups, policies, hand-written targets, generated targets).
 type Counted = (usize, usize, usize, usize);
 
@@ -971,17 +849,12 @@ fn all_ready(caches: &Caches) -> Outcome<Counted> {
     let mut generated = 0;
     for p in &policies {
         let status = p.status.clone().unwrap_or_default();
-        let generation = p.metadata.generation;
-        if status.observed_generation != generation
-            || !has(&status.conditions, READY, generation)
-            || !has(&status.conditions, SYNCED, generation)
-        {
-            return Err(format!(
-                "UpdatePolicy {} gen {generation:?}: {}",
-                p.name_any(),
-                describe(&status.conditions)
-            ));
-        }
+        ready_and_synced(
+            "UpdatePolicy",
+            &**p,
+            status.observed_generation,
+            &status.conditions,
+        )?;
         let mine = targets
             .iter()
             .filter(|t| t.labels().get(POLICY_LABEL) == Some(&p.name_any()))
@@ -997,17 +870,12 @@ fn all_ready(caches: &Caches) -> Outcome<Counted> {
     }
     for t in &targets {
         let status = t.status.clone().unwrap_or_default();
-        let generation = t.metadata.generation;
-        if status.observed_generation != generation
-            || !has(&status.conditions, READY, generation)
-            || !has(&status.conditions, SYNCED, generation)
-        {
-            return Err(format!(
-                "EnforcementTarget {} gen {generation:?}: {}",
-                t.name_any(),
-                describe(&status.conditions)
-            ));
-        }
+        ready_and_synced(
+            "EnforcementTarget",
+            &**t,
+            status.observed_generation,
+            &status.conditions,
+        )?;
     }
     Ok((
         groups.len(),
@@ -1504,7 +1372,7 @@ async fn bench() -> Outcome<()> {
     let catalogs: Vec<Catalog> = SNAPSHOTS
         .iter()
         .map(|d| {
-            let path = format!("{FIXTURES}/pmv-{d}.json");
+            let path = snapshot_path(d);
             let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
             Catalog::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))
         })
@@ -1518,7 +1386,9 @@ async fn bench() -> Outcome<()> {
             }
         }
     }
-    let (json, per_platform) = inventory_json(&histories(&catalogs), DEVICES);
+    // Releases only: this fleet runs no security improvement.
+    let models = FLEET.iter().flat_map(|(_, models, _)| models.iter());
+    let (json, per_platform) = inventory_json(&histories(&catalogs, models, false), DEVICES);
     let checked = inventory::parse(&json)
         .map_err(|p| format!("the generated inventory is refused: {}", p.join("; ")))?;
     if checked.len() != DEVICES {

@@ -16,11 +16,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use ddm_update_operator::api::validate::check_all;
-use ddm_update_operator::catalog::{AssetSet, Build, Catalog, OsVersion, Platform};
+use ddm_update_operator::catalog::{Build, Catalog, OsVersion, Platform};
 use ddm_update_operator::declarations::{self, Declaration};
 use ddm_update_operator::inventory::{self, Device};
 use ddm_update_operator::manifests::{self, Manifests};
 use ddm_update_operator::resolve::{self, Input, Plan, Source};
+
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{
+    APPLE_TVS, DEPARTMENTS, History, IPADS, IPHONES, Model, Rng, SNAPSHOTS, VISION_PROS, histories,
+    mix, read_snapshot,
+};
 
 /// Counts live heap bytes, their peak and the number of allocations, for the memory figures.
 /// `realloc` is forwarded as such (not as alloc + copy + free), so a growing buffer counts at
@@ -116,63 +124,8 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 const DEVICES: usize = 100_000;
 /// `plan --at 2026-08-23`: the day after the newest snapshot.
 const NOW: &str = "2026-08-23T00:00:00Z";
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gdmf");
-/// Oldest first; the last is the catalog the plan resolves against.
-const SNAPSHOTS: [&str; 7] = [
-    "2024-06-30",
-    "2024-09-16",
-    "2025-05-21",
-    "2025-09-16",
-    "2025-10-30",
-    "2026-03-17",
-    "2026-08-22",
-];
-
-fn read(date: &str) -> Vec<u8> {
-    let path = format!("{FIXTURES}/pmv-{date}.json");
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The fleet.
-
-/// (software-update device id, model identifier, weight within its platform). For everything but
-/// Macs the two are the same.
-type Model = (&'static str, &'static str, u32);
-
-const IPHONES: &[Model] = &[
-    ("iPhone11,8", "iPhone11,8", 2),
-    ("iPhone12,1", "iPhone12,1", 4),
-    ("iPhone12,8", "iPhone12,8", 4),
-    ("iPhone13,2", "iPhone13,2", 5),
-    ("iPhone14,5", "iPhone14,5", 7),
-    ("iPhone14,6", "iPhone14,6", 4),
-    ("iPhone14,7", "iPhone14,7", 7),
-    ("iPhone15,2", "iPhone15,2", 4),
-    ("iPhone15,4", "iPhone15,4", 8),
-    ("iPhone15,5", "iPhone15,5", 3),
-    ("iPhone16,1", "iPhone16,1", 5),
-    ("iPhone16,2", "iPhone16,2", 3),
-    ("iPhone17,1", "iPhone17,1", 4),
-    ("iPhone17,3", "iPhone17,3", 8),
-    ("iPhone17,5", "iPhone17,5", 4),
-    ("iPhone18,1", "iPhone18,1", 3),
-    ("iPhone18,3", "iPhone18,3", 5),
-];
-
-const IPADS: &[Model] = &[
-    ("iPad7,11", "iPad7,11", 2),
-    ("iPad11,6", "iPad11,6", 3),
-    ("iPad12,1", "iPad12,1", 6),
-    ("iPad13,1", "iPad13,1", 2),
-    ("iPad13,16", "iPad13,16", 3),
-    ("iPad13,18", "iPad13,18", 6),
-    ("iPad14,1", "iPad14,1", 3),
-    ("iPad14,8", "iPad14,8", 2),
-    ("iPad15,3", "iPad15,3", 2),
-    ("iPad15,7", "iPad15,7", 4),
-    ("iPad16,3", "iPad16,3", 2),
-];
 
 /// Board ids with the model identifiers Apple pairs them with (only FleetGroup model globs and
 /// hand-written build lists read the model; the catalog knows Macs by board id).
@@ -208,17 +161,6 @@ const MACS: &[Model] = &[
     ("J185FAP", "iMac20,2", 1),
 ];
 
-const APPLE_TVS: &[Model] = &[
-    ("AppleTV6,2", "AppleTV6,2", 1),
-    ("AppleTV11,1", "AppleTV11,1", 2),
-    ("AppleTV14,1", "AppleTV14,1", 3),
-];
-
-const VISION_PROS: &[Model] = &[
-    ("RealityDevice14,1", "RealityDevice14,1", 3),
-    ("RealityDevice17,1", "RealityDevice17,1", 1),
-];
-
 /// Platforms with their share of the fleet, per mille.
 const FLEET: [(Platform, &[Model], u64); 5] = [
     (Platform::Ios, IPHONES, 440),
@@ -235,93 +177,6 @@ const SITES: &[(&str, u32)] = &[
     ("tokyo", 15),
     ("remote", 15),
 ];
-
-const DEPARTMENTS: &[(&str, u32)] = &[
-    ("engineering", 30),
-    ("sales", 25),
-    ("operations", 20),
-    ("retail", 15),
-    ("executive", 10),
-];
-
-/// splitmix64: deterministic, so every run and every machine builds the same fleet.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn permille(&mut self, p: u64) -> bool {
-        self.next() % 1000 < p
-    }
-
-    fn weighted<'a, T>(&mut self, items: &'a [T], weight: impl Fn(&T) -> u32) -> &'a T {
-        let total: u32 = items.iter().map(&weight).sum();
-        let mut at = (self.next() % u64::from(total)) as u32;
-        for item in items {
-            if at < weight(item) {
-                return item;
-            }
-            at -= weight(item);
-        }
-        unreachable!("weights add up")
-    }
-}
-
-/// splitmix64's finaliser, a bijection: distinct inputs give distinct ids.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// What one model ran over time: each version Apple offered it, oldest first, with its builds
-/// (twins included). Security improvements count too, running on their prerequisite build.
-type History = Vec<(OsVersion, Vec<Build>)>;
-
-fn histories(catalogs: &[Catalog]) -> HashMap<&'static str, History> {
-    let wanted: HashSet<&str> = FLEET
-        .iter()
-        .flat_map(|(_, models, _)| models.iter().map(|m| m.0))
-        .collect();
-    let mut seen: HashMap<&'static str, BTreeMap<OsVersion, Vec<Build>>> = HashMap::new();
-    for catalog in catalogs {
-        let full = catalog
-            .releases(AssetSet::Mdm)
-            .iter()
-            .map(|r| (r, &r.build));
-        let patches = catalog
-            .security_improvements()
-            .iter()
-            .map(|r| (r, &r.prerequisite_build));
-        for (release, build) in full.chain(patches) {
-            for device in &release.supported_devices {
-                let Some(id) = wanted.get(&**device) else {
-                    continue;
-                };
-                let builds = seen
-                    .entry(*id)
-                    .or_default()
-                    .entry(release.version.clone())
-                    .or_default();
-                if let Some(build) = build
-                    && !builds.contains(build)
-                {
-                    builds.push(build.clone());
-                }
-            }
-        }
-    }
-    seen.into_iter()
-        .map(|(id, versions)| (id, versions.into_iter().collect()))
-        .collect()
-}
 
 /// One inventory entry before it is written out.
 struct Spec {
@@ -344,21 +199,7 @@ fn fleet(histories: &HashMap<&'static str, History>, size: usize) -> Vec<Spec> {
             let (platform, models, _) = *rng.weighted(&FLEET, |f| f.2 as u32);
             let &(id, model, _) = rng.weighted(models, |m| m.2);
             let history = &histories[id];
-            let newest = history.len() - 1;
-            // About a fifth up to date; most a few releases behind; a long tail anywhere in the
-            // model's history (older majors included).
-            let index = match rng.below(100) {
-                0..20 => newest,
-                20..85 => {
-                    let mut behind = 1;
-                    while behind < newest && rng.permille(650) {
-                        behind += 1;
-                    }
-                    newest.saturating_sub(behind)
-                }
-                _ => rng.below(history.len()),
-            };
-            let (version, builds) = &history[index];
+            let (version, builds) = &history[rng.position_in_history(history.len())];
             let build = (!builds.is_empty() && !rng.permille(30))
                 .then(|| builds[rng.below(builds.len())].clone());
             let (enrollment_type, supervised) = match (platform, rng.below(100)) {
@@ -700,7 +541,7 @@ fn main() {
     // -- the fleet -------------------------------------------------------------------------
     let catalogs: Vec<Catalog> = SNAPSHOTS
         .iter()
-        .map(|d| Catalog::from_slice(&read(d)).expect("catalog"))
+        .map(|d| Catalog::from_slice(&read_snapshot(d)).expect("catalog"))
         .collect();
     let catalog = catalogs.last().expect("snapshots");
     let known: HashSet<&str> = catalog.device_ids().into_iter().map(|(id, _)| id).collect();
@@ -709,7 +550,8 @@ fn main() {
             assert!(known.contains(id), "{id} is not in the newest snapshot");
         }
     }
-    let histories = histories(&catalogs);
+    let models = FLEET.iter().flat_map(|(_, models, _)| models.iter());
+    let histories = histories(&catalogs, models, true);
     let specs = fleet(&histories, DEVICES);
     let yaml = inventory_yaml(&specs);
     let json = inventory_json(&specs);
