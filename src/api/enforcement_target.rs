@@ -44,11 +44,15 @@ use crate::catalog::Platform;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("self.platform != 'watchOS' && self.platform != 'audioOS'").message("watchOS and audioOS have no software-update enforcement"))]
+#[x_kube(validation = super::cel::TARGET_PLATFORM_ENFORCEABLE.to_kube())]
 #[serde(rename_all = "camelCase")]
 pub struct EnforcementTargetSpec {
     /// FleetGroups (same namespace) whose devices of `platform` are enforced.
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(
+        length(min = 1),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9][-a-z0-9.]*$"))
+    )]
     pub fleet_groups: Vec<String>,
     /// iOS, iPadOS, macOS, tvOS or visionOS.
     pub platform: Platform,
@@ -69,7 +73,7 @@ pub struct EnforcementTargetSpec {
     pub target_local_date_time: String,
     /// A page about the update, shown on the device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
     #[serde(rename = "detailsURL")]
     pub details_url: Option<String>,
     /// Stop changing what devices get, without withdrawing anything.

@@ -34,6 +34,7 @@ use crate::catalog::Platform;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = super::cel::GROUP_PLATFORMS_MANAGED.to_kube())]
 #[serde(rename_all = "camelCase")]
 pub struct FleetGroupSpec {
     /// Platforms the group covers (iOS, iPadOS, macOS, tvOS, watchOS, visionOS); empty means
@@ -62,21 +63,22 @@ pub struct FleetGroupSpec {
 pub struct DeviceSelector {
     /// Serial numbers, exactly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10000))]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 256)))]
     pub serial_numbers: Vec<String>,
     /// MDM enrollment ids (UDIDs or enrollment ids), exactly.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 10000))]
+    #[schemars(length(max = 10000), inner(length(min = 1, max = 256)))]
     pub enrollment_ids: Vec<String>,
     /// Model or software-update device id globs, such as `iPhone15,*`, `Mac14,2` or `J314?AP`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 1000))]
+    #[schemars(length(max = 1000), inner(length(min = 1, max = 256)))]
     pub models: Vec<String>,
     /// Only devices whose running OS version is in this range.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<VersionRange>,
     /// Inventory labels that must all match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("additionalProperties" = {"type": "string", "minLength": 1, "maxLength": 256}))]
     pub match_labels: BTreeMap<String, String>,
 }
 

@@ -2,12 +2,14 @@
 //! are kept current) and `EnforcementTarget` (a concrete version by a local deadline), with the
 //! status shape they share. Types only; validation beyond OpenAPI lives in [`validate`].
 
+pub mod cel;
 mod common;
 // kube's `printcolumn(...)` repeats the same keys for every column by design.
 #[allow(clippy::duplicated_attributes)]
 mod enforcement_target;
 #[allow(clippy::duplicated_attributes)]
 mod fleet_group;
+pub mod schema;
 #[allow(clippy::duplicated_attributes)]
 mod update_policy;
 pub mod validate;

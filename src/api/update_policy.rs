@@ -38,13 +38,14 @@ use super::DeletionPolicy;
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("size(self.fleetGroups) > 0 || size(self.rings) > 0").message("name at least one FleetGroup in fleetGroups or rings"))]
-#[x_kube(validation = Rule::new("self.rings.all(r, self.rings.filter(s, s.name == r.name).size() == 1)").message("ring names must be unique"))]
+#[x_kube(validation = super::cel::POLICY_NAMES_A_GROUP.to_kube())]
+#[x_kube(validation = super::cel::POLICY_RING_NAMES_UNIQUE.to_kube())]
 #[serde(rename_all = "camelCase")]
 pub struct UpdatePolicySpec {
     /// FleetGroups (same namespace) the policy applies to, with no delay.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Set)]
+    #[schemars(inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9][-a-z0-9.]*$")))]
     pub fleet_groups: Vec<String>,
     /// Which version devices are taken to.
     pub target: TargetRule,
@@ -66,7 +67,7 @@ pub struct UpdatePolicySpec {
         rename = "detailsURL",
         skip_serializing_if = "Option::is_none"
     )]
-    #[schemars(length(max = 2048))]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://"))]
     pub details_url: Option<String>,
     /// Stop changing what devices get, without withdrawing anything.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -156,6 +157,10 @@ pub struct Ring {
     )]
     pub name: String,
     /// FleetGroups in this ring.
+    #[schemars(
+        length(min = 1),
+        inner(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9][-a-z0-9.]*$"))
+    )]
     pub fleet_groups: Vec<String>,
     /// Days added to the policy's deadline for this ring.
     #[schemars(range(max = 180))]

@@ -1,6 +1,9 @@
-//! Validation the OpenAPI schema cannot express (and a repeat of what it can, since the 1.20
-//! test server drops CEL rules and `plan` runs with no server at all). Turns each resource into
-//! a checked form the resolver uses; every problem names the object and the field path.
+//! One validation for `plan`, standalone mode and Kubernetes mode: each object is checked
+//! against its CRD's OpenAPI schema ([`super::schema`]) and CEL rules ([`super::cel`]), whatever
+//! the API server already did (it may run no CEL, or have stored the object under an older
+//! CRD), then for what neither can say (time zones, versions, globs, durations, references).
+//! Turns each resource into a checked form the resolver uses; every problem names the object
+//! and the field path.
 
 use std::collections::BTreeMap;
 
@@ -9,7 +12,8 @@ use jiff::tz::TimeZone;
 use kube::ResourceExt;
 
 use super::{
-    AssetSetName, DeletionPolicy, EnforcementTarget, FleetGroup, SettingsSpec, UpdatePolicy,
+    AssetSetName, DeletionPolicy, EnforcementTarget, FleetGroup, SettingsSpec, UpdatePolicy, cel,
+    schema,
 };
 use crate::catalog::{AssetSet, Build, OsVersion, Platform, Strategy};
 
@@ -149,19 +153,21 @@ pub struct CheckedTarget {
 struct Checker {
     object: String,
     problems: Vec<Problem>,
+    /// Fields the schema or a CEL rule refused: the checks below skip them, so a field is not
+    /// reported twice.
+    refused: Vec<String>,
 }
 
 impl Checker {
-    /// Starts checking an object; its name and namespace are checked first (and shortened in
-    /// messages, so a hostile name is not echoed back megabytes long).
-    fn new(kind: &str, key: &ObjectKey) -> Self {
+    /// Starts checking an object: its name and namespace (shortened in messages, so a hostile
+    /// name is not echoed back megabytes long), then the CRD's schema and CEL rules.
+    fn new<K: kube::Resource<DynamicType = ()> + serde::Serialize>(object: &K) -> Self {
+        let key = ObjectKey::of(object);
+        let kind = K::kind(&());
         let mut checker = Checker {
-            object: format!(
-                "{kind} {}/{}",
-                truncate(&key.namespace),
-                truncate(&key.name)
-            ),
+            object: object_label(&kind, &key),
             problems: Vec::new(),
+            refused: Vec::new(),
         };
         checker.name("metadata.name", &key.name);
         let namespace_ok = !key.namespace.is_empty()
@@ -180,6 +186,18 @@ impl Checker {
                 "must be a DNS label: 1 to 63 lowercase letters, digits or '-'",
             );
         }
+        match serde_json::to_value(object) {
+            Ok(value) => {
+                let found = schema::check(&kind, &value)
+                    .into_iter()
+                    .chain(cel::check(&kind, &value));
+                for (field, why) in found {
+                    checker.refused.push(field.clone());
+                    checker.fail(field, why);
+                }
+            }
+            Err(e) => checker.fail("", format!("cannot be read: {e}")),
+        }
         checker
     }
 
@@ -191,62 +209,44 @@ impl Checker {
         });
     }
 
-    fn text(&mut self, field: &str, value: &str, max: usize) -> bool {
-        if value.trim().is_empty() {
-            self.fail(field, "must not be empty");
-            false
-        } else if value.len() > max {
-            self.fail(
-                field,
-                format!(
-                    "is {} characters long; at most {max} are accepted",
-                    value.len()
-                ),
-            );
-            false
-        } else {
-            true
-        }
+    /// Whether the schema already refused this field (or a part of it).
+    fn refused(&self, field: &str) -> bool {
+        self.refused.iter().any(|r| {
+            r == field
+                || r.strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        })
     }
 
-    fn name(&mut self, field: &str, value: &str) -> bool {
+    fn name(&mut self, field: &str, value: &str) {
         // A Kubernetes object name (DNS subdomain).
-        let ok = self.text(field, value, 253)
+        let ok = !value.is_empty()
+            && value.len() <= 253
             && value
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
             && value.starts_with(|c: char| c.is_ascii_alphanumeric());
-        if !ok && value.len() <= 253 && !value.trim().is_empty() {
+        if !ok {
             self.fail(
                 field,
                 format!(
-                    "{:?} is not a valid object name (lowercase letters, digits, '-' and '.')",
+                    "{:?} is not a valid object name (1 to 253 lowercase letters, digits, '-' \
+                     and '.')",
                     truncate(value)
                 ),
             );
         }
-        ok
     }
 
+    /// A version the schema let through, parsed.
     fn version(&mut self, field: &str, value: &str) -> Option<OsVersion> {
-        if !self.text(field, value, 32) {
+        if self.refused(field) {
             return None;
         }
         value
             .parse()
             .map_err(|e: crate::catalog::VersionError| self.fail(field, e.to_string()))
             .ok()
-    }
-
-    fn url(&mut self, field: &str, value: Option<&String>) -> Option<String> {
-        let value = value?;
-        if self.text(field, value, 2048)
-            && !value.starts_with("https://")
-            && !value.starts_with("http://")
-        {
-            self.fail(field, "must be an http(s) URL");
-        }
-        Some(value.clone())
     }
 
     fn finish<T>(self, value: T) -> Result<T, Vec<Problem>> {
@@ -258,48 +258,55 @@ impl Checker {
     }
 }
 
-fn managed_platform(c: &mut Checker, field: &str, platform: Platform) {
-    if platform == Platform::AudioOs {
-        c.fail(field, "audioOS (HomePod) is not managed through MDM");
-    }
+/// `Kind namespace/name`, shortened, as every problem names its object.
+fn object_label(kind: &str, key: &ObjectKey) -> String {
+    format!(
+        "{kind} {}/{}",
+        truncate(&key.namespace),
+        truncate(&key.name)
+    )
+}
+
+/// The schema's problems with a document as read from a file, before it is typed: a value of
+/// the wrong type or out of range is reported as the API server would, not as a decoding
+/// error. Null fields the schema does not allow are dropped first, as the API server does.
+pub fn check_document(kind: &str, document: &mut serde_json::Value) -> Vec<Problem> {
+    schema::prune_nulls(kind, document);
+    let metadata = &document["metadata"];
+    let key = ObjectKey {
+        namespace: metadata["namespace"]
+            .as_str()
+            .unwrap_or("default")
+            .to_string(),
+        name: metadata["name"].as_str().unwrap_or("<unnamed>").to_string(),
+    };
+    let object = object_label(kind, &key);
+    schema::check(kind, document)
+        .into_iter()
+        .map(|(field, why)| Problem {
+            object: object.clone(),
+            field,
+            why,
+        })
+        .collect()
 }
 
 pub fn fleet_group(group: &FleetGroup) -> Result<CheckedGroup, Vec<Problem>> {
     let key = ObjectKey::of(group);
-    let mut c = Checker::new("FleetGroup", &key);
+    let mut c = Checker::new(group);
     let spec = &group.spec;
-    for (i, platform) in spec.platforms.iter().enumerate() {
-        managed_platform(&mut c, &format!("spec.platforms[{i}]"), *platform);
-    }
     let s = &spec.selector;
-    let mut lists = [
-        ("spec.selector.serialNumbers", &s.serial_numbers, 10_000),
-        ("spec.selector.enrollmentIds", &s.enrollment_ids, 10_000),
-        ("spec.selector.models", &s.models, 1_000),
-    ];
-    for (field, values, max) in &mut lists {
-        if values.len() > *max {
-            c.fail(
-                *field,
-                format!("has {} entries; at most {max} are accepted", values.len()),
-            );
-        }
-        for (i, value) in values.iter().enumerate() {
-            c.text(&format!("{field}[{i}]"), value, 256);
-        }
-    }
     let models = s
         .models
         .iter()
         .enumerate()
         .filter_map(|(i, m)| {
+            let field = format!("spec.selector.models[{i}]");
+            if c.refused(&field) {
+                return None;
+            }
             glob::Pattern::new(m)
-                .map_err(|e| {
-                    c.fail(
-                        format!("spec.selector.models[{i}]"),
-                        format!("not a glob: {e}"),
-                    )
-                })
+                .map_err(|e| c.fail(field, format!("not a glob: {e}")))
                 .ok()
         })
         .collect();
@@ -318,15 +325,10 @@ pub fn fleet_group(group: &FleetGroup) -> Result<CheckedGroup, Vec<Problem>> {
             format!("min {min} is above max {max}"),
         );
     }
-    for (label, value) in &s.match_labels {
-        c.text(&format!("spec.selector.matchLabels[{label}]"), value, 256);
-    }
-    let shard = spec.shard.as_ref().map(|shard| {
-        if !(1..=100).contains(&shard.percent) {
-            c.fail("spec.shard.percent", "must be from 1 to 100");
-        }
-        (shard.percent, shard.seed.clone().unwrap_or_default())
-    });
+    let shard = spec
+        .shard
+        .as_ref()
+        .map(|shard| (shard.percent, shard.seed.clone().unwrap_or_default()));
     c.finish(CheckedGroup {
         key,
         platforms: spec.platforms.clone(),
@@ -355,86 +357,33 @@ fn parse_local_time(value: &str) -> Option<Time> {
 
 pub fn update_policy(policy: &UpdatePolicy) -> Result<CheckedPolicy, Vec<Problem>> {
     let key = ObjectKey::of(policy);
-    let mut c = Checker::new("UpdatePolicy", &key);
+    let mut c = Checker::new(policy);
     let spec = &policy.spec;
 
     let mut rings = vec![CheckedRing {
         name: String::new(),
-        groups: Vec::new(),
+        groups: spec.fleet_groups.iter().map(|g| key.sibling(g)).collect(),
         delay_days: 0,
     }];
-    for (i, group) in spec.fleet_groups.iter().enumerate() {
-        if c.name(&format!("spec.fleetGroups[{i}]"), group) {
-            rings[0].groups.push(key.sibling(group));
-        }
-    }
-    let mut ring_names = std::collections::BTreeSet::new();
-    for (r, ring) in spec.rings.iter().enumerate() {
-        let field = format!("spec.rings[{r}]");
-        let valid_name = ring.name.len() <= 20
-            && !ring.name.is_empty()
-            && ring
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !valid_name {
-            c.fail(
-                format!("{field}.name"),
-                "1 to 20 lowercase letters, digits or '-'",
-            );
-        } else if !ring_names.insert(ring.name.clone()) {
-            c.fail(
-                format!("{field}.name"),
-                format!("ring {:?} is named twice", ring.name),
-            );
-        }
-        if ring.delay_days > 180 {
-            c.fail(format!("{field}.delayDays"), "at most 180");
-        }
-        if ring.fleet_groups.is_empty() {
-            c.fail(
-                format!("{field}.fleetGroups"),
-                "name at least one FleetGroup",
-            );
-        }
-        let mut groups = Vec::new();
-        for (i, group) in ring.fleet_groups.iter().enumerate() {
-            if c.name(&format!("{field}.fleetGroups[{i}]"), group) {
-                groups.push(key.sibling(group));
-            }
-        }
-        rings.push(CheckedRing {
-            name: ring.name.clone(),
-            groups,
-            delay_days: ring.delay_days,
-        });
-    }
-    if spec.fleet_groups.is_empty() && spec.rings.is_empty() {
-        c.fail(
-            "spec.fleetGroups",
-            "name at least one FleetGroup in fleetGroups or rings",
-        );
-    }
+    rings.extend(spec.rings.iter().map(|ring| CheckedRing {
+        name: ring.name.clone(),
+        groups: ring.fleet_groups.iter().map(|g| key.sibling(g)).collect(),
+        delay_days: ring.delay_days,
+    }));
 
-    let strategy = if c.text("spec.target.strategy", &spec.target.strategy, 32) {
+    let strategy = if c.refused("spec.target.strategy") {
+        None
+    } else {
         spec.target
             .strategy
             .parse::<Strategy>()
             .map_err(|why| c.fail("spec.target.strategy", why))
             .ok()
-    } else {
-        None
     };
-    if spec.target.majors.len() > 8 {
-        c.fail("spec.target.majors", "at most 8 majors");
-    }
 
     let d = &spec.deadline;
-    if d.days_after_posting > 365 {
-        c.fail("spec.deadline.daysAfterPosting", "at most 365");
-    }
     let local_time = parse_local_time(&d.local_time);
-    if local_time.is_none() {
+    if local_time.is_none() && !c.refused("spec.deadline.localTime") {
         c.fail(
             "spec.deadline.localTime",
             format!(
@@ -443,26 +392,24 @@ pub fn update_policy(policy: &UpdatePolicy) -> Result<CheckedPolicy, Vec<Problem
             ),
         );
     }
-    let time_zone = if c.text("spec.deadline.timeZone", &d.time_zone, 64) {
+    let time_zone = if c.refused("spec.deadline.timeZone") {
+        None
+    } else {
         TimeZone::get(&d.time_zone)
             .map_err(|_| {
                 c.fail(
                     "spec.deadline.timeZone",
-                    format!("{:?} is not an IANA time zone", d.time_zone),
+                    format!("{:?} is not an IANA time zone", truncate(&d.time_zone)),
                 )
             })
             .ok()
-    } else {
-        None
     };
     let minimum_lead_time = d.minimum_lead_time.as_deref().and_then(|lead| {
-        let parsed = if lead.len() <= 32 {
-            lead.parse::<jiff::SignedDuration>().ok()
-        } else {
-            None
-        };
-        match parsed {
-            Some(lead) if !lead.is_negative() && lead.as_hours() <= 24 * 365 => Some(lead),
+        if c.refused("spec.deadline.minimumLeadTime") {
+            return None;
+        }
+        match lead.parse::<jiff::SignedDuration>() {
+            Ok(lead) if !lead.is_negative() && lead.as_hours() <= 24 * 365 => Some(lead),
             _ => {
                 c.fail(
                     "spec.deadline.minimumLeadTime",
@@ -480,23 +427,12 @@ pub fn update_policy(policy: &UpdatePolicy) -> Result<CheckedPolicy, Vec<Problem
             c.version("spec.enrollment.minimumVersion", &gate.minimum_version)
                 .map(MinimumVersion::Version)
         };
-        let beta_program = gate.beta_program.as_ref().and_then(|beta| {
-            if beta.description.trim().is_empty() || beta.description.len() > 256 {
-                c.fail(
-                    "spec.enrollment.betaProgram.description",
-                    "give a description of 1 to 256 characters",
-                );
-                return None;
-            }
-            Some(beta.description.clone())
-        });
         Some(CheckedGate {
             minimum: minimum?,
             failure_policy: gate.failure_policy,
-            beta_program,
+            beta_program: gate.beta_program.as_ref().map(|b| b.description.clone()),
         })
     });
-    let details_url = c.url("spec.detailsURL", spec.details_url.as_ref());
 
     let (Some(strategy), Some(local_time), Some(time_zone)) = (strategy, local_time, time_zone)
     else {
@@ -522,7 +458,7 @@ pub fn update_policy(policy: &UpdatePolicy) -> Result<CheckedPolicy, Vec<Problem
         },
         settings: spec.settings.clone(),
         enrollment,
-        details_url,
+        details_url: spec.details_url.clone(),
         suspend: spec.suspend,
         deletion_policy: spec.deletion_policy,
     })
@@ -534,42 +470,18 @@ fn truncate(value: &str) -> String {
 
 pub fn enforcement_target(target: &EnforcementTarget) -> Result<CheckedTarget, Vec<Problem>> {
     let key = ObjectKey::of(target);
-    let mut c = Checker::new("EnforcementTarget", &key);
+    let mut c = Checker::new(target);
     let spec = &target.spec;
-    if spec.fleet_groups.is_empty() {
-        c.fail("spec.fleetGroups", "name at least one FleetGroup");
-    }
-    let groups = spec
-        .fleet_groups
-        .iter()
-        .enumerate()
-        .filter(|(i, g)| c.name(&format!("spec.fleetGroups[{i}]"), g))
-        .map(|(_, g)| key.sibling(g))
-        .collect();
-    managed_platform(&mut c, "spec.platform", spec.platform);
-    if spec.platform == Platform::WatchOs {
-        c.fail(
-            "spec.platform",
-            "watchOS has no software-update enforcement declaration",
-        );
-    }
+    let groups = spec.fleet_groups.iter().map(|g| key.sibling(g)).collect();
     let version = c.version("spec.targetOSVersion", &spec.target_os_version);
-    let mut builds = BTreeMap::new();
-    for (i, entry) in spec.target_build_versions.iter().enumerate() {
-        let field = format!("spec.targetBuildVersions[{i}]");
-        if c.text(&format!("{field}.model"), &entry.model, 64)
-            && c.text(&format!("{field}.build"), &entry.build, 32)
-            && builds
-                .insert(entry.model.clone(), Build::new(&entry.build))
-                .is_some()
-        {
-            c.fail(
-                format!("{field}.model"),
-                format!("{} is listed twice", entry.model),
-            );
-        }
-    }
-    let deadline = if c.text("spec.targetLocalDateTime", &spec.target_local_date_time, 19) {
+    let builds = spec
+        .target_build_versions
+        .iter()
+        .map(|entry| (entry.model.clone(), Build::new(&entry.build)))
+        .collect();
+    let deadline = if c.refused("spec.targetLocalDateTime") {
+        None
+    } else {
         jiff::fmt::strtime::parse("%Y-%m-%dT%H:%M:%S", &spec.target_local_date_time)
             .and_then(|t| t.to_datetime())
             .map_err(|_| {
@@ -579,10 +491,7 @@ pub fn enforcement_target(target: &EnforcementTarget) -> Result<CheckedTarget, V
                 )
             })
             .ok()
-    } else {
-        None
     };
-    let details_url = c.url("spec.detailsURL", spec.details_url.as_ref());
     let generated = target
         .owner_references()
         .iter()
@@ -598,7 +507,7 @@ pub fn enforcement_target(target: &EnforcementTarget) -> Result<CheckedTarget, V
         version,
         builds,
         deadline,
-        details_url,
+        details_url: spec.details_url.clone(),
         suspend: spec.suspend,
         deletion_policy: spec.deletion_policy,
         generated,
@@ -635,7 +544,7 @@ pub fn check_all(
     for target in targets {
         keep(enforcement_target(target).map(|t| checked.targets.push(t)));
     }
-    // Policies in a fixed order: enum-last settings merge and precedence depend on it.
+    // A fixed order, so passes and their output are the same whatever the input order.
     checked.policies.sort_by(|a, b| a.key.cmp(&b.key));
     checked.groups.sort_by(|a, b| a.key.cmp(&b.key));
     checked.targets.sort_by(|a, b| a.key.cmp(&b.key));

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use kube::ResourceExt;
 use serde::de::DeserializeOwned;
 
+use crate::api::validate;
 use crate::api::{API_VERSION, EnforcementTarget, FleetGroup, GROUP, UpdatePolicy};
 
 /// Files larger than this are refused unread.
@@ -144,8 +145,14 @@ pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &
         let api_version = object
             .get("apiVersion")
             .and_then(|v| v.as_str())
-            .unwrap_or("");
-        let kind = object.get("kind").and_then(|v| v.as_str()).unwrap_or("");
+            .unwrap_or("")
+            .to_string();
+        let kind = object
+            .get("kind")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        let kind = kind.as_str();
         let name = object
             .get("metadata")
             .and_then(|m| m.get("name"))
@@ -171,22 +178,99 @@ pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &
             ));
             continue;
         }
-        let at = format!("{at}: {kind} {name}");
+        let place = at;
+        let at = format!("{place}: {kind} {name}");
         if api_version != API_VERSION {
             problems.push(format!(
                 "{at}: apiVersion {api_version} is not served; use {API_VERSION}"
             ));
             continue;
         }
+        if !matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget") {
+            problems.push(format!(
+                "{at}: unknown kind {kind:?} (FleetGroup, UpdatePolicy or EnforcementTarget)"
+            ));
+            continue;
+        }
+        // The CRD's schema first, on the document as written: a value of the wrong type or out
+        // of range gets the message the other modes give, not a decoding error.
+        let mut document = document;
+        let refused = validate::check_document(kind, &mut document);
+        let place = place.as_str();
         match kind {
-            "FleetGroup" => push_typed(&at, document, &mut manifests.fleet_groups, problems),
-            "UpdatePolicy" => push_typed(&at, document, &mut manifests.policies, problems),
-            "EnforcementTarget" => push_typed(&at, document, &mut manifests.targets, problems),
-            other => problems.push(format!(
-                "{at}: unknown kind {other:?} (FleetGroup, UpdatePolicy or EnforcementTarget)"
-            )),
+            "FleetGroup" => {
+                let found = checked(
+                    place,
+                    &at,
+                    document,
+                    refused,
+                    problems,
+                    validate::fleet_group,
+                );
+                manifests.fleet_groups.extend(found);
+            }
+            "UpdatePolicy" => {
+                let found = checked(
+                    place,
+                    &at,
+                    document,
+                    refused,
+                    problems,
+                    validate::update_policy,
+                );
+                manifests.policies.extend(found);
+            }
+            _ => {
+                let found = checked(
+                    place,
+                    &at,
+                    document,
+                    refused,
+                    problems,
+                    validate::enforcement_target,
+                );
+                manifests.targets.extend(found);
+            }
         }
     }
+}
+
+/// Types a document and checks it as every mode does. A document the schema refused as written
+/// is still typed when it can be, so its other problems are listed too, exactly as Kubernetes
+/// mode lists them; when it cannot be, the schema's problems are all there is to say.
+fn checked<T, C>(
+    place: &str,
+    at: &str,
+    document: serde_json::Value,
+    refused: Vec<validate::Problem>,
+    problems: &mut Vec<String>,
+    check: impl Fn(&T) -> Result<C, Vec<validate::Problem>>,
+) -> Option<T>
+where
+    T: DeserializeOwned + kube::Resource,
+{
+    if refused.is_empty() {
+        let object = typed::<T>(at, document, problems)?;
+        if let Err(found) = check(&object) {
+            problems.extend(found.iter().map(|p| format!("{place}: {p}")));
+        }
+        return Some(object);
+    }
+    let mut report = |found: &[validate::Problem]| {
+        problems.extend(found.iter().map(|p| format!("{place}: {p}")));
+    };
+    let Ok(mut object) = serde_json::from_value::<T>(document) else {
+        report(&refused);
+        return None;
+    };
+    if object.namespace().is_none() {
+        object.meta_mut().namespace = Some("default".into());
+    }
+    match check(&object) {
+        Err(found) if !found.is_empty() => report(&found),
+        _ => report(&refused),
+    }
+    Some(object)
 }
 
 fn kind_of(value: &serde_json::Value) -> &'static str {
@@ -201,14 +285,11 @@ fn kind_of(value: &serde_json::Value) -> &'static str {
 }
 
 /// Deserializes with the failing field's path, refuses unknown fields, defaults the namespace.
-fn push_typed<T>(
-    at: &str,
-    document: serde_json::Value,
-    into: &mut Vec<T>,
-    problems: &mut Vec<String>,
-) where
+fn typed<T>(at: &str, document: serde_json::Value, problems: &mut Vec<String>) -> Option<T>
+where
     T: DeserializeOwned + kube::Resource,
 {
+    let mut fail = |why: String| problems.push(format!("{at}: {why}"));
     let mut unknown = BTreeSet::new();
     let typed: Result<T, _> = serde_ignored::deserialize(&document, |path| {
         unknown.insert(path.to_string().replace(".?", ""));
@@ -221,8 +302,8 @@ fn push_typed<T>(
                 .err()
                 .map(|e| format!("{}: {}", e.path(), e.inner()))
                 .unwrap_or_else(|| "cannot be read".into());
-            problems.push(format!("{at}: {error}"));
-            return;
+            fail(error);
+            return None;
         }
     };
     // `metadata` is Kubernetes' own and may carry anything (managedFields, annotations, ...);
@@ -235,17 +316,17 @@ fn push_typed<T>(
         })
         .collect();
     if !unknown.is_empty() {
-        problems.push(format!("{at}: unknown field {}", unknown.join(", ")));
-        return;
+        fail(format!("unknown field {}", unknown.join(", ")));
+        return None;
     }
     if object.meta().name.as_deref().is_none_or(str::is_empty) {
-        problems.push(format!("{at}: metadata.name is required"));
-        return;
+        fail("metadata.name is required".into());
+        return None;
     }
     if object.namespace().is_none() {
         object.meta_mut().namespace = Some("default".into());
     }
-    into.push(object);
+    Some(object)
 }
 
 fn check_duplicates(manifests: &Manifests, problems: &mut Vec<String>) {
@@ -301,10 +382,10 @@ mod tests {
             "apiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: a}\nspec: {platforms: [macOS], shard: {percent: lots}}\n---\napiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: b}\nspec: {platfroms: [macOS]}\n",
         );
         assert_eq!(problems.len(), 2, "{problems:?}");
-        assert!(
-            problems[0].contains("FleetGroup a: spec.shard.percent"),
-            "{}",
-            problems[0]
+        assert_eq!(
+            problems[0],
+            "test.yaml (document 1): FleetGroup default/a: spec.shard.percent: must be a whole \
+             number, not \"lots\""
         );
         assert!(
             problems[1].contains("unknown field spec.platfroms"),

@@ -14,3 +14,4 @@ mod plan_examples;
 mod settings_merge;
 mod standalone_e2e;
 mod support;
+mod validation;
