@@ -519,14 +519,34 @@ static TARGETS: [HandTarget; 1] = [HandTarget {
     details_url: "https://it.example.com/security/2026-08-ios-26-6-1",
 }];
 
-/// Days after posting plus the ring delay at the local time; Saturday and Sunday move to
-/// Monday; never closer than the lead time to "now", counted in the policy's zone.
-fn deadline(rule: &DeadlineRule, posted: Date, delay: i64) -> DateTime {
-    let skip = |d: Date| match d.weekday() {
+/// Saturday and Sunday move to Monday (every example policy skips weekends).
+fn skip_weekend(d: Date) -> Date {
+    match d.weekday() {
         Weekday::Saturday => d.checked_add(2.days()).expect("date"),
         Weekday::Sunday => d.checked_add(1.days()).expect("date"),
         _ => d,
-    };
+    }
+}
+
+/// A ring's deadline as handed out now (`plan` has no ledger): its own, and never earlier than
+/// the previous ring's plus the difference of their delays — rings keep their spacing even when
+/// the lead time pushed the first.
+fn ring_deadline(policy: &Policy, ring: usize, posted: Date) -> DateTime {
+    let own = deadline(&policy.deadline, posted, policy.rings[ring].2);
+    if ring == 0 {
+        return own;
+    }
+    let previous = ring_deadline(policy, ring - 1, posted);
+    let gap = policy.rings[ring].2 - policy.rings[ring - 1].2;
+    let spaced = skip_weekend(previous.date().checked_add(gap.days()).expect("date"))
+        .to_datetime(policy.deadline.local_time);
+    own.max(spaced)
+}
+
+/// Days after posting plus the ring delay at the local time; Saturday and Sunday move to
+/// Monday; never closer than the lead time to "now", counted in the policy's zone.
+fn deadline(rule: &DeadlineRule, posted: Date, delay: i64) -> DateTime {
+    let skip = skip_weekend;
     let due = posted
         .checked_add((rule.days + delay).days())
         .expect("date");
@@ -667,8 +687,7 @@ fn policy_candidate(p: usize, ring: usize, device: &Device) -> Result<Candidate,
         chosen.set != "PublicBackgroundSecurityImprovements",
         "{id}: a security improvement is the newest release; this reading does not model it"
     );
-    let delay = policy.rings[ring].2;
-    let at = deadline(&policy.deadline, posted(&chosen.key, &chosen.build), delay);
+    let at = ring_deadline(policy, ring, posted(&chosen.key, &chosen.build));
     assert!(
         chosen.expires.is_none_or(|e| e >= at.date()),
         "{id}: {} expires before its deadline; the examples assume it does not",
@@ -942,7 +961,7 @@ fn plan_on_the_examples_exits_0_with_the_documented_json_shape() {
             .collect();
         assert_eq!(
             keys,
-            BTreeSet::from(["enrollmentId", "declarations", "reasons"])
+            BTreeSet::from(["enrollmentId", "enforcements", "declarations", "reasons"])
         );
         assert_eq!(
             device["enrollmentId"],
@@ -1186,13 +1205,15 @@ fn generated_enforcement_targets_are_what_the_policies_say() {
         "2026-09-07T19:00:00"
     );
     // macOS 15.7.9 (24G830): AssetSets 2026-08-06, PublicAssetSets re-stamped 2026-08-17; the
-    // earlier counts. +14 (and +19) days are already past on 2026-08-22 (and Tuesday 08-25 at
-    // 19:00); 72 hours after 2026-08-22 00:00 UTC is 02:00 Berlin on Tuesday 08-25, so 19:00 that
-    // day for both rings.
+    // earlier counts. +14 days is already past on 2026-08-22; 72 hours after 2026-08-22 00:00
+    // UTC is 02:00 Berlin on Tuesday 08-25, so 19:00 that day for the canary ring. The broad
+    // ring's own +19 (Tuesday 08-25) would collapse onto the canary's; rings keep their spacing:
+    // 08-25 + 5 days is Sunday 08-30, which moves to Monday 08-31.
     assert_eq!(posted("macOS", "24G830"), jiff::civil::date(2026, 8, 6));
+    assert_eq!(deadline_of("macs-macos-15-7-9"), "2026-08-25T19:00:00");
     assert_eq!(
         deadline_of("macs-macos-15-7-9-broad"),
-        "2026-08-25T19:00:00"
+        "2026-08-31T19:00:00"
     );
     // iOS 26.6.1 (23G83), posted Monday 2026-08-17, +21 days: Monday 2026-09-07 at 18:00.
     assert_eq!(deadline_of("mobile-ios-26-6-1"), "2026-09-07T18:00:00");
