@@ -2030,12 +2030,12 @@ fn wrong_types_exit_1_naming_file_object_and_field() {
     assert!(run.stdout.is_empty());
     assert!(run.stderr.contains("bad-types.yaml"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("FleetGroup halves: spec.shard.percent"),
+        run.stderr.contains("FleetGroup it-fleet/halves: spec.shard.percent"),
         "{}",
         run.stderr
     );
     assert!(
-        run.stderr.contains("UpdatePolicy typed: spec."),
+        run.stderr.contains("UpdatePolicy it-fleet/typed: spec."),
         "{}",
         run.stderr
     );
