@@ -102,7 +102,10 @@ async fn plan_with_the_exported_ledger_never_shows_a_handed_out_deadline_later()
         .expect("its body");
     let document: Value = serde_json::from_slice(&exported).expect("ledger JSON");
     assert_eq!(document["kind"], "RolloutLedger");
-    let handed = document["devices"].as_array().expect("device entries").len();
+    let handed = document["devices"]
+        .as_array()
+        .expect("device entries")
+        .len();
     assert!(handed > 50, "the examples' fleet is handed out: {handed}");
     let ledger = work.path().join("rollouts.json");
     std::fs::write(&ledger, &exported).expect("write the ledger");
