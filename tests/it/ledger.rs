@@ -14,6 +14,7 @@ use ddm_update_operator::run::Engine;
 use jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+use crate::support::process::metric_sum;
 use crate::support::{ROOT, copy_dir, examples};
 
 const CATALOG: &str = "tests/fixtures/gdmf/pmv-2026-08-22.json";
@@ -148,11 +149,7 @@ async fn plan_with_the_exported_ledger_never_shows_a_handed_out_deadline_later()
             .text()
             .await
             .expect("text");
-        text.lines()
-            .find(|l| l.starts_with("ddm_update_operator_resolve_passes_total "))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .expect("the pass counter")
+        metric_sum(&text, "ddm_update_operator_resolve_passes_total")
     };
     let before = passes().await;
     clock.advance(SignedDuration::from_hours(24 * 10));
