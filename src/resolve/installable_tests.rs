@@ -189,3 +189,47 @@ fn no_subscriptions_where_apples_schemas_allow_none() {
         ]
     );
 }
+
+#[test]
+fn a_hand_written_target_below_its_improvements_base_takes_the_base_by_its_deadline_first() {
+    let checked = check(
+        "apiVersion: updates.ddm.dev/v1alpha1
+kind: FleetGroup
+metadata: {name: all, namespace: it}
+spec: {}
+---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: EnforcementTarget
+metadata: {name: patch, namespace: it}
+spec:
+  fleetGroups: [all]
+  platform: iOS
+  targetOSVersion: '26.3.1 (a)'
+  targetLocalDateTime: '2026-03-25T12:00:00'
+",
+    );
+    let fleet = devices(&[
+        "{enrollmentId: A, platform: iOS, model: 'iPhone15,2', osVersion: '17.6.1', buildVersion: 21G93, supervised: true, enrollmentType: ade}",
+        "{enrollmentId: B, platform: iOS, model: 'iPhone15,2', osVersion: '26.2', buildVersion: 23C55, supervised: true, enrollmentType: ade}",
+    ]);
+    let plan = pass(&checked, &fleet, &Ledger::default(), "2026-03-18T12:00:00Z");
+    let by = date(2026, 3, 25).at(12, 0, 0, 0);
+    // Below iOS 18: the base the improvement names by the target's deadline, the improvement
+    // a day later.
+    assert_eq!(
+        enforced(&plan, 0),
+        [
+            ("26.3.1".to_string(), Some("23D8133".to_string()), by),
+            (
+                "26.3.1 (a)".to_string(),
+                Some("23D771330a".to_string()),
+                date(2026, 3, 26).at(12, 0, 0, 0)
+            ),
+        ]
+    );
+    // On 26: the improvement installs directly, by the target's deadline.
+    assert_eq!(
+        enforced(&plan, 1),
+        [("26.3.1 (a)".to_string(), Some("23D771330a".to_string()), by)]
+    );
+}
