@@ -2030,7 +2030,8 @@ fn wrong_types_exit_1_naming_file_object_and_field() {
     assert!(run.stdout.is_empty());
     assert!(run.stderr.contains("bad-types.yaml"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("FleetGroup it-fleet/halves: spec.shard.percent"),
+        run.stderr
+            .contains("FleetGroup it-fleet/halves: spec.shard.percent"),
         "{}",
         run.stderr
     );
