@@ -158,6 +158,8 @@ pub struct DeviceSpec {
     /// The device's local clock. `None`: installs run through without waiting for the
     /// enforcement deadline; set, `prepared` waits until the `TargetLocalDateTime`.
     pub local_time: Option<DateTime>,
+    /// The device's UTC clock, for failure timestamps; `None`: the system's.
+    pub utc_time: Option<jiff::Timestamp>,
 }
 
 impl DeviceSpec {
@@ -190,6 +192,7 @@ impl DeviceSpec {
             report_unsubscribed_device_items: false,
             apple_json_layout: true,
             local_time: None,
+            utc_time: None,
         })
     }
 
@@ -398,6 +401,18 @@ pub struct DeclarationState {
     pub reason_objects: Vec<Value>,
 }
 
+/// An enforcement declaration a device holds (see [`SimDevice::held_enforcements`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldEnforcement {
+    pub identifier: String,
+    pub target_version: String,
+    pub target_build: Option<String>,
+    pub deadline: DateTime,
+    pub active: bool,
+    /// `valid`, `invalid` or `unknown`.
+    pub valid: &'static str,
+}
+
 /// What one check-in did.
 #[derive(Debug, Clone, Default)]
 pub struct SyncOutcome {
@@ -572,6 +587,55 @@ impl SimDevice {
         self.declarations()
             .into_iter()
             .find(|d| d.identifier == identifier)
+    }
+
+    /// A held declaration as the server sent it (`Type`, `Identifier`, `ServerToken`,
+    /// `Payload`), for checks against Apple's schemas.
+    pub fn declaration_json(&self, identifier: &str) -> Option<Value> {
+        let held = Category::ALL
+            .iter()
+            .find_map(|c| self.state.held.get(&(*c, identifier.to_string())))?;
+        Some(json!({
+            "Type": held.declaration_type,
+            "Identifier": identifier,
+            "ServerToken": held.server_token,
+            "Payload": held.payload,
+        }))
+    }
+
+    /// Every held enforcement whose payload names a version and a well-formed deadline, active
+    /// or not: what the server handed out, as the device holds it.
+    pub fn held_enforcements(&self) -> Vec<HeldEnforcement> {
+        self.state
+            .held
+            .iter()
+            .filter(|((c, _), h)| {
+                *c == Category::Configuration && h.declaration_type == items::ENFORCEMENT
+            })
+            .filter_map(|((_, identifier), h)| {
+                let text = |key: &str| h.payload.get(key).and_then(Value::as_str);
+                let deadline =
+                    DateTime::strptime("%Y-%m-%dT%H:%M:%S", text("TargetLocalDateTime")?).ok()?;
+                Some(HeldEnforcement {
+                    identifier: identifier.clone(),
+                    target_version: text("TargetOSVersion")?.to_string(),
+                    target_build: text("TargetBuildVersion").map(str::to_string),
+                    deadline,
+                    active: h.active,
+                    valid: h.valid.as_str(),
+                })
+            })
+            .collect()
+    }
+
+    /// The `TargetLocalDateTime` of the install in progress.
+    pub fn in_flight_deadline(&self) -> Option<DateTime> {
+        self.state.in_flight.as_ref().map(|f| f.deadline)
+    }
+
+    /// The value of a status item (dotted name) as the server last acknowledged it.
+    pub fn acknowledged(&self, name: &str) -> Option<&Value> {
+        self.state.reported.get(name)
     }
 
     /// Identifiers of the active configurations.
@@ -1193,14 +1257,11 @@ impl SimDevice {
     }
 
     fn fail(&mut self, why: String) {
+        let at = self.spec.utc_time.unwrap_or_else(jiff::Timestamp::now);
         let failure = &mut self.state.failure;
         failure.count = failure.count.saturating_add(1);
         failure.reason = Some(why);
-        failure.timestamp = Some(
-            jiff::Timestamp::now()
-                .strftime("%Y-%m-%dT%H:%M:%SZ")
-                .to_string(),
-        );
+        failure.timestamp = Some(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         self.state.failed_idle = 0;
         self.state.install = InstallState::Failed;
     }
@@ -1616,7 +1677,7 @@ impl DeviceSpec {
 
 /// The letter of a supplemental build (`23D771330a` → `a`): a build number of six or more
 /// digits followed by lowercase letters (beta builds such as `20A5303i` have four).
-fn supplemental_letter(build: &str) -> Option<String> {
+pub(crate) fn supplemental_letter(build: &str) -> Option<String> {
     let rest = build.trim_start_matches(|c: char| c.is_ascii_digit());
     let rest = rest.trim_start_matches(|c: char| c.is_ascii_uppercase());
     let digits = rest.chars().take_while(char::is_ascii_digit).count();

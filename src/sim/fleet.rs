@@ -188,9 +188,20 @@ impl Fleet {
 
 /// What Apple's servers offer one device: `AssetSets` releases and security improvements.
 fn offered_updates(catalog: &Catalog, device_id: &str) -> Arc<[OfferedUpdate]> {
-    catalog
-        .releases(AssetSet::Mdm)
+    offered_from(catalog, device_id, &[AssetSet::Mdm])
+}
+
+/// What Apple's servers offer one device from these asset sets, plus security improvements
+/// (which are public); a build listed in several sets is offered once.
+pub(crate) fn offered_from(
+    catalog: &Catalog,
+    device_id: &str,
+    asset_sets: &[AssetSet],
+) -> Arc<[OfferedUpdate]> {
+    let mut seen = std::collections::HashSet::new();
+    asset_sets
         .iter()
+        .flat_map(|set| catalog.releases(*set))
         .chain(catalog.security_improvements())
         .filter(|r| r.supported_devices.iter().any(|d| &**d == device_id))
         .filter_map(|r| {
@@ -203,6 +214,7 @@ fn offered_updates(catalog: &Catalog, device_id: &str) -> Arc<[OfferedUpdate]> {
                     .map(|b| b.as_str().to_string()),
             })
         })
+        .filter(|offer| seen.insert(offer.build.clone()))
         .collect::<Vec<_>>()
         .into()
 }

@@ -90,14 +90,15 @@ mod fleet;
 mod items;
 mod json;
 mod run;
+pub mod timeline;
 
 #[cfg(test)]
 mod tests;
 
 pub use client::{ServerConfig, http_client, sign, verify_signature};
 pub use device::{
-    DeclarationState, DeviceSpec, FailureMode, InstallState, OfferedUpdate, OsState,
-    RETRY_AFTER_ADVANCES, SimDevice, Supplemental, SyncOutcome,
+    DeclarationState, DeviceSpec, FailureMode, HeldEnforcement, InstallState, OfferedUpdate,
+    OsState, RETRY_AFTER_ADVANCES, SimDevice, Supplemental, SyncOutcome,
 };
 pub use fleet::{Fleet, FleetOptions};
 pub use run::{LatencySummary, RunOptions, RunSummary};

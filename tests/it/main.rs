@@ -5,6 +5,7 @@ mod catalog_snapshots;
 mod ddm_http;
 mod durability;
 mod enroll_gate;
+mod fleet_sim;
 mod helm_chart;
 mod installable;
 mod kubernetes;
