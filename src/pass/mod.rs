@@ -156,13 +156,18 @@ pub async fn pass(
             corrupt_ledger_rows,
         });
     }
-    let assignments: Vec<Assignment> = devices
+    let with_row: HashSet<&str> = records.iter().map(|r| r.enrollment_id.as_str()).collect();
+    let mut assignments: Vec<Assignment> = devices
         .iter()
         .zip(&plan.devices)
         .enumerate()
-        // A device that had a set and now gets none is written too: that withdraws it.
+        // A device that had a set and now gets none is written too: that withdraws it. A known
+        // device that never had a set gets its empty one, so it is not handed the bootstrap set
+        // for unknown enrollments when it first checks in (an unsupervised Mac would reject its
+        // status subscriptions: Apple allows them there only on supervised or user enrollments).
         .filter(|(_, (device, outcome))| {
-            !outcome.declarations.is_empty() || assigned.contains(device.enrollment_id.as_str())
+            let id = device.enrollment_id.as_str();
+            !outcome.declarations.is_empty() || assigned.contains(id) || !with_row.contains(id)
         })
         .filter(|(index, _)| !suspended.contains(index) && !orphans.frozen.contains(index))
         .map(|(_, (device, outcome))| Assignment {
@@ -174,6 +179,7 @@ pub async fn pass(
                 .collect(),
         })
         .collect();
+    assignments.extend(bootstrap_rejected(&devices, &records));
     let applied = backend.apply(&plan.declarations, &assignments).await;
     let records = match &applied {
         Ok(report) if report.changed.is_empty() => records,
@@ -225,6 +231,31 @@ fn ring_changes(
         }
     }
     rings
+}
+
+/// Enrollments known only by their reports that rejected a declaration of the set they hold
+/// (the bootstrap set, since the pass gives them nothing else): they get an empty set instead of
+/// keeping declarations their OS or enrollment refuses — an unsupervised Mac, which cannot
+/// subscribe to status items, never says what it is over DDM.
+fn bootstrap_rejected(devices: &[Device], records: &[DeviceRecord]) -> Vec<Assignment> {
+    let known: HashSet<&str> = devices.iter().map(|d| d.enrollment_id.as_str()).collect();
+    records
+        .iter()
+        .filter(|r| !r.assigned.is_empty() && !known.contains(r.enrollment_id.as_str()))
+        .filter(|r| {
+            crate::status::DeviceStatus::from_items(&r.status)
+                .declarations
+                .iter()
+                .any(|d| d.valid == "invalid" && r.assigned.contains(&d.identifier))
+        })
+        .map(|r| {
+            tracing::info!(enrollment = %r.enrollment_id, "an unknown enrollment rejected its bootstrap set; it gets nothing until it is known");
+            Assignment {
+                enrollment_id: r.enrollment_id.clone(),
+                identifiers: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 /// Devices governed by a suspended group, policy or target keep what they have.
@@ -648,6 +679,68 @@ spec: {{platforms: [iOS]}}
         assert_eq!(gone.frozen, Frozen::default());
         assert!(store.memory().orphans.is_empty());
         assert!(sets(&store).iter().zip(&held).all(|(now, was)| now != was));
+    }
+
+    #[tokio::test]
+    async fn no_device_keeps_a_bootstrap_set_it_cannot_take() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(&dir.path().join("ddm.sqlite")).expect("store"));
+        let backend = Embedded::new(store.clone(), None);
+        let live = check(&policy("hold", "Withdraw"));
+        let catalog = Fixture::new().catalog;
+        // A Mac of the inventory that no group selects, and an unknown enrollment that was
+        // handed the bootstrap set and rejected its subscriptions (an unsupervised Mac would).
+        let seed = crate::inventory::parse(
+            "- {enrollmentId: M, platform: macOS, model: 'Mac14,2', osVersion: '15.6', supervised: false, enrollmentType: ade}\n",
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        let bootstrap = crate::operator::bootstrap_declarations();
+        let identifiers: Vec<String> = bootstrap.iter().map(|d| d.identifier.clone()).collect();
+        store
+            .apply(
+                &bootstrap,
+                &[Assignment {
+                    enrollment_id: "U".into(),
+                    identifiers: identifiers.clone(),
+                }],
+            )
+            .expect("bootstrap");
+        let subscriptions = &bootstrap[0];
+        assert_eq!(
+            subscriptions.declaration_type,
+            crate::declarations::SUBSCRIPTIONS_TYPE
+        );
+        let raw = serde_json::json!({"StatusItems": {"management": {"declarations": {
+            "configurations": [{"identifier": subscriptions.identifier, "active": false,
+                "valid": "invalid", "server-token": subscriptions.server_token,
+                "reasons": [{"code": "Error.ConfigurationNotSupported"}]}],
+            "activations": [], "assets": [], "management": []}}}})
+        .to_string();
+        let report = crate::status::StatusReport::from_slice(raw.as_bytes()).expect("a report");
+        store
+            .record_reports(&[("U".to_string(), report, raw.into_bytes())])
+            .expect("record");
+
+        let result = pass(
+            &backend,
+            Resources {
+                live: &live,
+                orphaning: &Checked::default(),
+            },
+            &seed,
+            &catalog,
+            true,
+            "2026-08-22T12:00:00Z".parse().expect("a timestamp"),
+        )
+        .await
+        .expect("a pass");
+        assert!(result.applied.is_ok(), "{:?}", result.applied);
+        for id in ["M", "U"] {
+            let set = store
+                .served_set(id)
+                .unwrap_or_else(|| panic!("{id} has a set"));
+            assert!(set.members.is_empty(), "{id}: {:?}", set.members);
+        }
     }
 
     #[tokio::test]
