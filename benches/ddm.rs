@@ -34,8 +34,8 @@ use ddm_update_operator::declarations::{
     self, Declaration, SETTINGS_TYPE, SUBSCRIPTIONS_TYPE, content_hash,
 };
 use ddm_update_operator::http::ddm::{DdmState, ENROLLMENT_HEADER};
-use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::http::{self, AppState};
+use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::operator::bootstrap_declarations;
 use ddm_update_operator::status::{StatusReport, merge};
 use reqwest::header::HeaderValue;

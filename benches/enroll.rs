@@ -18,8 +18,8 @@ use ddm_update_operator::catalog::{Build, Catalog, OsVersion, Platform, PmvDocum
 use ddm_update_operator::enroll::tally::Tally;
 use ddm_update_operator::enroll::{Envelope, GateView, MachineInfo, decide, read};
 use ddm_update_operator::http::enroll::{EnrollConfig, router};
-use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::inventory::{Device, EnrollmentType};
+use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::sim::enroll::{DeviceIdentity, machine_info_plist};
 
 const SNAPSHOT: &str = concat!(

@@ -54,8 +54,8 @@ use ddm_update_operator::api::{
 };
 use ddm_update_operator::catalog::{AssetSet, Catalog, OsVersion, Platform};
 use ddm_update_operator::controller::{self, KubeSettings, Running};
-use ddm_update_operator::http::metrics::Metrics;
 use ddm_update_operator::inventory;
+use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Namespace;

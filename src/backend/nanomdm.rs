@@ -51,7 +51,7 @@ impl SyncTrigger {
     pub fn start_with_metrics(
         config: NanoMdmConfig,
         client: reqwest::Client,
-        metrics: Option<Arc<crate::http::metrics::Metrics>>,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Vec<String>>();
         tokio::spawn(async move {
@@ -91,7 +91,7 @@ async fn enqueue_with_retry(
     client: &reqwest::Client,
     config: &NanoMdmConfig,
     ids: &[String],
-    metrics: Option<&crate::http::metrics::Metrics>,
+    metrics: Option<&crate::metrics::Metrics>,
 ) {
     let mut wait = Duration::from_millis(500);
     for attempt in 1..=config.attempts.max(1) {

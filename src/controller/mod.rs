@@ -25,8 +25,8 @@ use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store as DeviceStore;
 use crate::enroll::GateView;
 use crate::enroll::tally::Tally;
-use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
+use crate::metrics::Metrics;
 use crate::operator::RunConfig;
 use resolver::{Resolver, Snapshot};
 

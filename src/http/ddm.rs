@@ -16,10 +16,10 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
-use super::metrics::Metrics;
 use crate::backend::embedded::StatusWriter;
 use crate::backend::store::Store;
 use crate::declarations::Declaration;
+use crate::metrics::Metrics;
 use crate::status::{MAX_REPORT_BYTES, StatusReport};
 
 pub const ENROLLMENT_HEADER: &str = "x-enrollment-id";

@@ -15,10 +15,10 @@ use axum::routing::get;
 use base64::Engine as _;
 use tokio::sync::watch;
 
-use super::metrics::Metrics;
 use crate::enroll::response::{self, Format};
 use crate::enroll::tally::Tally;
 use crate::enroll::{Anchors, EnrollError, Envelope, GateView, Verdict, decide};
+use crate::metrics::Metrics;
 
 /// MachineInfo is a few KiB signed (plist and certificate chain); anything near this is not.
 pub const MAX_BODY_BYTES: usize = 32 * 1024;

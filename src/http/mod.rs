@@ -3,7 +3,6 @@
 
 pub mod ddm;
 pub mod enroll;
-pub mod metrics;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,7 +16,7 @@ use tokio::sync::RwLock;
 
 /// What the non-DDM routes read.
 pub struct AppState {
-    pub metrics: Arc<metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Set once the first resolver pass has been applied.
     pub ready: AtomicBool,
     /// The last resolved status, as served by `GET /api/v1/status`.

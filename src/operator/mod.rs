@@ -12,8 +12,8 @@ use crate::backend::nanomdm::NanoMdmConfig;
 use crate::catalog::fetch::{FetchConfig, Fetcher, LastGood, Refresh};
 use crate::catalog::{Catalog, PmvDocument, guard};
 use crate::declarations::{self, Declaration};
-use crate::http::metrics::Metrics;
 use crate::inventory::Device;
+use crate::metrics::Metrics;
 
 /// The catalog shipped with the binary (examples/catalog/pmv.json, Apple's answer of
 /// 2026-08-22): the last resort when Apple is unreachable and nothing was cached.

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use crate::api::validate::Checked;
 use crate::backend::DeviceRecord;
-use crate::http::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::inventory::Device;
+use crate::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::pass::Frozen;
 use crate::resolve::{Plan, Source};
 use crate::status::DeviceStatus;

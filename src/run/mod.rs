@@ -18,9 +18,9 @@ use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store;
 use crate::enroll::GateView;
 use crate::enroll::tally::Tally;
-use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::inventory::Device;
+use crate::metrics::Metrics;
 use crate::operator::{
     CatalogSource, CatalogState, RunConfig, bootstrap_declarations, load_catalog, shutdown_signal,
 };

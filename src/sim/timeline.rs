@@ -65,9 +65,9 @@ use crate::backend::embedded::Embedded;
 use crate::backend::store::Store;
 use crate::catalog::{AssetSet, Catalog, OsVersion, Platform, PmvDocument, guard};
 use crate::clock::Clock;
-use crate::http::metrics::Metrics;
 use crate::http::{AppState, ddm};
 use crate::inventory::{Device, EnrollmentType};
+use crate::metrics::Metrics;
 use crate::pass::{self, PassResult, report};
 use crate::resolve::{Reason, Source};
 

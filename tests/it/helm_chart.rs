@@ -2985,7 +2985,7 @@ fn readme_commands_work_with_this_binary() {
         .filter_map(|call| call.trim_start().strip_prefix('"')?.split('"').next())
         .map(|name| format!("ddm_update_operator_{name}"))
         .collect();
-    let exported = ddm_update_operator::http::metrics::Metrics::new().encode();
+    let exported = ddm_update_operator::metrics::Metrics::new().encode();
     let mut named = BTreeSet::new();
     for (at, _) in readme.match_indices("ddm_update_operator_") {
         let name: String = readme[at..]

@@ -81,7 +81,7 @@ use ddm_update_operator::api::{
 use ddm_update_operator::catalog::{OsVersion, Platform};
 use ddm_update_operator::controller::resolver::Snapshot;
 use ddm_update_operator::controller::{self, KubeSettings, Running};
-use ddm_update_operator::http::metrics::Metrics;
+use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use ddm_update_operator::sim::{
     DeclarationState, InstallState, ServerConfig, SimDevice, SyncOutcome, http_client,

@@ -106,7 +106,7 @@ async fn a_failed_enqueue_is_retried() {
     let (url, seen) = nanomdm(true).await;
     let mut config = NanoMdmConfig::new(url, "k");
     config.debounce = Duration::from_millis(50);
-    let metrics = std::sync::Arc::new(ddm_update_operator::http::metrics::Metrics::new());
+    let metrics = std::sync::Arc::new(ddm_update_operator::metrics::Metrics::new());
     let trigger =
         SyncTrigger::start_with_metrics(config, reqwest::Client::new(), Some(metrics.clone()));
     trigger.notify(&["DEV".into()]);

@@ -1,4 +1,5 @@
-//! Prometheus metrics (prometheus-client): what platform teams alert on.
+//! Prometheus metrics (prometheus-client): what platform teams alert on. Its own folder: the
+//! backend, the pass and the HTTP layer all count into it, and `http/` serves it at `/metrics`.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
