@@ -2976,8 +2976,8 @@ fn readme_commands_work_with_this_binary() {
     // Every metric the README names is one the operator registers (families without samples
     // are not in the exposition yet, so the registrations are read from the source).
     let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README.md");
-    let source = std::fs::read_to_string(Path::new(ROOT).join("src/http/metrics.rs"))
-        .expect("src/http/metrics.rs");
+    let source = std::fs::read_to_string(Path::new(ROOT).join("src/metrics/mod.rs"))
+        .expect("src/metrics/mod.rs");
     assert!(source.contains("Registry::with_prefix(\"ddm_update_operator\")"));
     let registered: BTreeSet<String> = source
         .split("registry.register(")
