@@ -182,8 +182,8 @@ pub async fn pass(
     assignments.extend(bootstrap_rejected(&devices, &records));
     let applied = backend.apply(&plan.declarations, &assignments).await;
     let records = match &applied {
-        Ok(report) if report.changed.is_empty() => records,
-        _ => backend.devices().await.unwrap_or(records),
+        Ok(report) => with_assignments(records, &assignments, &report.changed, now),
+        Err(_) => backend.devices().await.unwrap_or(records),
     };
     Ok(PassResult {
         frozen,
@@ -231,6 +231,48 @@ fn ring_changes(
         }
     }
     rings
+}
+
+/// The records as the backend has them after an apply that changed `changed`: their sets are
+/// the assignments just written (reading every device back would parse every stored status
+/// again, the most expensive part of a pass).
+fn with_assignments(
+    mut records: Vec<DeviceRecord>,
+    assignments: &[Assignment],
+    changed: &[String],
+    now: jiff::Timestamp,
+) -> Vec<DeviceRecord> {
+    if changed.is_empty() {
+        return records;
+    }
+    let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
+    let index: HashMap<String, usize> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.enrollment_id.clone(), i))
+        .collect();
+    for assignment in assignments
+        .iter()
+        .filter(|a| changed.contains(a.enrollment_id.as_str()))
+    {
+        let mut identifiers = assignment.identifiers.clone();
+        identifiers.sort_unstable();
+        match index.get(&assignment.enrollment_id) {
+            Some(i) => {
+                records[*i].assigned = identifiers;
+                records[*i].assigned_at = Some(now);
+            }
+            None => records.push(DeviceRecord {
+                enrollment_id: assignment.enrollment_id.clone(),
+                status: serde_json::Map::new(),
+                assigned: identifiers,
+                last_report: None,
+                assigned_at: Some(now),
+            }),
+        }
+    }
+    records.sort_by(|a, b| a.enrollment_id.cmp(&b.enrollment_id));
+    records
 }
 
 /// Enrollments known only by their reports that rejected a declaration of the set they hold
