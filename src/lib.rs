@@ -20,3 +20,5 @@ pub mod run;
 pub mod sim;
 pub mod status;
 pub mod strict;
+#[cfg(test)]
+mod test_support;

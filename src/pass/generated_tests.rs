@@ -9,13 +9,10 @@ use std::collections::BTreeMap;
 
 use super::report::standings;
 use crate::api::validate::Checked;
-use crate::catalog::Catalog;
 use crate::inventory::Device;
-use crate::manifests::check_str;
 use crate::resolve::*;
 use crate::status::bucket::Bucket;
-
-const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
+use crate::test_support::checked as check;
 
 const PIN: &str = "apiVersion: updates.ddm.dev/v1alpha1
 kind: FleetGroup
@@ -31,10 +28,6 @@ spec:
   deadline: {daysAfterPosting: 21, localTime: '19:00', timeZone: UTC, minimumLeadTime: 48h}
 ";
 
-fn check(text: &str) -> Checked {
-    check_str("test.yaml", text).unwrap_or_else(|p| panic!("{p:?}"))
-}
-
 /// iPhone15,2s on these versions, enrolled as `A`, `B`, ...
 fn phones(versions: &[&str]) -> Vec<Device> {
     let text: String = versions
@@ -47,7 +40,7 @@ fn phones(versions: &[&str]) -> Vec<Device> {
             )
         })
         .collect();
-    crate::inventory::parse(&text).unwrap_or_else(|p| panic!("{p:?}"))
+    crate::test_support::inventory(&text)
 }
 
 fn plan_for(checked: &Checked, devices: &[Device], rollouts: &Rollouts) -> Plan {
@@ -55,9 +48,7 @@ fn plan_for(checked: &Checked, devices: &[Device], rollouts: &Rollouts) -> Plan 
         devices: rollouts.clone(),
         ..Ledger::default()
     };
-    let catalog = Catalog::from_slice(FIXTURE)
-        .expect("the fixture")
-        .with_as_of(date(2026, 8, 22));
+    let catalog = crate::test_support::catalog_2026_08_22();
     resolve_with(
         Input {
             groups: &checked.groups,

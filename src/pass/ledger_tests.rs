@@ -4,14 +4,12 @@
 use std::sync::Arc;
 
 use jiff::Timestamp;
-use jiff::civil::{DateTime, date};
+use jiff::civil::DateTime;
 
 use super::*;
 use crate::backend::embedded::Embedded;
 use crate::backend::store::Store;
-use crate::manifests::check_str;
-
-const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
+use crate::test_support::checked as check;
 
 /// The issue's own example: `pinned:26.5`, 21 days after posting, 48 h of lead time, for
 /// iPhone15,2s on 26.0; a second ring five days later.
@@ -34,10 +32,6 @@ spec:
   target: {strategy: 'pinned:26.5'}
   deadline: {daysAfterPosting: 21, localTime: '19:00', timeZone: UTC, minimumLeadTime: 48h}
 ";
-
-fn check(text: &str) -> Checked {
-    check_str("test.yaml", text).unwrap_or_else(|p| panic!("{p:?}"))
-}
 
 fn phone(id: &str, ring: &str) -> String {
     format!(
@@ -65,9 +59,7 @@ impl Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ddm.sqlite");
         let store = Arc::new(Store::open(&path).expect("store"));
-        let catalog = Catalog::from_slice(FIXTURE)
-            .expect("the fixture")
-            .with_as_of(date(2026, 8, 22));
+        let catalog = crate::test_support::catalog_2026_08_22();
         Harness {
             _dir: dir,
             path,
@@ -82,7 +74,7 @@ impl Harness {
 
     /// One pass at `now`; each device's policy deadline, by enrollment id.
     async fn pass(&self, live: &Checked, inventory: &str, now: &str) -> (PassResult, Deadlines) {
-        let seed = crate::inventory::parse(inventory).unwrap_or_else(|p| panic!("{p:?}"));
+        let seed = crate::test_support::inventory(inventory);
         let backend = Embedded::new(self.store.clone(), None);
         let result = pass(
             &backend,

@@ -499,9 +499,6 @@ mod tests {
     use super::*;
     use crate::backend::embedded::Embedded;
     use crate::backend::store::Store;
-    use crate::manifests::check_str;
-
-    const FIXTURE: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
 
     fn policy(name: &str, deletion: &str) -> String {
         format!(
@@ -527,7 +524,7 @@ metadata: {{name: phones, namespace: it}}
 spec: {{platforms: [iOS]}}
 {text}"
         );
-        check_str("test.yaml", &text).unwrap_or_else(|p| panic!("{p:?}"))
+        crate::test_support::checked(&text)
     }
 
     struct Fixture {
@@ -543,9 +540,7 @@ spec: {{platforms: [iOS]}}
 ",
             )
             .unwrap_or_else(|p| panic!("{p:?}"));
-            let catalog = Catalog::from_slice(FIXTURE)
-                .expect("the fixture")
-                .with_as_of(jiff::civil::date(2026, 8, 22));
+            let catalog = crate::test_support::catalog_2026_08_22();
             Fixture { seed, catalog }
         }
 

@@ -10,11 +10,9 @@ use jiff::civil::{DateTime, date};
 
 use super::*;
 use crate::api::validate::Checked;
-use crate::manifests::check_str;
 use crate::pass::report::standings;
 use crate::status::bucket::Bucket;
-
-const MARCH: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-03-17.json");
+use crate::test_support::checked as check;
 
 const PATCHED: &str = "apiVersion: updates.ddm.dev/v1alpha1
 kind: FleetGroup
@@ -30,19 +28,13 @@ spec:
   deadline: {daysAfterPosting: 0, localTime: '19:00', timeZone: UTC, minimumLeadTime: 48h}
 ";
 
-fn check(text: &str) -> Checked {
-    check_str("test.yaml", text).unwrap_or_else(|p| panic!("{p:?}"))
-}
-
 fn devices(lines: &[&str]) -> Vec<Device> {
     let text: String = lines.iter().map(|l| format!("- {l}\n")).collect();
-    crate::inventory::parse(&text).unwrap_or_else(|p| panic!("{p:?}"))
+    crate::test_support::inventory(&text)
 }
 
 fn pass(checked: &Checked, devices: &[Device], ledger: &Ledger, now: &str) -> Plan {
-    let catalog = Catalog::from_slice(MARCH)
-        .expect("the snapshot")
-        .with_as_of(date(2026, 3, 17));
+    let catalog = crate::test_support::catalog_2026_03_17();
     resolve_with(
         Input {
             groups: &checked.groups,
