@@ -209,6 +209,17 @@ fn ring_changes(
             rings.insert(key.clone(), Some(ring.clone()));
         }
     }
+    // Only ring entries this pass did not use can be forgotten; most passes have none, and
+    // then the scan over every device's entries below is skipped.
+    let unused: Vec<&resolve::RingKey> = memory
+        .ledger
+        .rings
+        .keys()
+        .filter(|key| !plan.rings.contains_key(*key))
+        .collect();
+    if unused.is_empty() {
+        return rings;
+    }
     let policies: HashSet<String> = checked.policies.iter().map(|p| p.key.to_string()).collect();
     let mut referenced: HashSet<(&str, &str)> = HashSet::new();
     let entries = memory
@@ -222,10 +233,9 @@ fn ring_changes(
             referenced.insert((policy.as_str(), rollout.version.as_str()));
         }
     }
-    for key in memory.ledger.rings.keys() {
-        let kept = plan.rings.contains_key(key)
-            || (policies.contains(&key.policy)
-                && referenced.contains(&(key.policy.as_str(), key.version.as_str())));
+    for key in unused {
+        let kept = policies.contains(&key.policy)
+            && referenced.contains(&(key.policy.as_str(), key.version.as_str()));
         if !kept {
             rings.insert(key.clone(), None);
         }

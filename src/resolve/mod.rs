@@ -769,6 +769,9 @@ struct RingBook<'a> {
     now: jiff::Timestamp,
     /// Kept from the ledger or handed out now, for enforcements this pass gives.
     used: RingDeadlines,
+    /// Each policy's intent per ring (by `namespace/name`), hashed once per pass rather than
+    /// once per device.
+    intents: HashMap<String, Vec<String>>,
 }
 
 /// Who a policy's deadline is for: the policy, the device's platform and what the device was
@@ -786,7 +789,22 @@ impl<'a> RingBook<'a> {
             ledger,
             now,
             used: RingDeadlines::new(),
+            intents: HashMap::new(),
         }
+    }
+
+    fn intent(&mut self, policy: &CheckedPolicy, policy_key: &str, ring: usize) -> String {
+        if !self.intents.contains_key(policy_key) {
+            let all = (0..policy.rings.len())
+                .map(|r| ledger::intent(policy, r))
+                .collect();
+            self.intents.insert(policy_key.to_string(), all);
+        }
+        self.intents
+            .get(policy_key)
+            .and_then(|all| all.get(ring))
+            .cloned()
+            .unwrap_or_else(|| ledger::intent(policy, ring))
     }
 
     /// A ring's deadline for one rollout: as the ledger has it (same intent), else handed out
@@ -802,7 +820,7 @@ impl<'a> RingBook<'a> {
         if let Some(entry) = self.used.get(&key) {
             return entry.clone();
         }
-        let intent = ledger::intent(policy, ring);
+        let intent = self.intent(policy, &key.policy, ring);
         let entry = match self
             .ledger
             .get(&key)
