@@ -85,6 +85,23 @@ const MIGRATIONS: &[&str] = &[
         handed_at INTEGER NOT NULL,
         PRIMARY KEY (policy, ring, platform, version)
     ) WITHOUT ROWID;",
+    // 4: the last valid version of each resource (an edit into an invalid spec keeps it in
+    // force, across restarts), and the leadership epoch that fences a deposed leader's writes.
+    "CREATE TABLE last_valid_objects (
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        uid TEXT NOT NULL,
+        generation INTEGER,
+        object TEXT NOT NULL,
+        stored_at INTEGER NOT NULL,
+        PRIMARY KEY (kind, key)
+    ) WITHOUT ROWID;
+    CREATE TABLE leadership (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        epoch INTEGER NOT NULL,
+        holder TEXT NOT NULL,
+        since INTEGER NOT NULL
+    );",
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.
