@@ -2,6 +2,7 @@
 //! per-device indexing, applicability, the sanity guard against bad answers, and fetching.
 
 mod applicable;
+pub mod claims;
 pub mod fetch;
 pub mod guard;
 mod index;
@@ -9,6 +10,7 @@ mod lists;
 mod model;
 mod version;
 
+pub use claims::{Claim, ClaimCheck, Implausible, plausible_claim};
 pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
 pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
 pub use lists::usable_set;

@@ -4,6 +4,7 @@
 //! decision live here, free of HTTP; `crate::http::enroll` serves them.
 
 pub mod ber;
+pub mod chain;
 pub mod decide;
 pub mod machine_info;
 pub mod response;
@@ -28,10 +29,32 @@ pub enum EnrollError {
     #[error("signer: {0}")]
     Untrusted(String),
     #[error("{0}")]
+    Unsigned(String),
+    #[error("{0}")]
     Request(String),
 }
 
 impl EnrollError {
+    /// Every `reason` value.
+    pub const REASONS: [&'static str; 7] = [
+        "InvalidPlist",
+        "InvalidField",
+        "InvalidCms",
+        "BadSignature",
+        "UntrustedSigner",
+        "Unsigned",
+        "InvalidRequest",
+    ];
+
+    /// The HTTP status: 403 when the device is not trusted (unsigned or not chaining to the
+    /// roots), 400 when the request is malformed.
+    pub fn status(&self) -> u16 {
+        match self {
+            EnrollError::Untrusted(_) | EnrollError::Unsigned(_) => 403,
+            _ => 400,
+        }
+    }
+
     /// A fixed reason per variant, for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -40,6 +63,7 @@ impl EnrollError {
             EnrollError::Cms(_) => "InvalidCms",
             EnrollError::Signature(_) => "BadSignature",
             EnrollError::Untrusted(_) => "UntrustedSigner",
+            EnrollError::Unsigned(_) => "Unsigned",
             EnrollError::Request(_) => "InvalidRequest",
         }
     }
@@ -71,21 +95,36 @@ impl Envelope {
     }
 }
 
-/// Reads MachineInfo from a body: a signed envelope is verified (and chained to `anchors` when
-/// given); a plain plist is refused when `anchors` are given, since nothing vouches for it.
+/// Who vouches for MachineInfo.
+pub enum Trust {
+    /// The CMS signer must chain to these roots (Apple Root CA by default); unsigned MachineInfo
+    /// is refused.
+    Signed(Anchors),
+    /// `--enroll-allow-unsigned`: a proxy in front already verified the device; a plain plist is
+    /// taken as it is, and a signed envelope still has to carry a valid signature (its signer is
+    /// not chained: the proxy did that).
+    Unsigned,
+}
+
+/// Reads MachineInfo from a body: a signed envelope is verified and its signer chained to the
+/// trust roots; a plain plist is refused unless unsigned MachineInfo is allowed.
 pub fn read(
     body: &[u8],
     envelope: Envelope,
-    anchors: Option<&Anchors>,
+    trust: &Trust,
     now: rustls_pki_types::UnixTime,
 ) -> Result<MachineInfo, EnrollError> {
+    let anchors = match trust {
+        Trust::Signed(anchors) => Some(anchors),
+        Trust::Unsigned => None,
+    };
     match envelope {
         Envelope::Signed => {
             let verified = signed::open(body, anchors, now)?;
             machine_info::parse(&verified.content)
         }
-        Envelope::Plain if anchors.is_some() => Err(EnrollError::Request(
-            "unsigned MachineInfo is refused: a CA bundle is configured, so the CMS signature is required".into(),
+        Envelope::Plain if anchors.is_some() => Err(EnrollError::Unsigned(
+            "unsigned MachineInfo is refused: it must be CMS-signed by the device identity certificate (--enroll-allow-unsigned only behind a proxy that verified it)".into(),
         )),
         Envelope::Plain => machine_info::parse(body),
     }

@@ -1,6 +1,6 @@
 //! The CMS SignedData envelope around MachineInfo (`application/pkcs7-signature`): parsed with
 //! RustCrypto's `cms`, the signature checked with aws-lc-rs (the one crypto provider of the
-//! build), the signer optionally chained to configured CAs with rustls-webpki.
+//! build), the signer optionally chained to trust roots (`super::chain`).
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
@@ -11,7 +11,7 @@ use cms::cert::x509::der::oid::ObjectIdentifier;
 use cms::cert::x509::der::{Decode, Encode};
 use cms::content_info::ContentInfo;
 use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo};
-use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 
 use super::EnrollError;
 
@@ -40,14 +40,13 @@ pub struct Verified {
     pub content: Vec<u8>,
 }
 
-/// Trust anchors the signer must chain to.
+/// Trust roots the signer must chain to.
 pub struct Anchors {
-    /// DER of each CA, kept so the parsed anchors can borrow from it.
-    certificates: Vec<CertificateDer<'static>>,
+    roots: Vec<Certificate>,
 }
 
 impl Anchors {
-    /// Reads a PEM bundle; at least one certificate, every one parseable as a trust anchor.
+    /// Reads a PEM bundle; at least one certificate, every one parseable.
     pub fn from_pem(pem: &[u8]) -> Result<Self, String> {
         use rustls_pki_types::pem::PemObject;
         let certificates = CertificateDer::pem_slice_iter(pem)
@@ -56,27 +55,28 @@ impl Anchors {
         if certificates.is_empty() {
             return Err("CA bundle: no certificate in it".into());
         }
-        for certificate in &certificates {
-            webpki::anchor_from_trusted_cert(certificate)
-                .map_err(|e| format!("CA bundle: not a usable CA certificate: {e}"))?;
-        }
-        Ok(Anchors { certificates })
-    }
-
-    fn anchors(&self) -> Vec<TrustAnchor<'_>> {
-        self.certificates
+        let roots = certificates
             .iter()
-            .filter_map(|c| webpki::anchor_from_trusted_cert(c).ok())
-            .collect()
+            .map(|c| {
+                Certificate::from_der(c).map_err(|e| format!("CA bundle: not a certificate: {e}"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Anchors { roots })
     }
-}
 
-/// Any extended key usage: the signer is a device identity, not a TLS peer.
-struct AnyUsage;
+    /// Apple Root CA, which device identity certificates chain to (the default).
+    pub fn apple() -> Self {
+        // The embedded root is checked by a test; an empty set would refuse every device.
+        Self::from_pem(crate::catalog::fetch::APPLE_ROOT_CA_PEM)
+            .unwrap_or(Anchors { roots: Vec::new() })
+    }
 
-impl webpki::ExtendedKeyUsageValidator for AnyUsage {
-    fn validate(&self, _: webpki::KeyPurposeIdIter<'_, '_>) -> Result<(), webpki::Error> {
-        Ok(())
+    /// The roots' subjects, for the start-up log.
+    pub fn subjects(&self) -> Vec<String> {
+        self.roots
+            .iter()
+            .map(|r| r.tbs_certificate.subject.to_string())
+            .collect()
     }
 }
 
@@ -139,30 +139,12 @@ pub fn open(der: &[u8], anchors: Option<&Anchors>, now: UnixTime) -> Result<Veri
         super::ber::signed_attributes(&tree),
     )?;
     if let Some(anchors) = anchors {
-        let signer_der = signer
-            .to_der()
-            .map_err(|e| bad(format!("signer certificate: {e}")))?;
-        let intermediates: Vec<CertificateDer<'static>> = certificates
+        let pool: Vec<&Certificate> = certificates
             .iter()
-            .filter(|c| !std::ptr::eq(**c, *signer))
-            .filter_map(|c| c.to_der().ok().map(CertificateDer::from))
+            .copied()
+            .filter(|c| !std::ptr::eq(*c, *signer))
             .collect();
-        let signer_der = CertificateDer::from(signer_der.as_slice());
-        let end_entity = webpki::EndEntityCert::try_from(&signer_der)
-            .map_err(|e| EnrollError::Untrusted(format!("signer certificate: {e}")))?;
-        end_entity
-            .verify_for_usage(
-                webpki::ALL_VERIFICATION_ALGS,
-                &anchors.anchors(),
-                &intermediates,
-                now,
-                AnyUsage,
-                None,
-                None,
-            )
-            .map_err(|e| {
-                EnrollError::Untrusted(format!("the signer does not chain to the CA bundle: {e}"))
-            })?;
+        super::chain::verify(signer, &pool, &anchors.roots, now)?;
     }
     Ok(Verified { content })
 }
@@ -267,16 +249,17 @@ fn verify_signer_info(
         signer_info.digest_alg.oid,
     ) {
         (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA1) | (RSA_ENCRYPTION, SHA1_WITH_RSA, _) => {
-            &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY
+            &signature::RSA_PKCS1_1024_8192_SHA1_FOR_LEGACY_USE_ONLY
         }
+        // Device identity keys from Apple's legacy device CA may be 1024-bit (`super::chain`).
         (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA256) | (RSA_ENCRYPTION, SHA256_WITH_RSA, _) => {
-            &signature::RSA_PKCS1_2048_8192_SHA256
+            &signature::RSA_PKCS1_1024_8192_SHA256_FOR_LEGACY_USE_ONLY
         }
         (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA384) | (RSA_ENCRYPTION, SHA384_WITH_RSA, _) => {
             &signature::RSA_PKCS1_2048_8192_SHA384
         }
         (RSA_ENCRYPTION, RSA_ENCRYPTION, ID_SHA512) | (RSA_ENCRYPTION, SHA512_WITH_RSA, _) => {
-            &signature::RSA_PKCS1_2048_8192_SHA512
+            &signature::RSA_PKCS1_1024_8192_SHA512_FOR_LEGACY_USE_ONLY
         }
         (EC_PUBLIC_KEY, signature_oid, digest_oid) => {
             let curve = key_info

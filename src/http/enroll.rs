@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::enroll::response::{self, Format};
 use crate::enroll::tally::Tally;
-use crate::enroll::{Anchors, EnrollError, Envelope, GateView, Verdict, decide};
+use crate::enroll::{Anchors, EnrollError, Envelope, GateView, Trust, Verdict, decide};
 use crate::metrics::Metrics;
 
 /// MachineInfo is a few KiB signed (plist and certificate chain); anything near this is not.
@@ -50,8 +50,8 @@ pub struct EnrollState {
     pub view: watch::Receiver<Arc<GateView>>,
     pub tally: Arc<Tally>,
     pub metrics: Arc<Metrics>,
-    /// Require the signer to chain to these.
-    pub anchors: Option<Anchors>,
+    /// Who vouches for MachineInfo: the signer's chain to the roots, or a proxy in front.
+    pub trust: Trust,
     /// The seeding service token for `RequireBetaProgram`.
     pub beta_token: Option<String>,
     pub forward: Forward,
@@ -157,7 +157,7 @@ async fn gate(
             crate::enroll::read(
                 &body,
                 envelope,
-                state.anchors.as_ref(),
+                &state.trust,
                 rustls_pki_types::UnixTime::now(),
             )
         })
@@ -266,10 +266,14 @@ async fn gate(
     }
 }
 
+/// Never the profile: 403 for MachineInfo nobody trustworthy vouches for, 400 for malformed
+/// requests; counted per reason.
 fn refuse(state: &EnrollState, error: &EnrollError) -> Response {
     tracing::info!(reason = error.reason(), %error, "MachineInfo refused");
-    state.metrics.ddm_request("enroll", 400);
-    (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response()
+    let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+    state.metrics.ddm_request("enroll", status.as_u16());
+    state.metrics.enrollment_refused(error.reason());
+    (status, format!("{error}\n")).into_response()
 }
 
 /// Lets the device on to its enrollment profile.
@@ -400,8 +404,10 @@ pub struct EnrollConfig {
     pub upstream: Option<String>,
     /// Or serve them this enrollment profile.
     pub profile: Option<Vec<u8>>,
-    /// PEM CAs the MachineInfo signer must chain to.
+    /// PEM CAs the MachineInfo signer must chain to, instead of Apple Root CA.
     pub ca_bundle: Option<Vec<u8>>,
+    /// Take MachineInfo without checking who signed it (a proxy in front verified it).
+    pub allow_unsigned: bool,
     /// The seeding service token for `RequireBetaProgram`.
     pub beta_token: Option<String>,
 }
@@ -413,6 +419,7 @@ impl Default for EnrollConfig {
             upstream: None,
             profile: None,
             ca_bundle: None,
+            allow_unsigned: false,
             beta_token: None,
         }
     }
@@ -431,12 +438,28 @@ impl EnrollConfig {
         tally: Arc<Tally>,
         metrics: Arc<Metrics>,
     ) -> Result<EnrollState, String> {
-        let anchors = self
-            .ca_bundle
-            .as_deref()
-            .map(Anchors::from_pem)
-            .transpose()
-            .map_err(|e| format!("--enroll-ca-bundle: {e}"))?;
+        let trust = match (&self.ca_bundle, self.allow_unsigned) {
+            (Some(_), true) => {
+                return Err(
+                    "give --enroll-ca-bundle or --enroll-allow-unsigned, not both: the first checks who signed MachineInfo, the second does not"
+                        .into(),
+                );
+            }
+            (Some(pem), false) => Trust::Signed(
+                Anchors::from_pem(pem).map_err(|e| format!("--enroll-ca-bundle: {e}"))?,
+            ),
+            (None, false) => Trust::Signed(Anchors::apple()),
+            (None, true) => {
+                tracing::warn!(
+                    "--enroll-allow-unsigned: MachineInfo is taken without checking that a device signed it; only safe behind a proxy that verified the signature, since the gate hands out the enrollment profile"
+                );
+                Trust::Unsigned
+            }
+        };
+        metrics.enrollment_unsigned_allowed(matches!(trust, Trust::Unsigned));
+        if let Trust::Signed(anchors) = &trust {
+            tracing::info!(roots = ?anchors.subjects(), "MachineInfo must be signed by a device certificate chaining to these roots");
+        }
         let forward = match (&self.upstream, &self.profile) {
             (Some(_), Some(_)) => {
                 return Err("give --enroll-upstream or --enroll-profile, not both".into());
@@ -459,7 +482,7 @@ impl EnrollConfig {
             view,
             tally,
             metrics,
-            anchors,
+            trust,
             checks: tokio::sync::Semaphore::new(PARALLEL_CHECKS),
             beta_token: self
                 .beta_token

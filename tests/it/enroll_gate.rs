@@ -21,7 +21,7 @@ use axum::response::IntoResponse;
 use base64::Engine as _;
 use ddm_update_operator::catalog::{Catalog, PmvDocument};
 use ddm_update_operator::enroll::{
-    Anchors, EnrollError, GateView, MachineInfo, Verdict, decide, machine_info, signed,
+    Anchors, EnrollError, GateView, MachineInfo, Verdict, chain, decide, machine_info, signed,
 };
 use ddm_update_operator::http::enroll::EnrollConfig;
 use ddm_update_operator::operator::{CatalogSource, RunConfig};
@@ -649,6 +649,7 @@ fn check_against_error_schema(body: &Value) -> Vec<String> {
 struct TestCa {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pem: String,
+    der: Vec<u8>,
 }
 
 impl TestCa {
@@ -662,8 +663,43 @@ impl TestCa {
         let certificate = params.self_signed(&key).expect("CA certificate");
         TestCa {
             pem: certificate.pem(),
+            der: certificate.der().to_vec(),
             issuer: rcgen::Issuer::new(params, key),
         }
+    }
+
+    /// A CA this one issues, like Apple Root CA issues Apple's device CAs.
+    fn intermediate(&self, name: &str) -> Self {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .expect("intermediate certificate");
+        TestCa {
+            pem: certificate.pem(),
+            der: certificate.der().to_vec(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A device identity this CA issues, valid from `not_before` to `not_after` (years), with
+    /// `chain` (DER) riding in the envelope as a device's intermediates do.
+    fn device_between(&self, not_before: i32, not_after: i32, chain: &[&[u8]]) -> DeviceIdentity {
+        let key = rcgen::KeyPair::generate().expect("EC key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "00008110-000A1C2E3E08801E");
+        params.not_before = rcgen::date_time_ymd(not_before, 1, 1);
+        params.not_after = rcgen::date_time_ymd(not_after, 1, 1);
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .expect("device certificate");
+        DeviceIdentity::from_der(&key.serialize_der(), certificate.der(), chain).expect("identity")
     }
 
     fn device(&self, udid: &str) -> DeviceIdentity {
@@ -714,7 +750,8 @@ spec:
 
 struct Gate {
     url: String,
-    root: String,
+    /// The admin side (metrics, `/api/v1/status`).
+    admin: String,
     client: reqwest::Client,
     _work: tempfile::TempDir,
 }
@@ -731,11 +768,11 @@ async fn start_gate(catalog: CatalogSource, enroll: EnrollConfig) -> Gate {
     let path = config.enroll.route();
     let engine = Engine::start(config).await.expect("the operator starts");
     let address = engine.local_addr().expect("bound");
+    let admin = engine.admin_addr().expect("bound");
     tokio::spawn(engine.serve());
-    let root = format!("http://{address}");
     Gate {
-        url: format!("{root}{path}"),
-        root,
+        url: format!("http://{address}{path}"),
+        admin: format!("http://{admin}"),
         client: reqwest::Client::new(),
         _work: work,
     }
@@ -759,9 +796,10 @@ impl Gate {
         request.send().await.expect("the gate answers")
     }
 
+    /// A GET on the admin port.
     async fn text(&self, path: &str) -> String {
         self.client
-            .get(format!("{}{path}", self.root))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .expect("answers")
@@ -1024,48 +1062,61 @@ async fn the_gate_over_http_holds_passes_and_refuses() {
         .expect("binary plist");
     assert!(bomb_bytes.len() < 28 * 1024, "{} bytes", bomb_bytes.len());
     let bomb = identity.sign_cms(&bomb_bytes).expect("signed");
-    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+    // Malformed: 400; nobody trustworthy vouches for it: 403 (never Apple's update body).
+    let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
         (
             "truncated CMS",
             envelope[..envelope.len() / 3].to_vec(),
             "application/pkcs7-signature",
+            400,
             "CMS",
         ),
         (
             "tampered",
             tampered,
             "application/pkcs7-signature",
+            400,
             "signature",
         ),
         (
             "foreign CA",
             foreign,
             "application/pkcs7-signature",
+            403,
             "does not chain",
         ),
         (
             "wrong types",
             wrong_types,
             "application/pkcs7-signature",
+            400,
             "SERIAL",
         ),
         (
             "many elements",
             bomb,
             "application/pkcs7-signature",
+            400,
             "plist elements",
         ),
         (
             "unsigned with a CA bundle",
             machine_info_bytes(&phone),
             "application/xml",
+            403,
             "unsigned",
         ),
-        ("empty", Vec::new(), "application/pkcs7-signature", "CMS"),
+        (
+            "empty",
+            Vec::new(),
+            "application/pkcs7-signature",
+            400,
+            "CMS",
+        ),
     ];
-    for (what, body, content_type, says) in cases {
+    for (what, body, content_type, code, says) in cases {
         let response = gate.post(body, content_type, None).await;
-        assert_eq!(response.status(), 400, "{what}");
+        assert_eq!(response.status(), code, "{what}");
         let text = response.text().await.expect("text");
         assert!(text.contains(says), "{what}: {text}");
     }
@@ -1175,6 +1226,8 @@ async fn without_a_usable_catalog_the_failure_policy_decides_and_upstream_gets_t
         CatalogSource::Url("https://127.0.0.1:1/v2/pmv".into()),
         EnrollConfig {
             upstream: Some(format!("http://{upstream_address}/mdm/enroll")),
+            // A proxy in front verified the devices and passes plain plists on.
+            allow_unsigned: true,
             ..EnrollConfig::default()
         },
     )
@@ -1328,4 +1381,297 @@ fn the_signer_in_the_simulator_agrees_with_openssl() {
         String::from_utf8_lossy(&verified.stderr)
     );
     assert_eq!(std::fs::read(&out_path).expect("verified content"), content);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who vouches for MachineInfo (issue 12: the gate trusts only devices)
+
+fn refusals_metric(metrics: &str, reason: &str) -> u64 {
+    let needle = format!("ddm_update_operator_enrollment_refusals_total{{reason=\"{reason}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A phone that says it cannot be asked to update during setup: every gate lets it on to the
+/// profile, so only the trust check stands between it and the profile.
+fn enrolling_phone() -> Device {
+    Device {
+        product: "iPhone15,2".into(),
+        board: Some("iPhone15,2".into()),
+        os_version: "18.6".into(),
+        build: "22G86".into(),
+        can_update: false,
+        serial: "F2LXK1ABCD".into(),
+    }
+}
+
+const PROFILE: &[u8] = b"<?xml version=\"1.0\"?><plist version=\"1.0\"><dict><key>Challenge</key><string>scep-secret</string></dict></plist>";
+
+fn snapshot_catalog() -> CatalogSource {
+    CatalogSource::File(root().join("tests/fixtures/gdmf/pmv-2026-08-22.json"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_unsigned_self_signed_and_foreign_machine_info_get_no_profile() {
+    // No --enroll-ca-bundle: the signer must chain to Apple Root CA.
+    let gate = start_gate(
+        snapshot_catalog(),
+        EnrollConfig {
+            profile: Some(PROFILE.to_vec()),
+            ..EnrollConfig::default()
+        },
+    )
+    .await;
+    let content = machine_info_bytes(&enrolling_phone());
+    let self_signed = {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Apple iPhone Device CA");
+        let certificate = params.self_signed(&key).expect("self-signed");
+        DeviceIdentity::from_der(&key.serialize_der(), certificate.der(), &[])
+            .expect("identity")
+            .sign_cms(&content)
+            .expect("signed")
+    };
+    let foreign = TestCa::new("Apple Root CA")
+        .device("u")
+        .sign_cms(&content)
+        .expect("signed");
+    let cases: Vec<(&str, Vec<u8>, &str, &str)> = vec![
+        (
+            "unsigned XML",
+            content.clone(),
+            "application/xml",
+            "unsigned",
+        ),
+        (
+            "unsigned, announced as signed",
+            content.clone(),
+            "application/pkcs7-signature",
+            "CMS",
+        ),
+        (
+            "self-signed",
+            self_signed.clone(),
+            "application/pkcs7-signature",
+            "does not chain",
+        ),
+        (
+            "a CA that merely calls itself Apple Root CA",
+            foreign,
+            "application/pkcs7-signature",
+            "does not chain",
+        ),
+    ];
+    for (what, body, content_type, says) in cases {
+        let response = gate.post(body, content_type, None).await;
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("text");
+        assert!(matches!(status, 400 | 403), "{what}: {status} {text}");
+        assert!(text.contains(says), "{what}: {text}");
+        assert!(!text.contains("scep-secret"), "{what}: the profile leaked");
+    }
+    // The web flow too.
+    let response = gate
+        .client
+        .get(&gate.url)
+        .header(
+            "x-apple-aspen-deviceinfo",
+            base64::engine::general_purpose::STANDARD.encode(&self_signed),
+        )
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(response.status(), 403);
+    let metrics = gate.text("/metrics").await;
+    assert_eq!(refusals_metric(&metrics, "Unsigned"), 1, "{metrics}");
+    assert_eq!(refusals_metric(&metrics, "UntrustedSigner"), 3, "{metrics}");
+    assert_eq!(refusals_metric(&metrics, "InvalidCms"), 1, "{metrics}");
+    assert!(metrics.contains("ddm_update_operator_enrollment_unsigned_allowed 0"));
+    // Nothing was decided: refused before the gate.
+    assert_eq!(
+        decisions_metric(&metrics, "fleet/phones", "CannotUpdate"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_chain_is_trusted_only_under_the_configured_root() {
+    let root = TestCa::new("Test Root CA");
+    let device_ca = root.intermediate("Test iPhone Device CA");
+    let content = machine_info_bytes(&enrolling_phone());
+    // The device CA rides in the envelope, as Apple's do.
+    let good = device_ca
+        .device_between(2020, 2100, &[&device_ca.der])
+        .sign_cms(&content)
+        .expect("signed");
+    let expired = device_ca
+        .device_between(2020, 2021, &[&device_ca.der])
+        .sign_cms(&content)
+        .expect("signed");
+    let without_intermediate = device_ca
+        .device_between(2020, 2100, &[])
+        .sign_cms(&content)
+        .expect("signed");
+    // An impostor CA with the same name, under another root.
+    let impostor = TestCa::new("Test Root CA").intermediate("Test iPhone Device CA");
+    let impostor_signed = impostor
+        .device_between(2020, 2100, &[&impostor.der])
+        .sign_cms(&content)
+        .expect("signed");
+
+    let trusting = start_gate(
+        snapshot_catalog(),
+        EnrollConfig {
+            profile: Some(PROFILE.to_vec()),
+            ca_bundle: Some(root.pem.clone().into_bytes()),
+            ..EnrollConfig::default()
+        },
+    )
+    .await;
+    let response = trusting
+        .post(good.clone(), "application/pkcs7-signature", None)
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("profile").as_ref(), PROFILE);
+    for (what, body, says) in [
+        ("expired", expired, "expired"),
+        (
+            "intermediate left out",
+            without_intermediate,
+            "does not chain",
+        ),
+        ("impostor CA", impostor_signed, "does not verify"),
+    ] {
+        let response = trusting
+            .post(body, "application/pkcs7-signature", None)
+            .await;
+        assert_eq!(response.status(), 403, "{what}");
+        let text = response.text().await.expect("text");
+        assert!(text.contains(says), "{what}: {text}");
+    }
+
+    // The same good envelope, under the default roots (Apple's) or another bundle: refused.
+    let apple_only = start_gate(
+        snapshot_catalog(),
+        EnrollConfig {
+            profile: Some(PROFILE.to_vec()),
+            ..EnrollConfig::default()
+        },
+    )
+    .await;
+    let other_bundle = start_gate(
+        snapshot_catalog(),
+        EnrollConfig {
+            profile: Some(PROFILE.to_vec()),
+            ca_bundle: Some(TestCa::new("Other Root").pem.into_bytes()),
+            ..EnrollConfig::default()
+        },
+    )
+    .await;
+    for gate in [&apple_only, &other_bundle] {
+        let response = gate
+            .post(good.clone(), "application/pkcs7-signature", None)
+            .await;
+        assert_eq!(response.status(), 403);
+        assert!(
+            response
+                .text()
+                .await
+                .expect("text")
+                .contains("does not chain")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_unsigned_takes_plain_machine_info_and_says_so() {
+    let gate = start_gate(
+        snapshot_catalog(),
+        EnrollConfig {
+            profile: Some(PROFILE.to_vec()),
+            allow_unsigned: true,
+            ..EnrollConfig::default()
+        },
+    )
+    .await;
+    let response = gate
+        .post(
+            machine_info_bytes(&enrolling_phone()),
+            "application/xml",
+            None,
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.bytes().await.expect("profile").as_ref(), PROFILE);
+    let metrics = gate.text("/metrics").await;
+    assert!(
+        metrics.contains("ddm_update_operator_enrollment_unsigned_allowed 1"),
+        "{metrics}"
+    );
+    // Checking a signer and not checking one exclude each other.
+    let both = EnrollConfig {
+        allow_unsigned: true,
+        ca_bundle: Some(TestCa::new("x").pem.into_bytes()),
+        ..EnrollConfig::default()
+    };
+    let (_, view) = tokio::sync::watch::channel(Arc::new(GateView::unavailable("test")));
+    let refused = both.state(view, Arc::default(), Arc::default());
+    assert!(refused.is_err());
+}
+
+#[test]
+fn apples_device_ca_chains_to_the_embedded_apple_root() {
+    use cms::cert::x509::Certificate;
+    use cms::cert::x509::der::Decode;
+    use rustls_pki_types::pem::PemObject;
+    let read = |pem: &[u8]| -> Vec<Certificate> {
+        rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+            .map(|c| Certificate::from_der(&c.expect("PEM")).expect("certificate"))
+            .collect()
+    };
+    // Device CA, iPhone Certification Authority, Apple Root CA (tests/fixtures/SOURCES.md).
+    let chain = read(&fixture(
+        "enroll/apple/Apple_iPhone_Device_CA_Fullchain.pem",
+    ));
+    let roots = read(ddm_update_operator::catalog::fetch::APPLE_ROOT_CA_PEM);
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain[2], roots[0], "the fixture's root is the embedded one");
+    let at = |year: i16| {
+        let seconds = jiff::civil::date(year, 1, 1)
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .expect("date")
+            .timestamp()
+            .as_second();
+        rustls_pki_types::UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(seconds).expect("after 1970"),
+        ))
+    };
+    // SHA-1 signatures and an RSA-1024 key all the way up: the chain verifies (with the device CA
+    // in the signer's place, at a time it was valid).
+    chain::verify(&chain[0], &[&chain[1]], &roots, at(2010)).expect("Apple's chain verifies");
+    // Its validity is the signer's, checked; the middle CA's ended in 2022 and is not.
+    let expired = chain::verify(&chain[0], &[&chain[1]], &roots, at(2026));
+    assert!(
+        matches!(&expired, Err(EnrollError::Untrusted(why)) if why.contains("expired")),
+        "{expired:?}"
+    );
+    // Without the middle certificate, or under another root, nothing chains.
+    assert!(chain::verify(&chain[0], &[], &roots, at(2010)).is_err());
+    let other = read(TestCa::new("Apple Root CA").pem.as_bytes());
+    assert!(chain::verify(&chain[0], &[&chain[1]], &other, at(2010)).is_err());
+    // One flipped bit in the middle certificate's signature breaks the chain.
+    let mut der = cms::cert::x509::der::Encode::to_der(&chain[1]).expect("DER");
+    let last = der.len() - 1;
+    der[last] ^= 1;
+    let tampered = Certificate::from_der(&der).expect("still a certificate");
+    let broken = chain::verify(&chain[0], &[&tampered], &roots, at(2010));
+    assert!(
+        matches!(&broken, Err(EnrollError::Untrusted(why)) if why.contains("does not verify")),
+        "{broken:?}"
+    );
 }
