@@ -84,10 +84,14 @@ pub struct RunArgs {
     /// Or served this enrollment profile (`application/x-apple-aspen-config`).
     #[arg(long, value_name = "FILE")]
     enroll_profile: Option<PathBuf>,
-    /// PEM CAs the MachineInfo signer must chain to (Apple's device CAs in production); with
-    /// it, unsigned MachineInfo is refused.
+    /// PEM CAs the MachineInfo signer must chain to instead of Apple Root CA (the default, which
+    /// real devices' identity certificates chain to). Unsigned MachineInfo is refused either way.
     #[arg(long, value_name = "FILE")]
     enroll_ca_bundle: Option<PathBuf>,
+    /// Take unsigned (or unchained) MachineInfo: only behind a proxy that already verified the
+    /// device's signature. Logged as a warning at start and exported as a metric.
+    #[arg(long, conflicts_with = "enroll_ca_bundle")]
+    enroll_allow_unsigned: bool,
     /// File with the Apple Business Manager seeding service token, for policies whose gate
     /// asks for a beta program.
     #[arg(long, value_name = "FILE")]
@@ -175,6 +179,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             upstream: args.enroll_upstream.clone(),
             profile: read_file(args.enroll_profile.as_ref())?,
             ca_bundle: read_file(args.enroll_ca_bundle.as_ref())?,
+            allow_unsigned: args.enroll_allow_unsigned,
             beta_token: read_file(args.enroll_beta_token_file.as_ref())?
                 .map(|t| String::from_utf8_lossy(&t).trim().to_string()),
         },

@@ -51,6 +51,17 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeldLabels {
+    /// The software-update device id (model or board id) Apple's answer no longer lists.
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub source: String,
     pub state: String,
@@ -81,6 +92,10 @@ pub struct Metrics {
     backend_apply_seconds: Histogram,
     enrollment_decisions: Family<DecisionLabels, Counter>,
     enrollment_seconds: Histogram,
+    enrollment_refusals: Family<ReasonLabels, Counter>,
+    enrollment_unsigned_allowed: Gauge,
+    status_refusals: Family<ReasonLabels, Counter>,
+    catalog_held: Family<HeldLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -220,7 +235,35 @@ impl Metrics {
             "Time to verify MachineInfo and decide, without forwarding",
             enrollment_seconds.clone(),
         );
+        let enrollment_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "enrollment_refusals",
+            "MachineInfo refused before any decision (never given the profile), per reason: Unsigned, UntrustedSigner, BadSignature, InvalidCms, ...",
+            enrollment_refusals.clone(),
+        );
+        let enrollment_unsigned_allowed = Gauge::default();
+        registry.register(
+            "enrollment_unsigned_allowed",
+            "1 when --enroll-allow-unsigned takes MachineInfo without checking its signer",
+            enrollment_unsigned_allowed.clone(),
+        );
+        let status_refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "status_refusals",
+            "DDM status reports refused with 422 because their claim is impossible per Apple's catalog, per reason",
+            status_refusals.clone(),
+        );
+        let catalog_held = Family::<HeldLabels, Gauge>::default();
+        registry.register(
+            "catalog_held_releases",
+            "Releases kept per device id after Apple's answer dropped them, until the grace period ends",
+            catalog_held.clone(),
+        );
         Metrics {
+            enrollment_refusals,
+            enrollment_unsigned_allowed,
+            status_refusals,
+            catalog_held,
             compliance,
             backend_requests,
             backend_request_seconds,
@@ -323,6 +366,34 @@ impl Metrics {
 
     pub fn backend_applied(&self, seconds: f64) {
         self.backend_apply_seconds.observe(seconds);
+    }
+
+    pub fn enrollment_refused(&self, reason: &'static str) {
+        self.enrollment_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn enrollment_unsigned_allowed(&self, allowed: bool) {
+        self.enrollment_unsigned_allowed.set(i64::from(allowed));
+    }
+
+    pub fn status_refused(&self, reason: &'static str) {
+        self.status_refusals
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// Held releases per device id; ids no longer held are removed.
+    pub fn catalog_held(&self, per_device: &std::collections::BTreeMap<String, usize>) {
+        self.catalog_held.clear();
+        for (device, count) in per_device {
+            self.catalog_held
+                .get_or_create(&HeldLabels {
+                    device: device.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn catalog_fetch_failed(&self) {
