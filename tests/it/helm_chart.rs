@@ -295,7 +295,7 @@ fn cases() -> Vec<(&'static str, Value)> {
         ),
         (
             "enrollment-profile",
-            json!({"enrollment": {"profile": {"secretName": "enrollment-profile"}}}),
+            json!({"enrollment": {"profile": {"secretName": "enrollment-profile"}, "allowUnsigned": true}}),
         ),
         (
             "catalog-roots-and-inventory",
@@ -821,6 +821,16 @@ fn overrides_render_their_flags_and_mounts() {
     );
     assert!(!nanomdm.notes.contains("No HMAC keys are set"));
 
+    // Unsigned MachineInfo only where asked for (behind a verifying proxy).
+    for (case, rendered) in &by_name {
+        assert_eq!(
+            rendered
+                .args()
+                .contains(&"--enroll-allow-unsigned".to_string()),
+            *case == "enrollment-profile",
+            "{case}"
+        );
+    }
     let upstream = &by_name["enrollment-upstream"];
     assert_eq!(upstream.flag("enroll-path").as_deref(), Some("/mdm/enroll"));
     assert_eq!(
@@ -2580,7 +2590,7 @@ fn chart_on_a_real_api_server() {
 
     // The enrollment gate on its configured path: MachineInfo signed by a device certificate of
     // the mounted CA bundle is decided (no gate for this iPhone in the examples) and answered
-    // with the mounted profile; unsigned MachineInfo is refused once a CA bundle is set.
+    // with the mounted profile; unsigned MachineInfo is refused (403: nobody vouches for it).
     let signed = std::fs::read(root.join("tests/fixtures/enroll/machineinfo.sha256.p7s"))
         .expect("the MachineInfo fixture");
     let (code, headers, body) = http_request(
@@ -2609,7 +2619,7 @@ fn chart_on_a_real_api_server() {
         &[("Content-Type", "application/x-plist")],
         &unsigned,
     );
-    assert_eq!(code, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
     assert_eq!(
         http_get(http_port, "/enroll", &[]).0,
         404,
