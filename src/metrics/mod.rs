@@ -249,8 +249,8 @@ impl Metrics {
         );
         let status_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
-            "status_refusals",
-            "DDM status reports refused with 422 because their claim is impossible per Apple's catalog, per reason",
+            "status_claims_refused",
+            "DDM status reports refused with 422 because Apple's catalog contradicts their OS or model claim, per reason: NewerThanCatalog, UnknownBuild, ModelChanged",
             status_refusals.clone(),
         );
         let catalog_held = Family::<HeldLabels, Gauge>::default();
@@ -378,7 +378,7 @@ impl Metrics {
         self.enrollment_unsigned_allowed.set(i64::from(allowed));
     }
 
-    pub fn status_refused(&self, reason: &'static str) {
+    pub fn status_claim_refused(&self, reason: &'static str) {
         self.status_refusals
             .get_or_create(&ReasonLabels { reason })
             .inc();
