@@ -3,7 +3,8 @@
 #   docker build -t registry.example.com/platform/ddm-update-operator:0.1.0 .
 #
 # The chart (charts/ddm-update-operator) runs it as uid/gid 65532 with a read-only root
-# filesystem and the args `run --listen=0.0.0.0:8080 --data-dir=/var/lib/ddm-update-operator ...`.
+# filesystem and the args `run --listen=0.0.0.0:8080 --admin-listen=0.0.0.0:9090
+# --data-dir=/var/lib/ddm-update-operator ...` (8080: devices; 9090: metrics, probes, /api/v1).
 # tests/it/helm_chart.rs checks that this file and the chart agree (user, port, entrypoint, the
 # files the build needs). No container engine runs in CI: it is reviewed, not built, there.
 
@@ -23,8 +24,8 @@ RUN cargo build --release --locked --bin ddm-update-operator \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/ddm-update-operator /usr/local/bin/ddm-update-operator
 USER 65532:65532
-EXPOSE 8080
+EXPOSE 8080 9090
 # The operator shuts down on SIGINT; as PID 1 it has no SIGTERM handler (see the README).
 STOPSIGNAL SIGINT
 ENTRYPOINT ["/usr/local/bin/ddm-update-operator"]
-CMD ["run", "--listen=0.0.0.0:8080", "--data-dir=/var/lib/ddm-update-operator"]
+CMD ["run", "--listen=0.0.0.0:8080", "--admin-listen=0.0.0.0:9090", "--data-dir=/var/lib/ddm-update-operator"]

@@ -34,7 +34,7 @@ use ddm_update_operator::declarations::{
     self, Declaration, SETTINGS_TYPE, SUBSCRIPTIONS_TYPE, content_hash,
 };
 use ddm_update_operator::http::ddm::{DdmState, ENROLLMENT_HEADER};
-use ddm_update_operator::http::{self, AppState};
+use ddm_update_operator::http::{self, serve};
 use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::operator::bootstrap_declarations;
 use ddm_update_operator::status::{StatusReport, merge};
@@ -371,20 +371,28 @@ fn runtime(name: &str) -> Runtime {
         .expect("tokio runtime")
 }
 
-/// Serves `router` on 127.0.0.1 as `run` does (axum::serve); drop the sender to stop it.
-fn serve(runtime: &Runtime, router: Router) -> (SocketAddr, oneshot::Sender<()>) {
+/// Serves `router` on 127.0.0.1 as `run` serves its device side (the server with its default
+/// limits); drop the sender to stop it.
+fn serve_on(
+    runtime: &Runtime,
+    router: Router,
+    metrics: Arc<Metrics>,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind loopback");
     let address = listener.local_addr().expect("local address");
     let (stop, stopped) = oneshot::channel::<()>();
-    runtime.spawn(async move {
-        let _ = axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-    });
+    runtime.spawn(serve::serve(
+        listener,
+        router,
+        serve::Limits::default(),
+        serve::Side::Device,
+        metrics,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     (address, stop)
 }
 
@@ -546,19 +554,16 @@ fn main() {
         reported,
         metrics: metrics.clone(),
     });
-    let app = Arc::new(AppState {
-        metrics,
-        ready: Default::default(),
-        status: tokio::sync::RwLock::new(json!({"ready": true})),
-        enrollment: Default::default(),
-        ledger: None,
-    });
-    let (ours, stop_ours) = serve(&server_rt, http::router("/ddm", ddm_state, app));
+    let (ours, stop_ours) = serve_on(
+        &server_rt,
+        http::device_router("/ddm", ddm_state),
+        metrics.clone(),
+    );
     let trivial = Router::new().route(
         "/ping",
         get(|| async { ([(CONTENT_TYPE, "application/json")], r#"{"ok":true}"#) }),
     );
-    let (base, stop_base) = serve(&server_rt, trivial);
+    let (base, stop_base) = serve_on(&server_rt, trivial, metrics);
 
     let devices: Vec<(String, HeaderValue)> = (0..DEVICES)
         .map(|i| {

@@ -45,6 +45,11 @@ pub struct PlanArgs {
     /// deadline is shown as if handed out now.
     #[arg(long)]
     ledger: Option<String>,
+    /// File with the bearer token an http(s) `--ledger` is fetched with: the operator's admin
+    /// API wants one (standalone: its `--admin-token-file`; Kubernetes mode: a token of an
+    /// account allowed `get` on `updatepolicies/status`, such as `kubectl create token`).
+    #[arg(long, value_name = "FILE", requires = "ledger")]
+    ledger_token_file: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t)]
     output: PlanOutput,
 }
@@ -53,15 +58,28 @@ pub struct PlanArgs {
 const MAX_LEDGER_BYTES: usize = 512 << 20;
 
 /// `--ledger`: the exported ledger, with the rows it could not read named as warnings.
-fn load_ledger(source: &str) -> Result<(Ledger, Vec<String>), CliError> {
+fn load_ledger(
+    source: &str,
+    token_file: Option<&std::path::Path>,
+) -> Result<(Ledger, Vec<String>), CliError> {
+    let token = token_file
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| CliError::Unreadable(format!("{}: {e}", path.display())))
+        })
+        .transpose()?;
     let bytes = if source.starts_with("https://") || source.starts_with("http://") {
         let fetch = async {
             let client = reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(60))
                 .build()
                 .map_err(|e| e.to_string())?;
-            let mut response = client
-                .get(source)
+            let mut request = client.get(source);
+            if let Some(token) = &token {
+                request = request.bearer_auth(token);
+            }
+            let mut response = request
                 .send()
                 .await
                 .and_then(|r| r.error_for_status())
@@ -128,7 +146,7 @@ pub fn run(args: PlanArgs) -> Result<String, CliError> {
     let catalog = load_catalog(&catalog_file(&args.catalog)?, None)?;
     let now = args.at.unwrap_or_else(Timestamp::now);
     let (ledger, ledger_problems) = match &args.ledger {
-        Some(source) => load_ledger(source)?,
+        Some(source) => load_ledger(source, args.ledger_token_file.as_deref())?,
         None => (Ledger::default(), Vec::new()),
     };
     let mut plan = resolve::resolve_with(

@@ -37,8 +37,34 @@ pub struct RunArgs {
     /// manifests folder, when there is one). Devices are also learned from their reports.
     #[arg(long)]
     inventory: Option<PathBuf>,
+    /// The device side: DDM endpoints (for NanoMDM) and the enrollment gate.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// The admin side: /metrics, /healthz, /readyz and the /api/v1 status API (bearer token).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// Standalone mode: file with the bearer token /api/v1 requires (re-read when it changes).
+    /// Without it the API is served only on a loopback --admin-listen. Kubernetes mode checks
+    /// tokens with TokenReview and SubjectAccessReview instead.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// Time a client has to send a request's headers, counted from when the connection waits
+    /// for one (so it also closes kept-alive connections left idle).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    http_header_timeout: Duration,
+    /// Time a request's body has to arrive after its headers; later: 408, connection closed.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    http_body_timeout: Duration,
+    /// A connection on which no byte moves for this long while no request is being handled
+    /// (a client that stops reading its answer) is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    http_idle_timeout: Duration,
+    /// Open connections per listener; more are closed on arrival (and counted).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    http_max_connections: u32,
+    /// On SIGTERM: how long requests in flight may finish before their connections are closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    http_drain_timeout: Duration,
     /// Path prefix of the DDM endpoints (point NanoMDM's `-dm` at `http://HOST/ddm/`).
     #[arg(long, default_value = "/ddm/")]
     base_path: String,
@@ -120,6 +146,11 @@ fn read_key(path: Option<&PathBuf>) -> Result<Option<Vec<u8>>, CliError> {
 }
 
 pub fn run(args: RunArgs) -> Result<String, CliError> {
+    if args.manifests.is_none() && args.admin_token_file.is_some() {
+        return Err(CliError::Unreadable(
+            "--admin-token-file is for standalone mode (--manifests); in Kubernetes mode the admin API checks tokens with TokenReview and SubjectAccessReview".into(),
+        ));
+    }
     // Without --manifests the resources come from the Kubernetes API.
     let manifests = args.manifests.clone().unwrap_or_default();
     if args.manifests.is_some() && !manifests.is_dir() {
@@ -168,6 +199,15 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         database,
         inventory,
         listen: args.listen,
+        admin_listen: args.admin_listen,
+        admin_token_file: args.admin_token_file.clone(),
+        http: crate::http::serve::Limits {
+            header_read_timeout: args.http_header_timeout,
+            body_read_timeout: args.http_body_timeout,
+            idle_timeout: args.http_idle_timeout,
+            max_connections: usize::try_from(args.http_max_connections).unwrap_or(usize::MAX),
+            drain_timeout: args.http_drain_timeout,
+        },
         base_path: args.base_path.clone(),
         receive_key: read_key(args.dm_receive_key_file.as_ref())?,
         send_key: read_key(args.dm_send_key_file.as_ref())?,

@@ -93,7 +93,12 @@ where
 pub struct Running {
     pub metrics: Arc<Metrics>,
     pub snapshots: watch::Receiver<Arc<Snapshot>>,
+    /// The device side (DDM endpoints, the enrollment gate).
     pub address: std::net::SocketAddr,
+    /// The admin side (metrics, health, readiness, `/api/v1`).
+    pub admin_address: std::net::SocketAddr,
+    /// Both listeners.
+    http: crate::http::serve::Spawned,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -187,18 +192,37 @@ pub async fn start(
         reported: reported_tx,
         metrics: metrics.clone(),
     });
-    let router = crate::http::router(&config.base_path, ddm_state, app.clone()).merge(
+    // Two listeners: devices (DDM, the gate) and admin (metrics, health, /api/v1 behind
+    // TokenReview and SubjectAccessReview), each with the HTTP limits.
+    let device_router = crate::http::device_router(&config.base_path, ddm_state).merge(
         crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
     );
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| e.to_string())?;
-    let address = listener.local_addr().map_err(|e| e.to_string())?;
-    tasks.push(tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, router).await {
-            tracing::error!(%error, "HTTP server stopped");
-        }
-    }));
+    let admin_auth = Arc::new(crate::http::admin::AdminAuth::kubernetes(
+        client.clone(),
+        settings.watch_namespace.clone(),
+    ));
+    let admin_router = crate::http::admin_router(app.clone(), admin_auth);
+    let bind = |flag: &'static str, address: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| format!("{flag} {address}: {e}"))
+    };
+    let device_listener = bind("--listen", config.listen).await?;
+    let admin_listener = bind("--admin-listen", config.admin_listen).await?;
+    let address = device_listener.local_addr().map_err(|e| e.to_string())?;
+    let admin_address = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let http = crate::http::serve::Spawned::start(
+        crate::http::serve::Listener {
+            listener: device_listener,
+            router: device_router,
+        },
+        crate::http::serve::Listener {
+            listener: admin_listener,
+            router: admin_router,
+        },
+        config.http,
+        metrics.clone(),
+    );
 
     // Leader election: only the leader resolves, writes device sets and reconciles.
     let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
@@ -368,6 +392,8 @@ pub async fn start(
         metrics,
         snapshots,
         address,
+        admin_address,
+        http,
         tasks,
     })
 }

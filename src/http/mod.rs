@@ -1,8 +1,12 @@
-//! HTTP: the DDM endpoints, health and readiness, Prometheus metrics, and a read-only JSON API
-//! of resolved status. axum, bound to the configured address.
+//! HTTP: two listeners. The device side (`--listen`): the DDM endpoints under the base path
+//! and the enrollment gate. The admin side (`--admin-listen`): health, readiness, Prometheus
+//! metrics, and a read-only JSON API of resolved status behind a bearer token (`admin`). Both
+//! are served with the limits of `serve`.
 
+pub mod admin;
 pub mod ddm;
 pub mod enroll;
+pub mod serve;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,23 +31,33 @@ pub struct AppState {
     pub ledger: Option<Arc<crate::backend::store::Store>>,
 }
 
-/// The router: DDM under `base_path` (such as `/ddm`), the rest at the root. The enrollment
-/// gate (`enroll::router`) is merged in by the callers that serve it.
-pub fn router(base_path: &str, ddm_state: Arc<ddm::DdmState>, app: Arc<AppState>) -> Router {
+/// The device side: DDM under `base_path` (such as `/ddm`). The enrollment gate
+/// (`enroll::router`) is merged in by the callers that serve it.
+pub fn device_router(base_path: &str, ddm_state: Arc<ddm::DdmState>) -> Router {
     let base = format!("/{}", base_path.trim_matches('/'));
     let ddm = ddm::router(ddm_state).layer(DefaultBodyLimit::max(ddm::MAX_BODY_BYTES));
-    let app_routes = Router::new()
+    if base == "/" {
+        ddm
+    } else {
+        Router::new().nest(&base, ddm)
+    }
+}
+
+/// The admin side: health, readiness and metrics open; `/api/v1/*` behind `auth`.
+pub fn admin_router(app: Arc<AppState>, auth: Arc<admin::AdminAuth>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/status", get(status_json))
+        .route("/api/v1/rollouts", get(rollouts_json))
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            admin::require_token,
+        ));
+    Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .route("/api/v1/status", get(status_json))
-        .route("/api/v1/rollouts", get(rollouts_json))
-        .with_state(app);
-    if base == "/" {
-        app_routes.merge(ddm)
-    } else {
-        app_routes.nest(&base, ddm)
-    }
+        .merge(api)
+        .with_state(app)
 }
 
 /// The rollout ledger (what `plan --ledger` reads): every handed-out deadline, per device and

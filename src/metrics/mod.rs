@@ -67,6 +67,19 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    /// `device` (`--listen`) or `admin` (`--admin-listen`).
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimeoutLabels {
+    listener: &'static str,
+    /// `header`, `body` or `idle`.
+    phase: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -92,6 +105,9 @@ pub struct Metrics {
     backend_apply_seconds: Histogram,
     enrollment_decisions: Family<DecisionLabels, Counter>,
     enrollment_seconds: Histogram,
+    http_connections: Family<ListenerLabels, Gauge>,
+    http_connections_refused: Family<ListenerLabels, Counter>,
+    http_timeouts: Family<TimeoutLabels, Counter>,
     enrollment_refusals: Family<ReasonLabels, Counter>,
     enrollment_unsigned_allowed: Gauge,
     status_refusals: Family<ReasonLabels, Counter>,
@@ -259,7 +275,28 @@ impl Metrics {
             "Releases kept per device id after Apple's answer dropped them, until the grace period ends",
             catalog_held.clone(),
         );
+        let http_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "http_connections",
+            "Open HTTP connections per listener (device, admin)",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "HTTP connections closed on arrival because the listener had --http-max-connections open",
+            http_connections_refused.clone(),
+        );
+        let http_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register(
+            "http_timeouts",
+            "HTTP connections closed by a timeout, per listener and phase: header (headers not complete in time), body (408), idle",
+            http_timeouts.clone(),
+        );
         Metrics {
+            http_connections,
+            http_connections_refused,
+            http_timeouts,
             enrollment_refusals,
             enrollment_unsigned_allowed,
             status_refusals,
@@ -407,6 +444,27 @@ impl Metrics {
 
     pub fn catalog_age(&self, seconds: i64) {
         self.catalog_posted_age_seconds.set(seconds);
+    }
+
+    /// Open connections on one listener now.
+    pub fn http_connections_open(&self, listener: &'static str, open: usize) {
+        self.http_connections
+            .get_or_create(&ListenerLabels { listener })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// A connection closed on arrival: the listener was at its cap.
+    pub fn http_connection_refused(&self, listener: &'static str) {
+        self.http_connections_refused
+            .get_or_create(&ListenerLabels { listener })
+            .inc();
+    }
+
+    /// A connection closed by a timeout (`phase`: header, body or idle).
+    pub fn http_timeout(&self, listener: &'static str, phase: &'static str) {
+        self.http_timeouts
+            .get_or_create(&TimeoutLabels { listener, phase })
+            .inc();
     }
 
     /// The text exposition format.

@@ -40,6 +40,12 @@ pub struct RunConfig {
     pub database: PathBuf,
     pub inventory: Option<PathBuf>,
     pub listen: SocketAddr,
+    /// Metrics, health, readiness and `/api/v1` (`--admin-listen`).
+    pub admin_listen: SocketAddr,
+    /// Standalone: the admin API's bearer token (`--admin-token-file`).
+    pub admin_token_file: Option<PathBuf>,
+    /// Timeouts, the connection cap and the shutdown drain of both listeners.
+    pub http: crate::http::serve::Limits,
     pub base_path: String,
     pub receive_key: Option<Vec<u8>>,
     pub send_key: Option<Vec<u8>>,
@@ -56,9 +62,10 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// An operator on loopback (any free port) with its store and cache under `work`, reading
-    /// `catalog`, no NanoMDM, no HMAC keys, no enrollment gate, the system clock: what tests,
-    /// benchmarks and simulations start from, changing what they need.
+    /// An operator on loopback (any free ports, the admin API open there, a short drain) with
+    /// its store and cache under `work`, reading `catalog`, no NanoMDM, no HMAC keys, no
+    /// enrollment gate, the system clock: what tests, benchmarks and simulations start from,
+    /// changing what they need.
     pub fn local(manifests: PathBuf, catalog: CatalogSource, work: &Path) -> Self {
         RunConfig {
             manifests,
@@ -69,6 +76,9 @@ impl RunConfig {
             database: work.join("ddm.sqlite"),
             inventory: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token_file: None,
+            http: crate::http::serve::Limits::local(),
             base_path: "/ddm/".into(),
             receive_key: None,
             send_key: None,

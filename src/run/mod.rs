@@ -18,6 +18,7 @@ use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store;
 use crate::enroll::GateView;
 use crate::enroll::tally::Tally;
+use crate::http::admin::AdminAuth;
 use crate::http::{AppState, ddm};
 use crate::inventory::Device;
 use crate::metrics::Metrics;
@@ -42,16 +43,23 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     engine.serve().await
 }
 
-/// A running operator: the HTTP server plus the resolver loop.
+/// A running operator: the device-side and admin-side listeners plus the resolver loop.
 pub struct Engine {
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
+    device: crate::http::serve::Listener,
+    admin: crate::http::serve::Listener,
+    limits: crate::http::serve::Limits,
+    metrics: Arc<Metrics>,
     loop_task: tokio::task::JoinHandle<()>,
 }
 
 impl Engine {
-    /// Opens the store, binds the listener, runs the first pass and starts the loop.
+    /// Opens the store, binds the listeners, runs the first pass and starts the loop. Refuses
+    /// an admin API that would be open off loopback.
     pub async fn start(config: RunConfig) -> Result<Self, RunError> {
+        let admin_auth = Arc::new(
+            AdminAuth::standalone(config.admin_listen, config.admin_token_file.as_deref())
+                .map_err(|e| RunError::Setup(e.to_string()))?,
+        );
         let store = Arc::new(
             Store::open(&config.database)
                 .map(|s| s.with_clock(config.clock.clone()))
@@ -91,12 +99,25 @@ impl Engine {
             .enroll
             .state(gate_view, tally, metrics.clone())
             .map_err(RunError::Setup)?;
-        let router = crate::http::router(&config.base_path, ddm_state, app.clone()).merge(
+        let device_router = crate::http::device_router(&config.base_path, ddm_state).merge(
             crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
         );
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
-        tracing::info!(address = %listener.local_addr()?, base = %config.base_path, enroll = %config.enroll.route(), "serving DDM and the enrollment gate");
+        let admin_router = crate::http::admin_router(app.clone(), admin_auth);
+        let bind = |flag: &str, address: SocketAddr| {
+            let flag = flag.to_string();
+            async move {
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .map_err(|e| RunError::Setup(format!("{flag} {address}: {e}")))
+            }
+        };
+        let device = bind("--listen", config.listen).await?;
+        let admin = bind("--admin-listen", config.admin_listen).await?;
+        tracing::info!(address = %device.local_addr()?, base = %config.base_path, enroll = %config.enroll.route(), "serving DDM and the enrollment gate");
+        tracing::info!(address = %admin.local_addr()?, "serving metrics, health and /api/v1");
+        let limits = config.http;
 
+        let engine_metrics = metrics.clone();
         let mut engine_loop = Loop {
             catalog: load_catalog(&config, &metrics).await,
             config,
@@ -116,22 +137,50 @@ impl Engine {
         engine_loop.pass().await;
         let loop_task = tokio::spawn(engine_loop.run(reported_rx));
         Ok(Engine {
-            listener,
-            router,
+            device: crate::http::serve::Listener {
+                listener: device,
+                router: device_router,
+            },
+            admin: crate::http::serve::Listener {
+                listener: admin,
+                router: admin_router,
+            },
+            limits,
+            metrics: engine_metrics,
             loop_task,
         })
     }
 
+    /// The device side's address (DDM, the enrollment gate).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
+        self.device.listener.local_addr()
     }
 
+    /// The admin side's address (metrics, health, readiness, `/api/v1`).
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.listener.local_addr()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then drains both listeners within the drain bound.
     pub async fn serve(self) -> Result<(), RunError> {
-        let result = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown_signal())
-            .await;
+        self.serve_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` resolves, then drains both listeners within the drain bound.
+    pub async fn serve_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), RunError> {
+        crate::http::serve::serve_both(
+            self.device,
+            self.admin,
+            self.limits,
+            self.metrics,
+            shutdown,
+        )
+        .await;
         self.loop_task.abort();
-        result.map_err(RunError::Serve)
+        Ok(())
     }
 }
 

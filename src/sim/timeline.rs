@@ -648,7 +648,8 @@ struct Operator {
     catalog_name: String,
     catalog_problem: Option<String>,
     _dir: tempfile_dir::Dir,
-    _serve: tokio::task::JoinHandle<()>,
+    /// Both listeners, closed when the run ends.
+    _serve: crate::http::serve::Spawned,
 }
 
 /// A temporary directory removed on drop (the library has no `tempfile` dependency).
@@ -767,16 +768,34 @@ impl World {
             enrollment: Default::default(),
             ledger: Some(store.clone()),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|e| SimError::Config(format!("bind: {e}")))?;
-        let address = listener
-            .local_addr()
-            .map_err(|e| SimError::Config(format!("bind: {e}")))?;
-        let router = crate::http::router("/ddm/", ddm_state, app.clone());
-        let serve = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
+        // The operator's two listeners: devices check in on one, status and metrics are read
+        // from the other (the admin API open, as on loopback without a token file).
+        let bind = || async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| SimError::Config(format!("bind: {e}")))?;
+            let address = listener
+                .local_addr()
+                .map_err(|e| SimError::Config(format!("bind: {e}")))?;
+            Ok::<_, SimError>((listener, address))
+        };
+        let (device_listener, address) = bind().await?;
+        let (admin_listener, admin_address) = bind().await?;
+        let serve = crate::http::serve::Spawned::start(
+            crate::http::serve::Listener {
+                listener: device_listener,
+                router: crate::http::device_router("/ddm/", ddm_state),
+            },
+            crate::http::serve::Listener {
+                listener: admin_listener,
+                router: crate::http::admin_router(
+                    app.clone(),
+                    Arc::new(crate::http::admin::AdminAuth::Open),
+                ),
+            },
+            crate::http::serve::Limits::local(),
+            metrics.clone(),
+        );
         let server = ServerConfig::new(&format!("http://{address}/ddm/"))?;
         let client = super::http_client(Duration::from_secs(30))?;
         for member in &mut members {
@@ -813,7 +832,7 @@ impl World {
                 metrics,
                 app,
                 reported,
-                admin: format!("http://{address}"),
+                admin: format!("http://{admin_address}"),
                 server,
                 checked,
                 catalog,

@@ -8,7 +8,7 @@ use ddm_update_operator::backend::embedded::Embedded;
 use ddm_update_operator::backend::store::Store;
 use ddm_update_operator::backend::{Assignment, Backend};
 use ddm_update_operator::declarations::{self, Declaration};
-use ddm_update_operator::http::{AppState, ddm, router};
+use ddm_update_operator::http::{ddm, device_router, serve};
 use ddm_update_operator::metrics::Metrics;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
@@ -37,20 +37,19 @@ async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> Server {
         reported: reported_tx,
         metrics: metrics.clone(),
     });
-    let app = Arc::new(AppState {
-        metrics,
-        ready: Default::default(),
-        status: tokio::sync::RwLock::new(json!({})),
-        enrollment: Default::default(),
-        ledger: None,
-    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let address = listener.local_addr().expect("address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router("/ddm/", state, app)).await;
-    });
+    // The device side as the operator serves it (with its HTTP limits).
+    let task = tokio::spawn(serve::serve(
+        listener,
+        device_router("/ddm/", state),
+        serve::Limits::local(),
+        serve::Side::Device,
+        metrics,
+        std::future::pending(),
+    ));
     Server {
         base: format!("http://{address}/ddm/"),
         store,

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use ddm_update_operator::backend::store::Store;
 
-use crate::support::process::{KillOnDrop, free_port};
+use crate::support::process::{KillOnDrop, free_ports};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-fn start(data_dir: &std::path::Path, port: u16) -> KillOnDrop {
+fn start(data_dir: &std::path::Path, port: u16, admin_port: u16) -> KillOnDrop {
     let child = Command::new(BINARY)
         .args(["run", "--manifests", &format!("{ROOT}/examples/gitops")])
         .args([
@@ -21,6 +21,7 @@ fn start(data_dir: &std::path::Path, port: u16) -> KillOnDrop {
             &format!("{ROOT}/tests/fixtures/gdmf/pmv-2026-08-22.json"),
         ])
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
         .arg("--data-dir")
         .arg(data_dir)
         .stdout(Stdio::null())
@@ -30,10 +31,10 @@ fn start(data_dir: &std::path::Path, port: u16) -> KillOnDrop {
     KillOnDrop(child)
 }
 
-async fn wait_ready(client: &reqwest::Client, base: &str) {
+async fn wait_ready(client: &reqwest::Client, admin: &str) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(30) {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+        if let Ok(response) = client.get(format!("{admin}/readyz")).send().await
             && response.status() == 200
         {
             return;
@@ -46,14 +47,14 @@ async fn wait_ready(client: &reqwest::Client, base: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_process_loses_no_acknowledged_report() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let [port, admin_port] = free_ports();
     let base = format!("http://127.0.0.1:{port}");
-    let mut operator = start(dir.path(), port);
+    let mut operator = start(dir.path(), port, admin_port);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .expect("client");
-    wait_ready(&client, &base).await;
+    wait_ready(&client, &format!("http://127.0.0.1:{admin_port}")).await;
 
     const DEVICES: usize = 48;
     let stop = Arc::new(AtomicBool::new(false));

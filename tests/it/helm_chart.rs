@@ -16,11 +16,16 @@
 //!   repository's `crds/` and what the types generate (`UPDATE_CRDS=1 cargo test crds_` rewrites
 //!   both).
 //! * `default_values_render_one_locked_down_replica`: the objects the defaults render (no
-//!   ServiceMonitor, no NetworkPolicy), one replica, `Recreate`, non-root uid 65532, read-only
-//!   root, no capabilities, RuntimeDefault seccomp, probes on `/healthz` and `/readyz`, the
-//!   downward-API env the binary reads, the exact args, Services selecting the pod.
-//! * `rbac_is_the_least_privilege_set`: the ClusterRole and the leader-election Role are exactly
-//!   the expected rules (the real-server test shows the operator needs every one of them).
+//!   ServiceMonitor; a NetworkPolicy with two port rules: the device port from NanoMDM's and
+//!   the ingress controller's namespaces, the admin port from the monitoring namespace), one
+//!   replica, `Recreate`, non-root uid 65532, read-only root, no capabilities, RuntimeDefault
+//!   seccomp, two container ports (`http` for devices, `admin`), probes on `/healthz` and
+//!   `/readyz` of the admin port, the downward-API env the binary reads, the exact args,
+//!   Services selecting the pod (the metrics Service on the admin port).
+//! * `rbac_is_the_least_privilege_set`: the ClusterRole, the token-review ClusterRole (the admin
+//!   API's TokenReview and SubjectAccessReview, cluster-wide even with `watchNamespace`) and the
+//!   leader-election Role are exactly the expected rules (the real-server test shows the
+//!   operator needs every one of them).
 //! * `overrides_render_their_flags_and_mounts`: realistic overrides (NanoMDM and HMAC secrets,
 //!   enrollment upstream or profile, catalog roots and inventory, an existing claim, no
 //!   persistence, ServiceMonitor and NetworkPolicy); every file flag points into a mounted
@@ -75,7 +80,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::process::free_port;
+use crate::support::process::free_ports;
 use crate::support::yaml_files;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -318,10 +323,15 @@ fn cases() -> Vec<(&'static str, Value)> {
                 "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
                 "networkPolicy": {
                     "enabled": true,
-                    "from": [
-                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "nanomdm"}}},
-                        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
-                    ],
+                    "device": {
+                        "nanomdm": {"enabled": true,
+                            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mdm"}},
+                            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nanomdm"}}},
+                        "ingressController": {"enabled": false},
+                    },
+                    "admin": {
+                        "extraFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "dashboards"}}}],
+                    },
                     "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 443, "protocol": "TCP"}]}],
                 },
                 "persistence": {"storageClassName": "fast-ssd", "size": "5Gi"},
@@ -448,9 +458,10 @@ fn default_values_render_one_locked_down_replica() {
     let rendered = render("defaults", &json!({}));
     let kinds = rendered.kinds();
     let expected: BTreeMap<String, usize> = [
-        ("ClusterRole", 1),
-        ("ClusterRoleBinding", 1),
+        ("ClusterRole", 2),
+        ("ClusterRoleBinding", 2),
         ("Deployment", 1),
+        ("NetworkPolicy", 1),
         ("PersistentVolumeClaim", 1),
         ("Role", 1),
         ("RoleBinding", 1),
@@ -462,7 +473,7 @@ fn default_values_render_one_locked_down_replica() {
     .collect();
     assert_eq!(
         kinds, expected,
-        "the defaults render no ServiceMonitor and no NetworkPolicy"
+        "the defaults render a NetworkPolicy and no ServiceMonitor"
     );
     for object in &rendered.objects {
         let cluster_scoped =
@@ -531,15 +542,19 @@ fn default_values_render_one_locked_down_replica() {
     assert!(container["resources"]["limits"]["memory"].is_string());
     assert_eq!(
         container["ports"],
-        json!([{"name": "http", "containerPort": 8080, "protocol": "TCP"}])
+        json!([
+            {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "admin", "containerPort": 9090, "protocol": "TCP"}
+        ]),
+        "the device side and the admin side"
     );
     assert_eq!(
         container["livenessProbe"]["httpGet"],
-        json!({"path": "/healthz", "port": "http"})
+        json!({"path": "/healthz", "port": "admin"})
     );
     assert_eq!(
         container["readinessProbe"]["httpGet"],
-        json!({"path": "/readyz", "port": "http"})
+        json!({"path": "/readyz", "port": "admin"})
     );
     let env: BTreeMap<String, Value> = container["env"]
         .as_array()
@@ -561,6 +576,7 @@ fn default_values_render_one_locked_down_replica() {
         [
             "run",
             "--listen=0.0.0.0:8080",
+            "--admin-listen=0.0.0.0:9090",
             "--data-dir=/var/lib/ddm-update-operator",
             "--base-path=/ddm/",
             "--catalog=https://gdmf.apple.com/v2/pmv",
@@ -617,9 +633,43 @@ fn default_values_render_one_locked_down_replica() {
         assert_eq!(service["spec"]["type"], "ClusterIP");
         let ports = service["spec"]["ports"].as_array().expect("ports");
         assert_eq!(ports.len(), 1);
-        assert_eq!(ports[0]["targetPort"], "http", "{name}: the one listener");
-        assert_eq!(ports[0]["port"], 8080);
+        let (target, port) = if name.ends_with("-metrics") {
+            ("admin", 9090)
+        } else {
+            ("http", 8080)
+        };
+        assert_eq!(ports[0]["targetPort"], target, "{name}");
+        assert_eq!(ports[0]["port"], port, "{name}");
     }
+
+    // The NetworkPolicy: the device port from NanoMDM's and the ingress controller's
+    // namespaces, the admin port from the monitoring namespace; nothing else admitted.
+    let policy = rendered.one("NetworkPolicy");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    let namespace_peer = |name: &str| {
+        json!({
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}},
+            "podSelector": {}
+        })
+    };
+    assert_eq!(
+        policy["spec"]["ingress"],
+        json!([
+            {
+                "ports": [{"port": "http", "protocol": "TCP"}],
+                "from": [namespace_peer("nanomdm"), namespace_peer("ingress-nginx")]
+            },
+            {
+                "ports": [{"port": "admin", "protocol": "TCP"}],
+                "from": [namespace_peer("monitoring")]
+            }
+        ]),
+        "two port rules, each from its own peers"
+    );
     assert!(rendered.notes.contains(&format!(
         "nanomdm -dm http://{RELEASE}.{NAMESPACE}.svc:8080/ddm/"
     )));
@@ -664,11 +714,24 @@ fn rbac_is_the_least_privilege_set() {
     expected.insert("updates.ddm.dev updatepolicies/finalizers update".into());
     expected.insert("events.k8s.io events create".into());
     expected.insert("events.k8s.io events patch".into());
-    let cluster_role = rendered.one("ClusterRole");
+    let cluster_role = rendered.named("ClusterRole", RELEASE);
     assert_eq!(normalize(&cluster_role["rules"]), expected);
     assert!(
         !cluster_role.to_string().contains('*'),
         "no wildcard anywhere in the ClusterRole"
+    );
+    // The admin API's token checks: cluster-scoped reviews, nothing else.
+    let token_review_name = format!("{RELEASE}-token-review");
+    let token_review = rendered.named("ClusterRole", &token_review_name);
+    assert_eq!(
+        normalize(&token_review["rules"]),
+        [
+            "authentication.k8s.io tokenreviews create",
+            "authorization.k8s.io subjectaccessreviews create",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<BTreeSet<_>>()
     );
 
     let role = rendered.one("Role");
@@ -686,9 +749,10 @@ fn rbac_is_the_least_privilege_set() {
     let subject = json!([{"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}]);
     for (binding, role_kind, role) in [
         ("ClusterRoleBinding", "ClusterRole", cluster_role),
+        ("ClusterRoleBinding", "ClusterRole", token_review),
         ("RoleBinding", "Role", role),
     ] {
-        let binding = rendered.one(binding);
+        let binding = rendered.named(binding, &text(&role["metadata"]["name"]));
         assert_eq!(binding["subjects"], subject);
         assert_eq!(binding["roleRef"]["kind"], role_kind);
         assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
@@ -701,7 +765,16 @@ fn rbac_is_the_least_privilege_set() {
         &json!({"watchNamespace": "it-fleet"}),
     );
     for kind in ["ClusterRole", "ClusterRoleBinding"] {
-        assert!(scoped.all(kind).is_empty(), "watchNamespace: no {kind}");
+        let names: Vec<String> = scoped
+            .all(kind)
+            .iter()
+            .map(|o| text(&o["metadata"]["name"]))
+            .collect();
+        assert_eq!(
+            names,
+            [token_review_name.clone()],
+            "watchNamespace: only the token reviews are cluster-wide ({kind})"
+        );
     }
     let rules_role = scoped
         .all("Role")
@@ -739,10 +812,9 @@ fn rbac_is_the_least_privilege_set() {
         existing.deployment()["spec"]["template"]["spec"]["serviceAccountName"],
         "mdm-operator"
     );
-    assert_eq!(
-        existing.one("ClusterRoleBinding")["subjects"][0]["name"],
-        "mdm-operator"
-    );
+    for binding in existing.all("ClusterRoleBinding") {
+        assert_eq!(binding["subjects"][0]["name"], "mdm-operator");
+    }
 }
 
 #[test]
@@ -943,10 +1015,27 @@ fn overrides_render_their_flags_and_mounts() {
         json!([{"port": "http", "protocol": "TCP"}])
     );
     assert_eq!(
-        policy["spec"]["ingress"][0]["from"]
+        policy["spec"]["ingress"][0]["from"],
+        json!([{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mdm"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "nanomdm"}}
+        }]),
+        "NanoMDM's pods only: the ingress controller left out"
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][1]["ports"],
+        json!([{"port": "admin", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        policy["spec"]["ingress"][1]["from"]
             .as_array()
             .map(Vec::len),
-        Some(2)
+        Some(2),
+        "monitoring and the extra peer"
+    );
+    assert_eq!(
+        metrics["spec"]["ports"][0]["targetPort"], "admin",
+        "the ServiceMonitor scrapes the admin port"
     );
     let pvc = monitored.one("PersistentVolumeClaim");
     assert_eq!(pvc["spec"]["storageClassName"], "fast-ssd");
@@ -1024,6 +1113,14 @@ fn invalid_values_fail_with_a_clear_message() {
         ),
         (json!({"containerPort": 0}), "at '/containerPort'"),
         (
+            json!({"networkPolicy": {"from": []}}),
+            "additional properties 'from' not allowed",
+        ),
+        (
+            json!({"networkPolicy": {"device": {"nanomdm": {"namespaceSelector": {"matchLabel": {}}}}}}),
+            "additional properties 'matchLabel' not allowed",
+        ),
+        (
             json!({"service": {"ddm": {"type": "Ingress"}}}),
             "at '/service/ddm/type': value must be one of",
         ),
@@ -1061,6 +1158,10 @@ fn invalid_values_fail_with_a_clear_message() {
         (
             json!({"serviceAccount": {"create": false}}),
             "serviceAccount.name is required when serviceAccount.create is false",
+        ),
+        (
+            json!({"adminContainerPort": 8080}),
+            "containerPort and adminContainerPort must differ",
         ),
         (
             json!({"serviceMonitor": {"enabled": true}, "service": {"metrics": {"enabled": false}}}),
@@ -1189,8 +1290,11 @@ fn dockerfile_agrees_with_the_chart() {
     let container = defaults.container();
     assert_eq!(
         get("EXPOSE"),
-        [container["ports"][0]["containerPort"].to_string()],
-        "EXPOSE is the chart's containerPort"
+        [format!(
+            "{} {}",
+            container["ports"][0]["containerPort"], container["ports"][1]["containerPort"]
+        )],
+        "EXPOSE is the chart's two container ports (device, admin)"
     );
     let entrypoint: Vec<String> =
         serde_json::from_str(get("ENTRYPOINT").first().expect("an ENTRYPOINT")).expect("exec form");
@@ -1218,7 +1322,7 @@ fn dockerfile_agrees_with_the_chart() {
     let cmd: Vec<String> =
         serde_json::from_str(get("CMD").first().expect("a CMD")).expect("exec form");
     let args = defaults.args();
-    assert_eq!(cmd[..], args[..3], "CMD is the start of the chart's args");
+    assert_eq!(cmd[..], args[..4], "CMD is the start of the chart's args");
     assert_eq!(
         get("STOPSIGNAL"),
         ["SIGINT"],
@@ -2411,12 +2515,15 @@ fn chart_on_a_real_api_server() {
         }
         mounts.push((text(&mount["mountPath"]), local));
     }
-    let http_port = free_port();
+    let [http_port, admin_port] = free_ports();
     let args: Vec<String> = strings(&container["args"])
         .into_iter()
         .map(|arg| {
             if arg.starts_with("--listen=") {
                 return format!("--listen=127.0.0.1:{http_port}");
+            }
+            if arg.starts_with("--admin-listen=") {
+                return format!("--admin-listen=127.0.0.1:{admin_port}");
             }
             if arg.starts_with("--catalog=") {
                 // No network here: the catalog snapshot of the day the examples describe.
@@ -2492,8 +2599,8 @@ fn chart_on_a_real_api_server() {
     };
     let mut started_operator = Instant::now();
     wait_until("the operator's /readyz", Duration::from_secs(120), || {
-        TcpStream::connect(("127.0.0.1", http_port)).is_ok()
-            && http_get(http_port, "/readyz", &[]).0 == 200
+        TcpStream::connect(("127.0.0.1", admin_port)).is_ok()
+            && http_get(admin_port, "/readyz", &[]).0 == 200
     });
     eprintln!(
         "[helm] operator ready under the chart's RBAC in {:.1} s",
@@ -2625,13 +2732,43 @@ fn chart_on_a_real_api_server() {
         404,
         "only the configured path"
     );
-    let (code, _, metrics) = http_get(http_port, "/metrics", &[]);
+    let (code, _, metrics) = http_get(admin_port, "/metrics", &[]);
     assert_eq!(code, 200);
     assert!(
         String::from_utf8_lossy(&metrics)
             .contains("ddm_update_operator_enrollment_decisions_total{"),
         "the decision is counted"
     );
+    assert_eq!(
+        http_get(http_port, "/metrics", &[]).0,
+        404,
+        "no metrics on the device port"
+    );
+
+    // The admin API under the chart's RBAC: the operator's ServiceAccount may create the
+    // TokenReviews and SubjectAccessReviews (else 503); the cluster admin may read the status,
+    // the operator's own ServiceAccount (which only patches status) may not.
+    let admin_token =
+        std::fs::read_to_string(format!("/tmp/k8s-apiserver-{APISERVER_PORT}/admin.token"))
+            .expect("the API server's admin token");
+    let bearer = |token: &str| format!("Bearer {}", token.trim());
+    assert_eq!(
+        http_get(admin_port, "/api/v1/status", &[]).0,
+        401,
+        "no token"
+    );
+    let (code, _, body) = http_get(
+        admin_port,
+        "/api/v1/status",
+        &[("Authorization", &bearer(&admin_token))],
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let (code, _, body) = http_get(
+        admin_port,
+        "/api/v1/status",
+        &[("Authorization", &bearer(&token))],
+    );
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
 
     // Argo CD's view of what the operator wrote.
     let scripts = health_scripts();
@@ -2787,6 +2924,9 @@ fn chart_on_a_real_api_server() {
             "-n",
             NAMESPACE,
         ],
+        // The admin API's token checks.
+        &["create", "tokenreviews.authentication.k8s.io"],
+        &["create", "subjectaccessreviews.authorization.k8s.io"],
     ] {
         assert!(can(allowed), "the ServiceAccount can {allowed:?}");
     }

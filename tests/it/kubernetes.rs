@@ -194,6 +194,38 @@ pub(crate) async fn plain_client() -> Client {
     client
 }
 
+/// The bearer token of the kubeconfig's current user (the tests' admin, in `system:masters`):
+/// what a person presents to the operator's `/api/v1` in Kubernetes mode.
+fn kubeconfig_token() -> String {
+    let path = match &access().kubeconfig {
+        Some(path) => path.clone(),
+        None => std::env::var_os("KUBECONFIG")
+            .and_then(|v| std::env::split_paths(&v).next())
+            .expect("KUBECONFIG names a file"),
+    };
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config: Value = serde_saphyr::from_str(&text).expect("the kubeconfig is YAML");
+    let named = |list: &str, name: &Value| -> Value {
+        config[list]
+            .as_array()
+            .and_then(|items| items.iter().find(|item| &item["name"] == name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let context = named("contexts", &config["current-context"]);
+    let user = named("users", &context["context"]["user"]);
+    user["user"]["token"]
+        .as_str()
+        .unwrap_or_else(|| {
+            panic!(
+                "the kubeconfig's current user has no token: {}",
+                path.display()
+            )
+        })
+        .to_string()
+}
+
 /// `kubectl` against the same server; its standard output.
 fn kubectl(args: &[&str]) -> String {
     let output = kubectl_command()
@@ -250,9 +282,13 @@ struct Logged {
 }
 
 impl Logged {
-    /// A write other than leader election (which renews on a timer).
+    /// A write other than leader election (which renews on a timer) and the admin API's token
+    /// checks (TokenReview and SubjectAccessReview are POSTs that change nothing).
     fn is_write(&self) -> bool {
-        self.method != "GET" && !self.path.contains("/leases")
+        self.method != "GET"
+            && !self.path.contains("/leases")
+            && !self.path.ends_with("/tokenreviews")
+            && !self.path.ends_with("/subjectaccessreviews")
     }
 
     /// A request other than a watch or a Lease request.
@@ -2454,11 +2490,12 @@ async fn generated_targets_count_the_devices_they_take_to_compliance() {
     env.finish(running).await;
 }
 
-/// The operator's `/api/v1/status` document.
+/// The operator's `/api/v1/status` document (admin port, the kubeconfig's admin token).
 async fn operator_status(running: &Running) -> Value {
     http_client(Duration::from_secs(10))
         .expect("HTTP client")
-        .get(format!("http://{}/api/v1/status", running.address))
+        .get(format!("http://{}/api/v1/status", running.admin_address))
+        .bearer_auth(kubeconfig_token())
         .send()
         .await
         .expect("GET /api/v1/status")

@@ -79,7 +79,8 @@ async fn plan_with_the_exported_ledger_never_shows_a_handed_out_deadline_later()
         )
     };
     let engine = Engine::start(config).await.expect("the operator starts");
-    let address = engine.local_addr().expect("bound");
+    // The ledger, readiness and metrics are on the admin side.
+    let address = engine.admin_addr().expect("bound");
     tokio::spawn(engine.serve());
     let client = reqwest::Client::new();
     let root = format!("http://{address}");

@@ -7,6 +7,7 @@ mod durability;
 mod enroll_gate;
 mod fleet_sim;
 mod helm_chart;
+mod http_limits;
 mod installable;
 mod kubernetes;
 mod ledger;

@@ -37,7 +37,7 @@ use ddm_update_operator::sim::{
 use serde_json::{Value, json};
 
 use crate::support::devices::{check_in_all, fleet_of, held, newest_catalog_path};
-use crate::support::process::{KillOnDrop, free_port, metric_sum};
+use crate::support::process::{KillOnDrop, free_ports, metric_sum};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
 const NAMESPACE: &str = "e2e";
@@ -191,13 +191,16 @@ spec:
 
 struct Operator {
     child: KillOnDrop,
+    /// The device side (DDM endpoints).
     root: String,
+    /// The admin side (readiness, metrics, `/api/v1`; open on loopback without a token file).
+    admin: String,
     log: PathBuf,
     client: reqwest::Client,
 }
 
 impl Operator {
-    /// `run --manifests … --catalog <fixture>` on a free loopback port, `--assume-supervised`,
+    /// `run --manifests … --catalog <fixture>` on free loopback ports, `--assume-supervised`,
     /// a fast manifest poll; waits for `/readyz`.
     async fn start(work: &Path, manifests: &Path, poll: &str) -> Operator {
         let data = work.join("data");
@@ -206,7 +209,7 @@ impl Operator {
         let mut last_error = String::new();
         // A port found free can be taken before the child binds it: try a few.
         for _ in 0..3 {
-            let port = free_port();
+            let [port, admin_port] = free_ports();
             let child = Command::new(BINARY)
                 .arg("run")
                 .arg("--manifests")
@@ -216,6 +219,7 @@ impl Operator {
                 .arg("--data-dir")
                 .arg(&data)
                 .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
                 .args(["--poll-interval", poll])
                 .arg("--assume-supervised")
                 .env("RUST_LOG", "info")
@@ -226,6 +230,7 @@ impl Operator {
             let mut operator = Operator {
                 child: KillOnDrop(child),
                 root: format!("http://127.0.0.1:{port}"),
+                admin: format!("http://127.0.0.1:{admin_port}"),
                 log: log.clone(),
                 client: http_client(Duration::from_secs(10)).expect("HTTP client"),
             };
@@ -245,7 +250,7 @@ impl Operator {
             }
             if let Ok(response) = self
                 .client
-                .get(format!("{}/readyz", self.root))
+                .get(format!("{}/readyz", self.admin))
                 .send()
                 .await
                 && response.status() == 200
@@ -267,10 +272,11 @@ impl Operator {
         ServerConfig::new(&format!("{}/ddm/", self.root)).expect("DDM base URL")
     }
 
+    /// A GET on the admin port.
     async fn get_text(&self, path: &str) -> String {
         let response = self
             .client
-            .get(format!("{}{path}", self.root))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log_tail()));

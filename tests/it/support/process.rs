@@ -1,14 +1,16 @@
-//! Running the operator binary (or another program) as a child process, and reading what it
-//! publishes on `/metrics`.
+//! Running the operator binary (or another program) as a child process on free ports, and
+//! reading what it publishes on `/metrics` (its admin port).
 
 use std::process::Child;
 
-/// A loopback port free right now (another process may still take it before it is bound).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+/// Distinct loopback ports free right now (held together while chosen, so never the same
+/// twice): the operator's device and admin listeners, say. Another process may still take one
+/// before it is bound.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("bound").port())
 }
 
 /// A child process killed and reaped when dropped, so a failing test leaves none behind.
