@@ -17,6 +17,12 @@ use super::{
 };
 use crate::catalog::{AssetSet, Build, OsVersion, Platform, Strategy};
 
+mod last_valid;
+pub use last_valid::{
+    Found, FoundObjects, Held, InForce, LastValid, LastValidChanges, Missing, StoredVersions,
+    Substituted, stored_form, substitute,
+};
+
 /// A problem with one field of one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -560,13 +566,27 @@ pub fn check_all(
     }
 }
 
-/// Checked resources in Kubernetes mode, where one invalid object must not stop the others:
-/// valid objects are kept, and each invalid or dangling one has its problems listed under
-/// `Kind namespace/name`.
+/// Checked resources where one invalid object must not stop the others: valid objects are
+/// kept, and each invalid or dangling one has its problems listed under `Kind namespace/name`.
 #[derive(Debug, Clone, Default)]
 pub struct Partial {
     pub checked: Checked,
     pub problems: BTreeMap<String, Vec<String>>,
+    /// Objects whose current version is invalid (see [`substitute`]): their problems and the
+    /// last valid version the pass used instead, if any.
+    pub invalid: BTreeMap<String, Held>,
+}
+
+impl Partial {
+    /// Records what [`substitute`] held back: each invalid object's problems lead its list.
+    pub fn with_invalid(mut self, invalid: BTreeMap<String, Held>) -> Self {
+        for (object, held) in &invalid {
+            let list = self.problems.entry(object.clone()).or_default();
+            list.splice(0..0, held.problems.iter().cloned());
+        }
+        self.invalid = invalid;
+        self
+    }
 }
 
 pub fn check_each(

@@ -17,6 +17,8 @@ use super::{ApplyReport, Assignment, BackendError, DeviceRecord, Memory, MemoryC
 use crate::declarations::{Declaration, content_hash};
 use crate::status::{StatusReport, merge};
 
+mod last_valid;
+
 /// Raw reports kept per enrollment (a ring buffer).
 pub const REPORT_HISTORY: i64 = 16;
 

@@ -184,7 +184,19 @@ fn standard_conditions(
     tally: Option<&Tally>,
 ) -> Vec<Desired> {
     let problems = snapshot.partial.problems.get(object_key);
+    let invalid = snapshot.partial.invalid.get(object_key);
     let resolved = match problems {
+        // Invalid as it is now: what is in force instead (its last valid spec, or nothing)
+        // comes after the problems; a reference the held version dangles follows.
+        Some(problems) if invalid.is_some() => {
+            let mut message = invalid.map(|held| held.message()).unwrap_or_default();
+            let held = invalid.map_or(0, |held| held.problems.len());
+            for dangling in problems.iter().skip(held) {
+                message.push_str("; ");
+                message.push_str(dangling);
+            }
+            Desired::new(RESOLVED, false, "InvalidSpec", message)
+        }
         Some(problems)
             if problems.iter().any(|p| p.contains("does not exist")) && problems.len() == 1 =>
         {
@@ -340,6 +352,10 @@ pub async fn fleet_group(object: Arc<FleetGroup>, ctx: Arc<Context>) -> Result<A
             .iter()
             .position(|g| format!("FleetGroup {}", g.key) == object_key);
         let members = index.and_then(|i| snapshot.plan.members.get(i));
+        // The spec in force: the last valid one while the current one is invalid.
+        let suspended = index.map_or(object.spec.suspend, |i| {
+            snapshot.partial.checked.groups[i].suspend
+        });
         let mut by_platform: BTreeMap<String, u64> = BTreeMap::new();
         for member in members.into_iter().flatten() {
             if let Some(device) = snapshot.devices.get(*member as usize) {
@@ -347,8 +363,7 @@ pub async fn fleet_group(object: Arc<FleetGroup>, ctx: Arc<Context>) -> Result<A
             }
         }
         let current = object.status.as_ref();
-        let mut desired_conditions =
-            standard_conditions(&snapshot, &object_key, object.spec.suspend, None);
+        let mut desired_conditions = standard_conditions(&snapshot, &object_key, suspended, None);
         if members.is_some_and(Vec::is_empty) {
             desired_conditions.push(Desired::new(
                 "Empty",
@@ -389,9 +404,11 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
             .and_then(|p| snapshot.standings.by_source.get(&Source::Policy(p)))
             .cloned()
             .unwrap_or_default();
-        if !object.spec.suspend
-            && let Some(p) = index
-        {
+        // The spec in force: the last valid one while the current one is invalid.
+        let suspended = index.map_or(object.spec.suspend, |p| {
+            snapshot.partial.checked.policies[p].suspend
+        });
+        if !suspended && let Some(p) = index {
             sync_generated_targets(&ctx, &snapshot, p, object.as_ref()).await?;
         }
         let generated: Vec<&crate::resolve::GeneratedTarget> = snapshot
@@ -429,7 +446,7 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
             observed_generation: object.metadata.generation,
             conditions: conditions(
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                &standard_conditions(&snapshot, &object_key, object.spec.suspend, Some(&tally)),
+                &standard_conditions(&snapshot, &object_key, suspended, Some(&tally)),
                 object.metadata.generation,
                 snapshot.now,
             ),
@@ -604,14 +621,18 @@ pub async fn enforcement_target(
             let object_key = key(object.as_ref());
             let name = object.name_any();
             let namespace = object.namespace().unwrap_or_else(|| "default".into());
-            // Hand-written: its own source. Generated: the policy devices it names.
-            let (tally, builds, later_personal_deadlines) = match snapshot
+            let index = snapshot
                 .partial
                 .checked
                 .targets
                 .iter()
-                .position(|t| format!("EnforcementTarget {}", t.key) == object_key)
-            {
+                .position(|t| format!("EnforcementTarget {}", t.key) == object_key);
+            // The spec in force: the last valid one while the current one is invalid.
+            let suspended = index.map_or(object.spec.suspend, |t| {
+                snapshot.partial.checked.targets[t].suspend
+            });
+            // Hand-written: its own source. Generated: the policy devices it names.
+            let (tally, builds, later_personal_deadlines) = match index {
                 Some(t) if !snapshot.partial.checked.targets[t].generated => (
                     snapshot
                         .standings
@@ -652,7 +673,7 @@ pub async fn enforcement_target(
                 observed_generation: object.metadata.generation,
                 conditions: conditions(
                     current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                    &standard_conditions(&snapshot, &object_key, object.spec.suspend, Some(&tally)),
+                    &standard_conditions(&snapshot, &object_key, suspended, Some(&tally)),
                     object.metadata.generation,
                     snapshot.now,
                 ),

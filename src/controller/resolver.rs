@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use tokio::sync::{mpsc, watch};
 
-use crate::api::validate::{Partial, check_each};
+use crate::api::validate::{Found, FoundObjects, Missing, Partial, check_each, substitute};
 use crate::api::{DeletionPolicy, EnforcementTarget, FleetGroup, UpdatePolicy};
 use crate::backend::DeviceRecord;
 use crate::backend::embedded::Embedded;
@@ -96,24 +96,34 @@ pub fn key<K: kube::Resource<DynamicType = ()>>(object: &K) -> String {
     )
 }
 
-/// The cached objects not being deleted, and those being deleted with `deletionPolicy:
-/// Orphan`; every object's (generation, deleting) goes to `seen`.
-fn live_objects<K>(
-    store: &Store<K>,
-    seen: &mut HashMap<String, (Option<i64>, bool)>,
-    orphan: impl Fn(&K) -> bool,
-) -> (Vec<K>, Vec<K>)
+/// Every cached object, each one's (generation, being deleted) noted in `seen`: what the
+/// controllers wait for, whether or not the object is valid.
+fn cached<K>(store: &Store<K>, seen: &mut HashMap<String, (Option<i64>, bool)>) -> Vec<Found<K>>
 where
     K: kube::Resource<DynamicType = ()> + Clone,
 {
+    store
+        .state()
+        .into_iter()
+        .map(|object| {
+            let deleting = object.meta().deletion_timestamp.is_some();
+            seen.insert(key(object.as_ref()), (object.meta().generation, deleting));
+            Found::object((*object).clone())
+        })
+        .collect()
+}
+
+/// The objects not being deleted, and those being deleted with `deletionPolicy: Orphan`.
+fn live_and_orphaning<K>(objects: Vec<K>, orphan: impl Fn(&K) -> bool) -> (Vec<K>, Vec<K>)
+where
+    K: kube::Resource<DynamicType = ()>,
+{
     let (mut live, mut orphaning) = (Vec::new(), Vec::new());
-    for object in store.state() {
-        let deleting = object.meta().deletion_timestamp.is_some();
-        seen.insert(key(object.as_ref()), (object.meta().generation, deleting));
-        if !deleting {
-            live.push((*object).clone());
+    for object in objects {
+        if object.meta().deletion_timestamp.is_none() {
+            live.push(object);
         } else if orphan(&object) {
-            orphaning.push((*object).clone());
+            orphaning.push(object);
         }
     }
     (live, orphaning)
@@ -155,20 +165,63 @@ impl Resolver {
 
     async fn pass(&mut self, number: u64) {
         let started = Instant::now();
+        let now = jiff::Timestamp::now();
         let mut seen = HashMap::new();
+        let found = FoundObjects {
+            groups: cached(&self.groups, &mut seen),
+            policies: cached(&self.policies, &mut seen),
+            targets: cached(&self.targets, &mut seen),
+        };
+        // An object edited into an invalid spec keeps its last valid one in the pass: a typo
+        // must not withdraw what the object gives its devices.
+        let store = self.backend.store.clone();
+        let read = tokio::task::spawn_blocking(move || store.last_valid_objects())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|read| read.map_err(|e| e.to_string()));
+        let stored = match read {
+            Ok(stored) => stored,
+            Err(error) => {
+                // Without them an invalid object would drop out and withdraw: no pass.
+                tracing::error!(%error, "cannot read the last valid versions; no pass");
+                self.metrics
+                    .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
+                let _ = self.publish.send(Arc::new(Snapshot {
+                    pass: number,
+                    applied: Err(format!("cannot read the last valid versions: {error}")),
+                    seen,
+                    now,
+                    ..Snapshot::default()
+                }));
+                return;
+            }
+        };
+        let substituted = substitute(found, &stored, Missing::Forget, now);
+        if !substituted.changes.is_empty() {
+            let store = self.backend.store.clone();
+            let changes = substituted.changes.clone();
+            match tokio::task::spawn_blocking(move || store.record_last_valid(&changes)).await {
+                Ok(Ok(())) => {}
+                // The next pass finds the same difference and writes it again.
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, reason = error.reason(), "cannot store the last valid versions")
+                }
+                Err(error) => tracing::warn!(%error, "cannot store the last valid versions"),
+            }
+        }
+        for (object, held) in &substituted.invalid {
+            tracing::debug!(%object, problem = %held.message(), "invalid spec");
+        }
         // Objects being deleted are left out: that is what withdraws their declarations; the
         // devices of those deleted with deletionPolicy Orphan are frozen instead.
         let orphan = DeletionPolicy::Orphan;
-        let (groups, orphan_groups) = live_objects(&self.groups, &mut seen, |g| {
-            g.spec.deletion_policy == orphan
-        });
-        let (policies, orphan_policies) = live_objects(&self.policies, &mut seen, |p| {
-            p.spec.deletion_policy == orphan
-        });
-        let (targets, orphan_targets) = live_objects(&self.targets, &mut seen, |t| {
-            t.spec.deletion_policy == orphan
-        });
-        let partial = check_each(&groups, &policies, &targets);
+        let (groups, orphan_groups) =
+            live_and_orphaning(substituted.groups, |g| g.spec.deletion_policy == orphan);
+        let (policies, orphan_policies) =
+            live_and_orphaning(substituted.policies, |p| p.spec.deletion_policy == orphan);
+        let (targets, orphan_targets) =
+            live_and_orphaning(substituted.targets, |t| t.spec.deletion_policy == orphan);
+        let partial = check_each(&groups, &policies, &targets).with_invalid(substituted.invalid);
         let orphaning = check_each(&orphan_groups, &orphan_policies, &orphan_targets).checked;
         let (catalog, catalog_origin, catalog_problem, gate_catalog) = {
             let handle = self.catalog.read().await;
@@ -179,7 +232,6 @@ impl Resolver {
                 handle.for_gate(),
             )
         };
-        let now = jiff::Timestamp::now();
         let applied_at = Instant::now();
         let result = pass::pass(
             &self.backend,

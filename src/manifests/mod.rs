@@ -2,7 +2,7 @@
 //! holds them. Other kinds are skipped with a notice; every problem names its file, object and
 //! field path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use kube::ResourceExt;
@@ -121,6 +121,104 @@ pub fn check_str(file: &str, text: &str) -> Result<crate::api::validate::Checked
     )
 }
 
+/// A folder read object by object (standalone mode), so one invalid object holds back only
+/// itself: the objects that could be typed (valid or not), each object's problems, and the
+/// problems that name no object.
+#[derive(Debug, Clone, Default)]
+pub struct EachObject {
+    pub manifests: Manifests,
+    /// (kind, object) → the problems of its document(s), as `plan` lists them. An object
+    /// defined twice is listed here and typed in neither place.
+    pub problems: BTreeMap<(String, validate::ObjectKey), Vec<String>>,
+    /// A file that cannot be read or is not YAML, a document with no kind or name: the objects
+    /// such places hold cannot be told from deleted ones.
+    pub unattributed: Vec<String>,
+}
+
+/// Reads every file as [`load`] does, without stopping at the first unreadable one.
+pub fn load_each(paths: &[PathBuf]) -> EachObject {
+    let mut out = EachObject::default();
+    let mut files = Vec::new();
+    for path in paths {
+        if let Err(error) = collect_files(path, &mut files) {
+            out.unattributed.push(error.to_string());
+        }
+    }
+    for file in &files {
+        let text = match read_capped(file) {
+            Ok(text) => text,
+            Err(error) => {
+                out.unattributed.push(error.to_string());
+                continue;
+            }
+        };
+        let name = file.display().to_string();
+        let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(&text) {
+            Ok(documents) => documents,
+            Err(e) => {
+                out.unattributed
+                    .push(format!("{name}: not valid YAML: {e}"));
+                continue;
+            }
+        };
+        for (index, document) in documents.into_iter().enumerate() {
+            let identity = identity(&document);
+            let mut problems = Vec::new();
+            parse_document(&name, index, document, &mut out.manifests, &mut problems);
+            if problems.is_empty() {
+                continue;
+            }
+            match identity {
+                Some(object) => out.problems.entry(object).or_default().extend(problems),
+                None => out.unattributed.extend(problems),
+            }
+        }
+    }
+    fn duplicates<T: kube::Resource<DynamicType = ()>>(
+        objects: &mut Vec<T>,
+        problems: &mut BTreeMap<(String, validate::ObjectKey), Vec<String>>,
+    ) {
+        let key = |o: &T| (T::kind(&()).to_string(), validate::ObjectKey::of(o));
+        let mut count: BTreeMap<(String, validate::ObjectKey), usize> = BTreeMap::new();
+        for object in objects.iter() {
+            *count.entry(key(object)).or_default() += 1;
+        }
+        for (object, n) in count.iter().filter(|(_, n)| **n > 1) {
+            problems
+                .entry(object.clone())
+                .or_default()
+                .push(format!("{} {} is defined {n} times", object.0, object.1));
+        }
+        objects.retain(|o| count.get(&key(o)).is_none_or(|n| *n == 1));
+    }
+    duplicates(&mut out.manifests.fleet_groups, &mut out.problems);
+    duplicates(&mut out.manifests.policies, &mut out.problems);
+    duplicates(&mut out.manifests.targets, &mut out.problems);
+    out
+}
+
+/// The kind and `namespace/name` of a document of this API group, when it names them.
+fn identity(document: &serde_json::Value) -> Option<(String, validate::ObjectKey)> {
+    let group = document.get("apiVersion")?.as_str()?.split('/').next()?;
+    let kind = document.get("kind")?.as_str()?;
+    if group != GROUP || !matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget") {
+        return None;
+    }
+    let metadata = document.get("metadata")?;
+    let name = metadata.get("name")?.as_str().filter(|n| !n.is_empty())?;
+    let namespace = match metadata.get("namespace") {
+        None | Some(serde_json::Value::Null) => "default",
+        Some(namespace) => namespace.as_str()?,
+    };
+    Some((
+        kind.to_string(),
+        validate::ObjectKey {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        },
+    ))
+}
+
 /// Parses one file's documents into `manifests`, adding any problem to `problems`.
 pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &mut Vec<String>) {
     let documents: Vec<serde_json::Value> = match serde_saphyr::from_multiple(text) {
@@ -131,106 +229,117 @@ pub fn parse_into(file: &str, text: &str, manifests: &mut Manifests, problems: &
         }
     };
     for (index, document) in documents.into_iter().enumerate() {
-        if document.is_null() {
-            continue;
+        parse_document(file, index, document, manifests, problems);
+    }
+}
+
+/// Parses document `index` (from 0) of `file` into `manifests`, adding any problem to
+/// `problems`.
+fn parse_document(
+    file: &str,
+    index: usize,
+    document: serde_json::Value,
+    manifests: &mut Manifests,
+    problems: &mut Vec<String>,
+) {
+    if document.is_null() {
+        return;
+    }
+    let at = format!("{file} (document {})", index + 1);
+    let Some(object) = document.as_object() else {
+        problems.push(format!(
+            "{at}: expected a Kubernetes object, found {}",
+            kind_of(&document)
+        ));
+        return;
+    };
+    let api_version = object
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let kind = object
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let kind = kind.as_str();
+    let name = object
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("<unnamed>");
+    // A hostile name must not be echoed back megabytes long.
+    let name: String = if name.len() > 64 {
+        format!("{}…", name.chars().take(64).collect::<String>())
+    } else {
+        name.to_string()
+    };
+    if api_version.is_empty() && matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget")
+    {
+        problems.push(format!(
+            "{at}: {kind} {name} has no apiVersion; use {API_VERSION}"
+        ));
+        return;
+    }
+    if api_version.split('/').next() != Some(GROUP) {
+        manifests.notices.push(format!(
+            "{at}: skipped {kind} {name} ({api_version}): not an {GROUP} resource"
+        ));
+        return;
+    }
+    let place = at;
+    let at = format!("{place}: {kind} {name}");
+    if api_version != API_VERSION {
+        problems.push(format!(
+            "{at}: apiVersion {api_version} is not served; use {API_VERSION}"
+        ));
+        return;
+    }
+    if !matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget") {
+        problems.push(format!(
+            "{at}: unknown kind {kind:?} (FleetGroup, UpdatePolicy or EnforcementTarget)"
+        ));
+        return;
+    }
+    // The CRD's schema first, on the document as written: a value of the wrong type or out
+    // of range gets the message the other modes give, not a decoding error.
+    let mut document = document;
+    let refused = validate::check_document(kind, &mut document);
+    let place = place.as_str();
+    match kind {
+        "FleetGroup" => {
+            let found = checked(
+                place,
+                &at,
+                document,
+                refused,
+                problems,
+                validate::fleet_group,
+            );
+            manifests.fleet_groups.extend(found);
         }
-        let at = format!("{file} (document {})", index + 1);
-        let Some(object) = document.as_object() else {
-            problems.push(format!(
-                "{at}: expected a Kubernetes object, found {}",
-                kind_of(&document)
-            ));
-            continue;
-        };
-        let api_version = object
-            .get("apiVersion")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let kind = object
-            .get("kind")
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string();
-        let kind = kind.as_str();
-        let name = object
-            .get("metadata")
-            .and_then(|m| m.get("name"))
-            .and_then(|n| n.as_str())
-            .unwrap_or("<unnamed>");
-        // A hostile name must not be echoed back megabytes long.
-        let name: String = if name.len() > 64 {
-            format!("{}…", name.chars().take(64).collect::<String>())
-        } else {
-            name.to_string()
-        };
-        if api_version.is_empty()
-            && matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget")
-        {
-            problems.push(format!(
-                "{at}: {kind} {name} has no apiVersion; use {API_VERSION}"
-            ));
-            continue;
+        "UpdatePolicy" => {
+            let found = checked(
+                place,
+                &at,
+                document,
+                refused,
+                problems,
+                validate::update_policy,
+            );
+            manifests.policies.extend(found);
         }
-        if api_version.split('/').next() != Some(GROUP) {
-            manifests.notices.push(format!(
-                "{at}: skipped {kind} {name} ({api_version}): not an {GROUP} resource"
-            ));
-            continue;
-        }
-        let place = at;
-        let at = format!("{place}: {kind} {name}");
-        if api_version != API_VERSION {
-            problems.push(format!(
-                "{at}: apiVersion {api_version} is not served; use {API_VERSION}"
-            ));
-            continue;
-        }
-        if !matches!(kind, "FleetGroup" | "UpdatePolicy" | "EnforcementTarget") {
-            problems.push(format!(
-                "{at}: unknown kind {kind:?} (FleetGroup, UpdatePolicy or EnforcementTarget)"
-            ));
-            continue;
-        }
-        // The CRD's schema first, on the document as written: a value of the wrong type or out
-        // of range gets the message the other modes give, not a decoding error.
-        let mut document = document;
-        let refused = validate::check_document(kind, &mut document);
-        let place = place.as_str();
-        match kind {
-            "FleetGroup" => {
-                let found = checked(
-                    place,
-                    &at,
-                    document,
-                    refused,
-                    problems,
-                    validate::fleet_group,
-                );
-                manifests.fleet_groups.extend(found);
-            }
-            "UpdatePolicy" => {
-                let found = checked(
-                    place,
-                    &at,
-                    document,
-                    refused,
-                    problems,
-                    validate::update_policy,
-                );
-                manifests.policies.extend(found);
-            }
-            _ => {
-                let found = checked(
-                    place,
-                    &at,
-                    document,
-                    refused,
-                    problems,
-                    validate::enforcement_target,
-                );
-                manifests.targets.extend(found);
-            }
+        _ => {
+            let found = checked(
+                place,
+                &at,
+                document,
+                refused,
+                problems,
+                validate::enforcement_target,
+            );
+            manifests.targets.extend(found);
         }
     }
 }
@@ -408,6 +517,57 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("unknown kind \"Gadget\""))
         );
+    }
+
+    #[test]
+    fn load_each_names_the_object_of_each_problem_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.path().join(name), text).expect("write");
+        };
+        let group = |name: &str| {
+            format!(
+                "apiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {{name: {name}}}\nspec: {{platforms: [macOS]}}\n"
+            )
+        };
+        write("a-valid.yaml", &group("macs"));
+        // A typo in a field name: the object cannot be typed, but it is named.
+        write(
+            "b-typo.yaml",
+            "apiVersion: updates.ddm.dev/v1alpha1\nkind: FleetGroup\nmetadata: {name: ipads, namespace: fleet}\nspec: {platfroms: [iPadOS]}\n",
+        );
+        write(
+            "c-twice.yaml",
+            &format!("{}---\n{}", group("twice"), group("twice")),
+        );
+        write("d-broken.yaml", "kind: [");
+        let each = load_each(&[dir.path().to_path_buf()]);
+        let names: Vec<String> = each
+            .manifests
+            .fleet_groups
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        assert_eq!(names, ["macs"], "a duplicate is typed in neither place");
+        let objects: Vec<String> = each
+            .problems
+            .keys()
+            .map(|(kind, key)| format!("{kind} {key}"))
+            .collect();
+        assert_eq!(
+            objects,
+            ["FleetGroup default/twice", "FleetGroup fleet/ipads"]
+        );
+        assert!(
+            each.problems
+                .values()
+                .flatten()
+                .any(|p| p.contains("unknown field spec.platfroms")),
+            "{:?}",
+            each.problems
+        );
+        assert_eq!(each.unattributed.len(), 1, "{:?}", each.unattributed);
+        assert!(each.unattributed[0].contains("d-broken.yaml: not valid YAML"));
     }
 
     #[test]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use crate::api::validate::{Checked, check_all};
+use crate::api::validate::{
+    Checked, Found, FoundObjects, Held, Missing, ObjectKey, StoredVersions, check_each, substitute,
+};
 use crate::backend::embedded::Embedded;
 use crate::backend::nanomdm::SyncTrigger;
 use crate::backend::store::Store;
@@ -126,6 +128,8 @@ impl Engine {
             app,
             gate,
             checked: None,
+            last_valid: None,
+            invalid: BTreeMap::new(),
             orphaning: Checked::default(),
             manifest_problems: Vec::new(),
             notices: Vec::new(),
@@ -193,8 +197,13 @@ struct Loop {
     catalog: CatalogState,
     /// What the enrollment gate decides from, renewed by every pass.
     gate: watch::Sender<Arc<GateView>>,
-    /// The last valid resources: an invalid change keeps them in force.
+    /// The resources in force: each valid object, and for each invalid one its last valid
+    /// version (`None` before the folder was first read).
     checked: Option<Checked>,
+    /// The store's last valid versions, as last read or written (`None`: not read yet).
+    last_valid: Option<StoredVersions>,
+    /// `Kind namespace/name` → the problems of each invalid object and what is in force.
+    invalid: BTreeMap<String, Held>,
     /// Resources removed from the folder with `deletionPolicy: Orphan` that no pass has frozen
     /// the devices of yet.
     orphaning: Checked,
@@ -256,39 +265,93 @@ impl Loop {
         }
     }
 
-    /// Re-reads the folder if anything in it changed; true when the resources changed.
+    /// Re-reads the folder if anything in it changed; true when the resources changed. Object
+    /// by object: a valid one is in force as written; an invalid one keeps its last valid
+    /// version (stored, so a restart keeps it too) or, never valid, stays out; one whose file
+    /// cannot be read at all keeps its version as well, so only a removal withdraws.
     fn reload_manifests(&mut self) -> bool {
         let fingerprint = folder_fingerprint(&self.config.manifests);
         if fingerprint == self.fingerprint && self.checked.is_some() {
             return false;
         }
         self.fingerprint = fingerprint;
-        let loaded = crate::manifests::load(std::slice::from_ref(&self.config.manifests))
-            .map_err(|e| match e {
-                crate::manifests::LoadError::Unreadable(why) => vec![why],
-                crate::manifests::LoadError::Invalid(problems) => problems,
-            })
-            .and_then(|m| {
-                self.notices = m.notices.clone();
-                check_all(&m.fleet_groups, &m.policies, &m.targets)
-            });
-        match loaded {
-            Ok(checked) => {
-                if let Some(before) = &self.checked {
-                    removed_orphans(before, &checked, &mut self.orphaning);
+        let stored = match self.last_valid.take() {
+            Some(stored) => stored,
+            None => match self.backend.store.last_valid_objects() {
+                Ok(stored) => stored,
+                Err(error) => {
+                    // Without them an invalid object would drop out and withdraw.
+                    tracing::error!(%error, "cannot read the last valid versions; the resources in force stay");
+                    self.fingerprint = 0;
+                    return false;
                 }
-                self.checked = Some(checked);
-                self.manifest_problems.clear();
-                true
-            }
-            Err(problems) => {
-                for problem in &problems {
-                    tracing::error!(%problem, "manifests invalid; the last valid resources stay in force");
+            },
+        };
+        let each = crate::manifests::load_each(std::slice::from_ref(&self.config.manifests));
+        self.notices = each.manifests.notices.clone();
+        let unreadable = each
+            .unattributed
+            .first()
+            .map(|problem| format!("not found, and some of the folder cannot be read ({problem})"));
+        let missing = match &unreadable {
+            Some(why) => Missing::Keep(why),
+            None => Missing::Forget,
+        };
+        let found = found_objects(each.manifests, &each.problems);
+        let substituted = substitute(found, &stored, missing, self.config.clock.now());
+        let mut stored = stored;
+        if !substituted.changes.is_empty() {
+            match self.backend.store.record_last_valid(&substituted.changes) {
+                Ok(()) => substituted.changes.apply_to(&mut stored),
+                Err(error) => {
+                    tracing::error!(%error, "cannot store the last valid versions; trying again at the next poll");
+                    self.fingerprint = 0;
                 }
-                self.manifest_problems = problems;
-                false
             }
         }
+        self.last_valid = Some(stored);
+        let nothing = substituted.groups.is_empty()
+            && substituted.policies.is_empty()
+            && substituted.targets.is_empty();
+        if nothing && !each.unattributed.is_empty() && self.checked.is_some() {
+            // Nothing readable and nothing stored: what is in force stays.
+            for problem in &each.unattributed {
+                tracing::error!(%problem, "manifests unreadable; the resources in force stay");
+            }
+            self.manifest_problems = each.unattributed;
+            return false;
+        }
+        let partial = check_each(
+            &substituted.groups,
+            &substituted.policies,
+            &substituted.targets,
+        )
+        .with_invalid(substituted.invalid);
+        let mut problems = each.unattributed;
+        for (object, list) in &partial.problems {
+            let held = partial.invalid.get(object).map_or(0, |h| h.problems.len());
+            for (index, problem) in list.iter().enumerate() {
+                // The loader's problems name their file and object already.
+                problems.push(if index < held {
+                    problem.clone()
+                } else {
+                    format!("{object}: {problem}")
+                });
+            }
+        }
+        for problem in &problems {
+            tracing::error!(%problem, "manifests");
+        }
+        for (object, held) in &partial.invalid {
+            tracing::error!(%object, in_force = held.in_force.is_some(), "invalid: {}", held.message());
+        }
+        if let Some(before) = &self.checked {
+            removed_orphans(before, &partial.checked, &mut self.orphaning);
+        }
+        self.checked = Some(partial.checked);
+        self.invalid = partial.invalid;
+        self.manifest_problems = problems;
+        true
     }
 
     /// One resolver pass over every known device, applied to the backend.
@@ -391,6 +454,7 @@ impl Loop {
                 serde_json::json!(self.manifest_problems),
             );
             map.insert("notices".into(), serde_json::json!(self.notices));
+            map.insert("invalidObjects".into(), invalid_objects(&self.invalid));
             map.insert(
                 "catalog".into(),
                 serde_json::json!({
@@ -404,6 +468,69 @@ impl Loop {
         }
         *self.app.status.write().await = status;
     }
+}
+
+/// The objects as the loader found them, each with its problems; an object that could not be
+/// typed is there by its name alone.
+fn found_objects(
+    manifests: crate::manifests::Manifests,
+    problems: &BTreeMap<(String, ObjectKey), Vec<String>>,
+) -> FoundObjects {
+    fn of_kind<K: kube::Resource<DynamicType = ()>>(
+        objects: Vec<K>,
+        problems: &BTreeMap<(String, ObjectKey), Vec<String>>,
+    ) -> Vec<Found<K>> {
+        let kind = K::kind(&()).to_string();
+        let mut found: Vec<Found<K>> = objects
+            .into_iter()
+            .map(|object| {
+                let key = ObjectKey::of(&object);
+                Found {
+                    problems: problems
+                        .get(&(kind.clone(), key.clone()))
+                        .cloned()
+                        .unwrap_or_default(),
+                    key,
+                    object: Some(object),
+                }
+            })
+            .collect();
+        let typed: std::collections::BTreeSet<ObjectKey> =
+            found.iter().map(|f| f.key.clone()).collect();
+        for ((of, key), list) in problems {
+            if *of == kind && !typed.contains(key) {
+                found.push(Found {
+                    key: key.clone(),
+                    object: None,
+                    problems: list.clone(),
+                });
+            }
+        }
+        found
+    }
+    FoundObjects {
+        groups: of_kind(manifests.fleet_groups, problems),
+        policies: of_kind(manifests.policies, problems),
+        targets: of_kind(manifests.targets, problems),
+    }
+}
+
+/// `/api/v1/status`'s list of invalid objects: each one's problems and the version in force.
+fn invalid_objects(invalid: &BTreeMap<String, Held>) -> serde_json::Value {
+    invalid
+        .iter()
+        .map(|(object, held)| {
+            serde_json::json!({
+                "object": object,
+                "problems": held.problems,
+                "inForce": held.in_force.as_ref().map(|f| serde_json::json!({
+                    "generation": f.generation,
+                    "storedAt": f.stored_at.to_string(),
+                })),
+                "message": held.message(),
+            })
+        })
+        .collect()
 }
 
 /// Adds to `orphaning` the resources of `before` that `after` no longer has and that were

@@ -2378,6 +2378,256 @@ async fn target_view(env: &Env, name: &str) -> (bool, Option<String>, String, Op
         Err(e) => panic!("get EnforcementTarget {name}: {e}"),
     }
 }
+/// The last valid versions the operator stored, as `Kind namespace/name` → generation.
+fn stored_versions(env: &Env) -> BTreeMap<String, Option<i64>> {
+    ddm_update_operator::backend::store::Store::open(&env.config.database)
+        .expect("the operator's store opens beside it")
+        .last_valid_objects()
+        .expect("last valid versions")
+        .into_values()
+        .map(|row| (format!("{} {}", row.kind, row.key), row.generation))
+        .collect()
+}
+
+/// Issue 12, item 6: the API server accepts `timeZone: Mars/Base`; the operator does not, and
+/// before this change it dropped the policy from the pass and withdrew its enforcements within
+/// seconds. Now the last valid spec stays in force, says so, survives a restart, gives way to a
+/// fixed spec, and a deletion still withdraws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_edit_keeps_the_last_valid_spec_across_a_restart() {
+    let (env, running, mut devices) = examples_with_settled_devices("lastvalid", "lastvalid").await;
+    ready_and_quiet(&env, &running, Duration::from_secs(1)).await;
+    let mobile = devices.under_policy("mobile");
+    let before = devices.held_all();
+    let enforced: Vec<usize> = mobile
+        .iter()
+        .copied()
+        .filter(|i| !enforcements(&devices.list[*i]).is_empty())
+        .collect();
+    assert!(!enforced.is_empty(), "a mobile device holds an enforcement");
+    let valid = env.policy("mobile").await;
+    let valid_generation = valid.metadata.generation.expect("a generation");
+    let key = format!("UpdatePolicy {}/mobile", env.namespace);
+    assert_eq!(
+        stored_versions(&env).get(&key),
+        Some(&Some(valid_generation)),
+        "the valid version is stored"
+    );
+    let generated: BTreeSet<String> = env
+        .targets()
+        .await
+        .iter()
+        .filter(|t| generated_by(t, "mobile"))
+        .map(ResourceExt::name_any)
+        .collect();
+    assert!(!generated.is_empty());
+
+    // What the backend assigns each mobile device (the store's view) and what it holds.
+    let check_kept = |snapshot: &Snapshot, devices: &Devices, when: &str| {
+        for i in &mobile {
+            let id = devices.list[*i].enrollment_id();
+            let assigned: BTreeSet<&str> = snapshot
+                .records
+                .iter()
+                .find(|r| r.enrollment_id == id)
+                .map(|r| r.assigned.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            let held: BTreeSet<&str> = before[*i].keys().map(String::as_str).collect();
+            assert_eq!(assigned, held, "{when}: {id} is assigned what it held");
+            assert_eq!(devices.held(*i), before[*i], "{when}: {id} holds it still");
+        }
+    };
+
+    let mut invalid = env.example_policy("mobile");
+    invalid["spec"]["deadline"]["timeZone"] = "Mars/Base".into();
+    let edited = Instant::now();
+    env.apply::<UpdatePolicy>(&invalid).await;
+    let check_condition = |p: &UpdatePolicy, when: &str| {
+        let conditions = policy_conditions(p);
+        assert_well_formed(&format!("{when}: UpdatePolicy mobile"), conditions);
+        let resolved = condition(conditions, RESOLVED).expect("Resolved");
+        assert_eq!(
+            (resolved.status.as_str(), resolved.reason.as_str()),
+            ("False", "InvalidSpec"),
+            "{when}: {}",
+            describe(conditions)
+        );
+        for part in [
+            "spec.deadline.timeZone".to_string(),
+            "Mars/Base".to_string(),
+            format!("the last valid generation {valid_generation} "),
+            "stays in force".to_string(),
+        ] {
+            assert!(
+                resolved.message.contains(&part),
+                "{when}: the message says {part:?}: {}",
+                resolved.message
+            );
+        }
+        assert_eq!(resolved.observed_generation, p.metadata.generation);
+        let ready = condition(conditions, READY).expect("Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidSpec")
+        );
+        assert_eq!(
+            p.status.as_ref().map(|s| s.targets as usize),
+            Some(generated.len()),
+            "{when}: its generated targets stay"
+        );
+    };
+    let p = eventually("mobile Resolved=False", CONVERGE, || async {
+        let p = env.policy("mobile").await;
+        if has(
+            policy_conditions(&p),
+            RESOLVED,
+            "False",
+            p.metadata.generation,
+        ) {
+            Ok(p)
+        } else {
+            Err(describe(policy_conditions(&p)))
+        }
+    })
+    .await;
+    check_condition(&p, "after the invalid edit");
+    eprintln!(
+        "[{}] invalid edit reported after {:.2} s",
+        env.namespace,
+        edited.elapsed().as_secs_f64()
+    );
+    // Over several passes (each FleetGroup touched asks for one; the devices check in), for
+    // longer than the 10 s the old code took to withdraw: nothing moves. (The devices do not
+    // advance: one that installed its target would lose its enforcement for that reason.)
+    let passes = running.snapshots.borrow().pass;
+    let watch = Instant::now();
+    let mut round = 0;
+    while watch.elapsed() < Duration::from_secs(12) {
+        round += 1;
+        let before_touch = running.snapshots.borrow().pass;
+        env.patch_all::<FleetGroup>(
+            &json!({"metadata": {"annotations": {"it.example.com/touch": round.to_string()}}}),
+        )
+        .await;
+        pass_after(&running, before_touch, "a pass after a touch").await;
+        devices.settle(&running).await;
+        check_kept(
+            &running.snapshots.borrow().clone(),
+            &devices,
+            "while invalid",
+        );
+    }
+    assert!(
+        running.snapshots.borrow().pass >= passes + 3,
+        "several passes ran while the policy was invalid"
+    );
+    let still: BTreeSet<String> = env
+        .targets()
+        .await
+        .iter()
+        .filter(|t| generated_by(t, "mobile"))
+        .map(ResourceExt::name_any)
+        .collect();
+    assert_eq!(still, generated, "the generated targets are kept");
+    assert_eq!(
+        stored_versions(&env).get(&key),
+        Some(&Some(valid_generation)),
+        "the invalid version is not stored"
+    );
+
+    // A restart on the same store, the object still invalid: still enforced, nothing written.
+    running.stop();
+    let running = env.start("lastvalid-again").await;
+    let mut devices = devices.with_operator(&running);
+    pass_after(&running, 0, "a first pass after the restart").await;
+    devices.settle(&running).await;
+    check_kept(
+        &running.snapshots.borrow().clone(),
+        &devices,
+        "after a restart",
+    );
+    assert_eq!(
+        metric(&running.metrics, BACKEND_CHANGES),
+        0.0,
+        "no device set changed across the restart"
+    );
+    let p = eventually("mobile reconciled after the restart", CONVERGE, || async {
+        let p = env.policy("mobile").await;
+        let snapshot = running.snapshots.borrow().clone();
+        if snapshot.partial.invalid.contains_key(&key) && metric(&running.metrics, RECONCILES) > 0.0
+        {
+            Ok(p)
+        } else {
+            Err("not yet".to_string())
+        }
+    })
+    .await;
+    check_condition(&p, "after a restart");
+
+    // Fixed, with a new local time: the condition clears and the new spec takes effect.
+    let mut fixed = env.example_policy("mobile");
+    fixed["spec"]["deadline"]["localTime"] = "17:30".into();
+    env.apply::<UpdatePolicy>(&fixed).await;
+    let p = eventually("mobile Ready again", CONVERGE, || async {
+        let p = env.policy("mobile").await;
+        if has(policy_conditions(&p), READY, "True", p.metadata.generation) {
+            Ok(p)
+        } else {
+            Err(describe(policy_conditions(&p)))
+        }
+    })
+    .await;
+    let resolved = condition(policy_conditions(&p), RESOLVED).expect("Resolved");
+    assert_eq!(
+        resolved.status,
+        "True",
+        "{}",
+        describe(policy_conditions(&p))
+    );
+    devices.settle(&running).await;
+    let snapshot = running.snapshots.borrow().clone();
+    assert!(!snapshot.partial.invalid.contains_key(&key));
+    for i in &mobile {
+        assert_enforced_at_1730(&snapshot, &devices.list[*i]);
+    }
+    assert!(
+        mobile
+            .iter()
+            .any(|i| !enforcements(&devices.list[*i]).is_empty()),
+        "the fixed spec enforces"
+    );
+    assert_eq!(
+        stored_versions(&env).get(&key),
+        Some(&p.metadata.generation),
+        "the fixed version is stored"
+    );
+
+    // Deleted: withdrawn as before, and its stored version forgotten.
+    env.api::<UpdatePolicy>()
+        .delete("mobile", &DeleteParams::default())
+        .await
+        .expect("delete the policy");
+    env.policy_gone("mobile").await;
+    devices.settle(&running).await;
+    for i in &mobile {
+        let now = devices.held(*i);
+        assert!(
+            !now.values()
+                .any(|(t, _)| t == ENFORCEMENT_TYPE || t == SETTINGS_TYPE),
+            "{}: withdrawn once deleted: {now:?}",
+            devices.list[*i].enrollment_id()
+        );
+    }
+    eventually("its stored version forgotten", CONVERGE, || async {
+        match stored_versions(&env).get(&key) {
+            None => Ok(()),
+            Some(generation) => Err(format!("still stored at {generation:?}")),
+        }
+    })
+    .await;
+
+    env.finish(running).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generated_targets_count_the_devices_they_take_to_compliance() {

@@ -71,6 +71,8 @@ struct Mobile {
     suspend: bool,
     /// `deletionPolicy: Orphan`.
     orphan: bool,
+    /// `spec.deadline.timeZone` (the API server accepts any string; the operator checks it).
+    time_zone: &'static str,
 }
 
 /// The mobile policy as the tests first write it.
@@ -78,6 +80,7 @@ const MOBILE: Mobile = Mobile {
     days_after_posting: 3,
     suspend: false,
     orphan: false,
+    time_zone: "America/New_York",
 };
 
 /// A scratch folder whose `gitops/` holds the tests' manifests with `mobile`: (folder, gitops).
@@ -126,13 +129,14 @@ spec:
   deadline:
     daysAfterPosting: {days}
     localTime: \"18:00\"
-    timeZone: America/New_York
+    timeZone: {zone}
   detailsURL: https://it.example.com/updates/mobile
   settings:
     notifications: true
     recommendedCadence: Newest
 {suspend}",
-            days = mobile.days_after_posting
+            days = mobile.days_after_posting,
+            zone = mobile.time_zone,
         ),
     );
 }
@@ -159,6 +163,11 @@ spec:
     );
     write_atomically(&folder.join("group-macs.yaml"), &group("macs", "macOS"));
     write_mobile_policy(folder, mobile);
+    write_macs_policy(folder, 5);
+}
+
+/// The Macs' policy, due `days` after posting at 19:00 Berlin time.
+fn write_macs_policy(folder: &Path, days: u32) {
     write_atomically(
         &folder.join("policy-macs.yaml"),
         &format!(
@@ -172,7 +181,7 @@ spec:
   target:
     strategy: latest
   deadline:
-    daysAfterPosting: 5
+    daysAfterPosting: {days}
     localTime: \"19:00\"
     timeZone: Europe/Berlin
   settings:
@@ -1346,8 +1355,7 @@ async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
         &manifests,
         Mobile {
             days_after_posting: 9,
-            suspend: false,
-            orphan: false,
+            ..MOBILE
         },
     );
     let back = Instant::now();
@@ -1369,6 +1377,178 @@ async fn removing_a_policy_declared_orphan_leaves_its_devices_as_they_are() {
     eprintln!(
         "{n} devices, {} orphaned and taken back; {:?} in all",
         mobile.len(),
+        started.elapsed()
+    );
+}
+
+/// Issue 12, item 6: an object edited into an invalid spec keeps its last valid one, object by
+/// object (another object's valid edit in the same poll takes effect), across a restart, until
+/// it is fixed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_edit_keeps_the_last_valid_spec_and_holds_back_nothing_else() {
+    const POLL: Duration = Duration::from_millis(250);
+    let started = Instant::now();
+    let (work, manifests) = work_with_manifests(MOBILE);
+    let (operator, mut devices, enrolled) =
+        enrolled(work.path(), &manifests, fleet(4, 2, 4, 11)).await;
+    let n = devices.list.len();
+    let mobile: Vec<usize> = (0..n)
+        .filter(|i| policy_of(devices.list[*i].spec().platform) == "mobile")
+        .collect();
+    let macs: Vec<usize> = (0..n).filter(|i| !mobile.contains(i)).collect();
+    let ids: Vec<String> = devices
+        .list
+        .iter()
+        .map(|d| d.enrollment_id().to_string())
+        .collect();
+    let enforced = |indices: &[usize], predicted: &Predicted| -> Vec<usize> {
+        indices
+            .iter()
+            .copied()
+            .filter(|i| predicted.enforcement(&ids[*i]).is_some())
+            .collect()
+    };
+    let enforced_mobile = enforced(&mobile, &enrolled);
+    assert!(
+        !enforced_mobile.is_empty() && !enforced(&macs, &enrolled).is_empty(),
+        "the fleet (seed 11) has enforced devices under both policies"
+    );
+    let before: Vec<_> = (0..n).map(|i| devices.held(i)).collect();
+    let mac_deadlines = |status: &Value| -> BTreeSet<String> {
+        policy(status, "macs")["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["deadline"].as_str().map(str::to_string))
+            .collect()
+    };
+    let old_mac_deadlines = mac_deadlines(&operator.status().await);
+
+    // What the devices should hold from now on: the mobile policy as it was (its last valid
+    // spec), the Macs' due 8 days after posting instead of 5.
+    let expected = work.path().join("expected");
+    write_manifests(&expected, MOBILE);
+    write_macs_policy(&expected, 8);
+
+    // The mobile policy gets a time zone that does not exist (and a new deadline with it); the
+    // Macs' policy a valid edit.
+    let invalid = Mobile {
+        days_after_posting: 9,
+        time_zone: "Mars/Base",
+        ..MOBILE
+    };
+    write_mobile_policy(&manifests, invalid);
+    write_macs_policy(&manifests, 8);
+    let edited = Instant::now();
+    loop {
+        let status = operator.status().await;
+        let reported = status["invalidObjects"]
+            .as_array()
+            .is_some_and(|list| !list.is_empty());
+        let macs_now = mac_deadlines(&status);
+        if reported && !macs_now.is_empty() && macs_now.is_disjoint(&old_mac_deadlines) {
+            break;
+        }
+        assert!(
+            edited.elapsed() < POLL * 20,
+            "the edits were not picked up within 20 poll intervals: {status:#}\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let noticed = edited.elapsed();
+    let check_status = |status: &Value, when: &str| {
+        let list = status["invalidObjects"].as_array().expect("a list");
+        assert_eq!(list.len(), 1, "{when}: {status:#}");
+        let held = &list[0];
+        assert_eq!(held["object"], format!("UpdatePolicy {NAMESPACE}/mobile"));
+        assert_eq!(
+            held["inForce"]["generation"], 1,
+            "{when}: the first version is in force: {held:#}"
+        );
+        let message = held["message"].as_str().unwrap_or_default();
+        for part in [
+            "spec.deadline.timeZone",
+            "Mars/Base",
+            "generation 1",
+            "stays in force",
+        ] {
+            assert!(message.contains(part), "{when}: names {part:?}: {message}");
+        }
+        assert!(
+            status["manifestProblems"].as_array().is_some_and(|p| p
+                .iter()
+                .any(|p| p.as_str().is_some_and(|p| p.contains("Mars/Base")))),
+            "{when}: {status:#}"
+        );
+        // The policy still resolves, from its last valid spec.
+        assert!(
+            !policy(status, "mobile")["targets"]
+                .as_array()
+                .is_none_or(Vec::is_empty),
+            "{when}: the mobile policy still has targets: {status:#}"
+        );
+    };
+    let want = |devices: &Devices, when: &str| {
+        let predicted = plan(work.path(), &expected, devices);
+        assert_sets_match_plan(devices, &predicted, when);
+        for i in &mobile {
+            assert_eq!(
+                devices.held(*i),
+                before[*i],
+                "{when}: {} keeps exactly what it held",
+                devices.list[*i].enrollment_id()
+            );
+        }
+    };
+    devices.settle(&operator).await;
+    want(&devices, "after the edits");
+    assert!(
+        macs.iter().any(|i| devices.held(*i) != before[*i]),
+        "the Macs' edit changed some Mac's set"
+    );
+    check_status(&operator.status().await, "after the edits");
+
+    // A restart on the same data, the policy still invalid: the same resources in force.
+    drop(operator);
+    let operator = Operator::start(work.path(), &manifests, "250ms").await;
+    devices.server = operator.server();
+    for device in &mut devices.list {
+        device.advance();
+    }
+    devices.settle(&operator).await;
+    want(&devices, "after a restart");
+    check_status(&operator.status().await, "after a restart");
+
+    // Fixed (the time zone back, the new deadline kept): the new spec takes effect.
+    let fixed = Mobile {
+        days_after_posting: 9,
+        ..MOBILE
+    };
+    write_mobile_policy(&manifests, fixed);
+    let fixed_at = Instant::now();
+    loop {
+        let status = operator.status().await;
+        if status["invalidObjects"] == json!([]) {
+            break;
+        }
+        assert!(
+            fixed_at.elapsed() < POLL * 20,
+            "the fix was not picked up within 20 poll intervals: {status:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    devices.settle(&operator).await;
+    let after = plan(work.path(), &manifests, &devices);
+    assert_sets_match_plan(&devices, &after, "after the fix");
+    assert!(
+        enforced(&mobile, &after)
+            .iter()
+            .any(|i| devices.held(*i) != before[*i]),
+        "the fixed spec moved a mobile device's deadline"
+    );
+    eprintln!(
+        "{n} devices; an invalid and a valid edit noticed after {noticed:?}; {:?} in all",
         started.elapsed()
     );
 }
