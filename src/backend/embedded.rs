@@ -2,17 +2,18 @@
 //! hand-off), storing what it serves in SQLite. Status reports are committed in batches by one
 //! writer thread, and each is acknowledged only after its batch is durable.
 
-use std::sync::Arc;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::sync::oneshot;
 
 use super::nanomdm::SyncTrigger;
-use super::store::Store;
+use super::store::{Refusal, Store};
 use super::{ApplyReport, Assignment, Backend, BackendError, DeviceRecord, Memory, MemoryChanges};
 use crate::declarations::Declaration;
 use crate::status::StatusReport;
+use crate::status::limit::RateLimiter;
 
 /// Most reports committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -21,18 +22,22 @@ type Job = (
     String,
     StatusReport,
     Vec<u8>,
-    oneshot::Sender<Result<(), String>>,
+    oneshot::Sender<Result<(), Refusal>>,
 );
 
-/// Commits status reports in batches on a thread of its own.
+/// Commits status reports in batches on a thread of its own, and holds the per-enrollment
+/// report rate limit.
 #[derive(Clone)]
 pub struct StatusWriter {
     jobs: mpsc::Sender<Job>,
+    limiter: Arc<Mutex<RateLimiter>>,
+    clock: crate::clock::Clock,
 }
 
 impl StatusWriter {
     pub fn start(store: Arc<Store>) -> Self {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let clock = store.clock().clone();
         std::thread::Builder::new()
             .name("status-writer".into())
             .spawn(move || {
@@ -49,31 +54,54 @@ impl StatusWriter {
                         .into_iter()
                         .map(|(enrollment, report, raw, reply)| ((enrollment, report, raw), reply))
                         .unzip();
-                    let outcome = store.record_reports(&reports).map_err(|e| e.to_string());
-                    for reply in replies {
-                        let _ = reply.send(outcome.clone());
+                    match store.record_reports(&reports) {
+                        Ok(outcomes) => {
+                            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                                let _ = reply.send(outcome);
+                            }
+                        }
+                        Err(error) => {
+                            let refusal = Refusal::Unavailable(error.to_string());
+                            for reply in replies {
+                                let _ = reply.send(Err(refusal.clone()));
+                            }
+                        }
                     }
                 }
             })
             .map(|_| ())
             .unwrap_or_else(|e| tracing::error!(%e, "cannot start the status writer"));
-        StatusWriter { jobs }
+        StatusWriter {
+            jobs,
+            limiter: Arc::new(Mutex::new(RateLimiter::default())),
+            clock,
+        }
     }
 
-    /// Returns once the report is durably stored.
+    /// Takes one report from `enrollment`'s allowance (see `status::limit`), on the store's
+    /// clock.
+    pub fn admit(&self, enrollment: &str) -> Result<(), Refusal> {
+        let now = self.clock.now();
+        let mut limiter = self
+            .limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        limiter.take(enrollment, now).map_err(Refusal::RateLimited)
+    }
+
+    /// Returns once the report is durably stored, or why it was not.
     pub async fn record(
         &self,
         enrollment_id: String,
         report: StatusReport,
         raw: Vec<u8>,
-    ) -> Result<(), BackendError> {
+    ) -> Result<(), Refusal> {
+        let stopped = || Refusal::Unavailable("the status writer has stopped".into());
         let (reply, done) = oneshot::channel();
         self.jobs
             .send((enrollment_id, report, raw, reply))
-            .map_err(|_| BackendError::Other("the status writer has stopped".into()))?;
-        done.await
-            .map_err(|_| BackendError::Other("the status writer has stopped".into()))?
-            .map_err(BackendError::Other)
+            .map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 }
 
@@ -150,6 +178,17 @@ impl Backend for Embedded {
 
     fn memory(&self) -> BoxFuture<'_, Result<Arc<Memory>, BackendError>> {
         Box::pin(async move { Ok(self.store.memory()) })
+    }
+
+    fn forget_unreported<'a>(
+        &'a self,
+        enrollment_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            let ids = enrollment_ids.to_vec();
+            blocking(move || store.forget_unreported(&ids)).await
+        })
     }
 
     fn remember<'a>(

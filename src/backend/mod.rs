@@ -61,8 +61,9 @@ impl BackendError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceRecord {
     pub enrollment_id: String,
-    /// The merged status items the device reported.
-    pub status: serde_json::Map<String, serde_json::Value>,
+    /// What the operator reads of the device's merged status (its bounded summary: the store
+    /// never loads whole merged states to list devices).
+    pub status: crate::status::DeviceStatus,
     /// Identifiers assigned to it now.
     pub assigned: Vec<String>,
     /// When it last reported, if ever.
@@ -142,4 +143,14 @@ pub trait Backend: Send + Sync {
         &'a self,
         changes: &'a MemoryChanges,
     ) -> BoxFuture<'a, Result<(), BackendError>>;
+
+    /// Forgets these enrollments if they never reported (their set goes; one that reported
+    /// meanwhile stays). Returns those forgotten.
+    fn forget_unreported<'a>(
+        &'a self,
+        enrollment_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<String>, BackendError>> {
+        let _ = enrollment_ids;
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }

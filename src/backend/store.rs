@@ -15,12 +15,40 @@ use serde_json::{Map, Value, json};
 
 use super::{ApplyReport, Assignment, BackendError, DeviceRecord, Memory, MemoryChanges, Orphan};
 use crate::declarations::{Declaration, content_hash};
-use crate::status::{StatusReport, merge};
+use crate::status::{
+    DeviceStatus, HISTORY_BYTES_PER_ENROLLMENT, HISTORY_BYTES_TOTAL, HISTORY_REPORTS,
+    MAX_STATE_BYTES, StatusReport, merge,
+};
 
 mod last_valid;
 
-/// Raw reports kept per enrollment (a ring buffer).
-pub const REPORT_HISTORY: i64 = 16;
+/// Raw reports kept per enrollment (the newest ones).
+pub const REPORT_HISTORY: i64 = HISTORY_REPORTS as i64;
+
+/// Why one status report was not stored. Each report of a batch stands alone: a refused one
+/// leaves the others of its batch stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the device's merged status would be {0} bytes; at most {MAX_STATE_BYTES} are kept per device (send a FullReport)"
+    )]
+    StateTooLarge(usize),
+    #[error("too many status reports from this enrollment; retry in {0} s")]
+    RateLimited(u64),
+    #[error("cannot store the report now: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    /// The fixed reason, for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::StateTooLarge(_) => "state_too_large",
+            Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Unavailable(_) => "unavailable",
+        }
+    }
+}
 
 const MIGRATIONS: &[&str] = &[
     // 1: the first schema.
@@ -104,6 +132,37 @@ const MIGRATIONS: &[&str] = &[
         holder TEXT NOT NULL,
         since INTEGER NOT NULL
     );",
+    // 5: bounded per device (issue 12). Each device's summary — what the resolver reads — in a
+    // table of its own, so a restart never reads merged states (filled in from them after this
+    // migration); history sizes, with an index to drop the oldest reports first, and their
+    // total. The enrollments that GETs of unknown ids created (a bootstrap-shaped set — status
+    // subscriptions and activations only —, no report, nothing remembered) are removed; a
+    // device of the inventory among them is written its set again by the next pass.
+    "CREATE TABLE device_summary (
+        enrollment_id TEXT PRIMARY KEY,
+        summary BLOB NOT NULL,
+        last_report INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    ALTER TABLE status_reports ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+    UPDATE status_reports SET bytes = length(body);
+    CREATE INDEX status_reports_by_age ON status_reports (received_at, enrollment_id, slot, bytes);
+    CREATE TABLE store_totals (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        history_bytes INTEGER NOT NULL
+    );
+    INSERT INTO store_totals (id, history_bytes) SELECT 1, COALESCE(SUM(bytes), 0) FROM status_reports;
+    DELETE FROM enrollments
+     WHERE NOT EXISTS (SELECT 1 FROM device_state d WHERE d.enrollment_id = enrollments.enrollment_id)
+       AND NOT EXISTS (SELECT 1 FROM rollouts r WHERE r.enrollment_id = enrollments.enrollment_id)
+       AND NOT EXISTS (SELECT 1 FROM orphans o WHERE o.enrollment_id = enrollments.enrollment_id)
+       AND set_id IN (
+           SELECT s.set_id FROM sets s
+            WHERE EXISTS (SELECT 1 FROM set_members m WHERE m.set_id = s.set_id)
+              AND NOT EXISTS (
+                  SELECT 1 FROM set_members m JOIN declarations d ON d.identifier = m.identifier
+                   WHERE m.set_id = s.set_id
+                     AND d.type NOT IN ('com.apple.configuration.management.status-subscriptions',
+                                        'com.apple.activation.simple')));",
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.
@@ -125,6 +184,14 @@ pub struct ServedDeclaration {
     pub body: Vec<u8>,
 }
 
+/// The bootstrap set as served to enrollments the operator does not know: from memory, never
+/// stored.
+#[derive(Debug)]
+pub struct Bootstrap {
+    pub set: Arc<ServedSet>,
+    pub declarations: HashMap<String, Arc<ServedDeclaration>>,
+}
+
 #[derive(Default)]
 struct Cache {
     declarations: HashMap<String, Arc<ServedDeclaration>>,
@@ -140,6 +207,10 @@ pub struct Store {
     memory: RwLock<Arc<Memory>>,
     /// Stamps assignments and reports (a virtual one in simulations).
     clock: crate::clock::Clock,
+    /// The bootstrap set last built, to serve unknown enrollments without building it per request.
+    bootstrap: RwLock<Option<Arc<Bootstrap>>>,
+    /// Bytes of raw reports kept in all ([`HISTORY_BYTES_TOTAL`] unless a test sets less).
+    history_budget: i64,
 }
 
 /// The manifest kind of a declaration type, as the `declaration/{kind}/{id}` path names it.
@@ -193,7 +264,10 @@ impl Store {
             cache: RwLock::new(Cache::default()),
             memory: RwLock::default(),
             clock: crate::clock::Clock::system(),
+            bootstrap: RwLock::default(),
+            history_budget: HISTORY_BYTES_TOTAL,
         };
+        store.summarise_unsummarised()?;
         store.load_cache()?;
         store.load_memory()?;
         Ok(store)
@@ -203,6 +277,53 @@ impl Store {
     pub fn with_clock(mut self, clock: crate::clock::Clock) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// Keeps at most `bytes` of raw reports in all (tests and benchmarks fill a smaller budget).
+    pub fn with_history_budget(mut self, bytes: i64) -> Self {
+        self.history_budget = bytes.max(0);
+        self
+    }
+
+    /// The clock stamping assignments and reports (the report rate limit reads it too).
+    pub fn clock(&self) -> &crate::clock::Clock {
+        &self.clock
+    }
+
+    /// Writes the summary of every merged state that has none (the states of a store from before
+    /// summaries), one row at a time so memory stays bounded by one state.
+    fn summarise_unsummarised(&self) -> Result<(), BackendError> {
+        let mut connection = relock(self.connection.lock());
+        let transaction = connection.transaction()?;
+        let mut written = 0usize;
+        {
+            let mut select = transaction.prepare(
+                "SELECT d.enrollment_id, d.items, d.last_report FROM device_state d
+                  WHERE NOT EXISTS (SELECT 1 FROM device_summary s WHERE s.enrollment_id = d.enrollment_id)",
+            )?;
+            let mut insert = transaction.prepare(
+                "INSERT INTO device_summary (enrollment_id, summary, last_report) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut rows = select.query([])?;
+            while let Some(row) = rows.next()? {
+                let enrollment: String = row.get(0)?;
+                // Text or blob alike; unreadable JSON summarises as "reported nothing".
+                let items: Map<String, Value> = row
+                    .get_ref(1)?
+                    .as_bytes()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(b).ok())
+                    .unwrap_or_default();
+                let last_report: i64 = row.get(2)?;
+                insert.execute(params![enrollment, summary_bytes(&items), last_report])?;
+                written += 1;
+            }
+        }
+        transaction.commit()?;
+        if written > 0 {
+            tracing::info!(devices = written, "summarised stored device states");
+        }
+        Ok(())
     }
 
     fn load_cache(&self) -> Result<(), BackendError> {
@@ -668,89 +789,190 @@ impl Store {
             .cloned()
     }
 
-    /// Stores a batch of reports durably in one transaction: each raw body into the
-    /// enrollment's ring of recent reports, and merged into its state. Reports for one
-    /// enrollment are applied in order.
+    /// The bootstrap set built from `declarations`, for enrollments that have no set of their
+    /// own (built once, and again only if the declarations change).
+    pub fn bootstrap(&self, declarations: &[Declaration]) -> Option<Arc<Bootstrap>> {
+        if declarations.is_empty() {
+            return None;
+        }
+        let same = |b: &Bootstrap| {
+            b.declarations.len() == declarations.len()
+                && declarations.iter().all(|d| {
+                    b.declarations
+                        .get(&d.identifier)
+                        .is_some_and(|s| s.server_token == d.server_token)
+                })
+        };
+        if let Some(built) = relock(self.bootstrap.read()).as_ref()
+            && same(built)
+        {
+            return Some(built.clone());
+        }
+        let mut members: Vec<(&str, &str, &'static str)> = declarations
+            .iter()
+            .map(|d| {
+                (
+                    d.identifier.as_str(),
+                    d.server_token.as_str(),
+                    kind_of(d.declaration_type),
+                )
+            })
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        let built = Arc::new(Bootstrap {
+            set: Arc::new(served_set(&members)),
+            declarations: declarations
+                .iter()
+                .map(|d| {
+                    (
+                        d.identifier.clone(),
+                        Arc::new(ServedDeclaration {
+                            kind: kind_of(d.declaration_type),
+                            server_token: d.server_token.clone(),
+                            body: serde_json::to_vec(d).unwrap_or_default(),
+                        }),
+                    )
+                })
+                .collect(),
+        });
+        *relock(self.bootstrap.write()) = Some(built.clone());
+        Some(built)
+    }
+
+    /// Stores a batch of reports durably in one transaction: each merged into its enrollment's
+    /// state (refused, alone, if that state would exceed [`MAX_STATE_BYTES`]) and its raw body
+    /// kept among the enrollment's recent reports (bounded in count and bytes per enrollment,
+    /// and in bytes in all, the oldest going first). Reports for one enrollment are applied in
+    /// order. One outcome per report; `Err` only when the batch could not be committed.
     pub fn record_reports(
         &self,
         reports: &[(String, StatusReport, Vec<u8>)],
-    ) -> Result<(), BackendError> {
+    ) -> Result<Vec<Result<(), Refusal>>, BackendError> {
         let now = self.clock.now().as_second();
+        let mut outcomes = Vec::with_capacity(reports.len());
         let mut connection = relock(self.connection.lock());
-        let transaction = connection.transaction()?;
-        {
-            let mut select = transaction.prepare_cached(
-                "SELECT items, reports FROM device_state WHERE enrollment_id = ?1",
-            )?;
-            let mut upsert = transaction.prepare_cached(
-                "INSERT INTO device_state (enrollment_id, items, errors, reports, last_report) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(enrollment_id) DO UPDATE SET items = ?2, errors = ?3, reports = ?4, last_report = ?5",
-            )?;
-            let mut keep = transaction.prepare_cached(
-                "INSERT OR REPLACE INTO status_reports (enrollment_id, slot, received_at, body) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (enrollment, report, raw) in reports {
-                let stored: Option<(Vec<u8>, i64)> = select
-                    .query_row(params![enrollment], |row| Ok((row.get(0)?, row.get(1)?)))
-                    .optional()?;
-                let (mut items, count) = match stored {
-                    Some((bytes, count)) => (
-                        serde_json::from_slice::<Map<String, Value>>(&bytes).unwrap_or_default(),
-                        count,
-                    ),
-                    None => (Map::new(), 0),
-                };
-                merge(&mut items, report);
-                let items =
-                    serde_json::to_vec(&items).map_err(|e| BackendError::Other(e.to_string()))?;
-                let errors = serde_json::to_vec(&report.errors)
-                    .map_err(|e| BackendError::Other(e.to_string()))?;
-                upsert.execute(params![enrollment, items, errors, count + 1, now])?;
-                keep.execute(params![enrollment, count % REPORT_HISTORY, now, raw])?;
+        let mut transaction = connection.transaction()?;
+        let mut history_bytes: i64 = transaction
+            .query_row(
+                "SELECT history_bytes FROM store_totals WHERE id = 1",
+                [],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        for (enrollment, report, raw) in reports {
+            // A savepoint per report: whatever goes wrong with one is undone alone.
+            let savepoint = transaction.savepoint()?;
+            match record_one(&savepoint, enrollment, report, raw, now) {
+                Ok(Ok(added)) => {
+                    savepoint.commit()?;
+                    history_bytes += added;
+                    outcomes.push(Ok(()));
+                }
+                Ok(Err(refusal)) => outcomes.push(Err(refusal)),
+                Err(error) => {
+                    tracing::error!(%error, enrollment, "cannot store a status report");
+                    outcomes.push(Err(Refusal::Unavailable(error.to_string())));
+                }
             }
         }
+        if history_bytes > self.history_budget {
+            history_bytes -=
+                drop_oldest_reports(&transaction, history_bytes - self.history_budget)?;
+        }
+        transaction.execute(
+            "INSERT INTO store_totals (id, history_bytes) VALUES (1, ?1)
+             ON CONFLICT(id) DO UPDATE SET history_bytes = ?1",
+            params![history_bytes],
+        )?;
         transaction.commit()?;
-        Ok(())
+        Ok(outcomes)
     }
 
-    /// Every known enrollment (assigned or reporting) with its state.
-    pub fn devices(&self) -> Result<Vec<DeviceRecord>, BackendError> {
-        type Row = (String, Option<Vec<u8>>, Option<i64>, Option<i64>);
-        let rows: Vec<Row> = {
-            let connection = relock(self.connection.lock());
-            let mut statement = connection.prepare(
-                "SELECT ids.enrollment_id, s.items, s.last_report, e.assigned_at
-                   FROM (SELECT enrollment_id FROM enrollments
-                         UNION SELECT enrollment_id FROM device_state) AS ids
-                   LEFT JOIN enrollments e ON e.enrollment_id = ids.enrollment_id
-                   LEFT JOIN device_state s ON s.enrollment_id = ids.enrollment_id
-                  ORDER BY ids.enrollment_id",
-            )?;
-            statement
-                .query_map([], |row| {
-                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                })?
-                .collect::<Result<_, _>>()?
-        };
-        let cache = relock(self.cache.read());
-        Ok(rows
-            .into_iter()
-            .map(
-                |(enrollment_id, items, last_report, assigned_at)| DeviceRecord {
-                    assigned: cache
-                        .enrollments
-                        .get(&enrollment_id)
-                        .map(|(s, _)| s.members.iter().cloned().collect())
-                        .unwrap_or_default(),
-                    status: items
-                        .and_then(|b| serde_json::from_slice(&b).ok())
-                        .unwrap_or_default(),
-                    last_report: last_report.map(timestamp),
-                    assigned_at: assigned_at.map(timestamp),
-                    enrollment_id,
-                },
+    /// Bytes of raw reports kept now.
+    pub fn history_bytes(&self) -> Result<i64, BackendError> {
+        let connection = relock(self.connection.lock());
+        Ok(connection
+            .query_row(
+                "SELECT history_bytes FROM store_totals WHERE id = 1",
+                [],
+                |row| row.get(0),
             )
-            .collect())
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Removes the enrollments among `enrollment_ids` that never reported (their set and their
+    /// row): they are served the bootstrap set again if they ever check in. Returns those
+    /// removed; one that reported meanwhile is kept.
+    pub fn forget_unreported(
+        &self,
+        enrollment_ids: &[String],
+    ) -> Result<Vec<String>, BackendError> {
+        if enrollment_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut forgotten = Vec::new();
+        {
+            let mut connection = relock(self.connection.lock());
+            let transaction = connection.transaction()?;
+            {
+                let mut delete = transaction.prepare_cached(
+                    "DELETE FROM enrollments WHERE enrollment_id = ?1
+                       AND NOT EXISTS (SELECT 1 FROM device_summary WHERE enrollment_id = ?1)",
+                )?;
+                for id in enrollment_ids {
+                    if delete.execute(params![id])? > 0 {
+                        forgotten.push(id.clone());
+                    }
+                }
+            }
+            transaction.commit()?;
+        }
+        let mut cache = relock(self.cache.write());
+        for id in &forgotten {
+            cache.enrollments.remove(id);
+        }
+        Ok(forgotten)
+    }
+
+    /// Every known enrollment (assigned or reporting) with its state. Reads the summaries only
+    /// (bounded per device), never the merged states.
+    pub fn devices(&self) -> Result<Vec<DeviceRecord>, BackendError> {
+        let connection = relock(self.connection.lock());
+        let mut statement = connection.prepare(
+            "SELECT ids.enrollment_id, s.summary, s.last_report, e.assigned_at
+               FROM (SELECT enrollment_id FROM enrollments
+                     UNION SELECT enrollment_id FROM device_summary) AS ids
+               LEFT JOIN enrollments e ON e.enrollment_id = ids.enrollment_id
+               LEFT JOIN device_summary s ON s.enrollment_id = ids.enrollment_id
+              ORDER BY ids.enrollment_id",
+        )?;
+        let cache = relock(self.cache.read());
+        let mut records = Vec::new();
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let enrollment_id: String = row.get(0)?;
+            let summary: Option<Vec<u8>> = row.get(1)?;
+            let last_report: Option<i64> = row.get(2)?;
+            let assigned_at: Option<i64> = row.get(3)?;
+            records.push(DeviceRecord {
+                assigned: cache
+                    .enrollments
+                    .get(&enrollment_id)
+                    .map(|(s, _)| s.members.iter().cloned().collect())
+                    .unwrap_or_default(),
+                // An unreadable summary reads as "reported nothing"; the next report rewrites it.
+                status: summary
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default(),
+                last_report: last_report.map(timestamp),
+                assigned_at: assigned_at.map(timestamp),
+                enrollment_id,
+            });
+        }
+        Ok(records)
     }
 
     /// One enrollment's merged status items.
@@ -785,6 +1007,118 @@ impl Store {
             ("status_reports", count("status_reports")?),
         ])
     }
+}
+
+/// A merged state's summary, serialised for `device_summary`.
+fn summary_bytes(items: &Map<String, Value>) -> Vec<u8> {
+    serde_json::to_vec(&DeviceStatus::from_items(items).summary()).unwrap_or_default()
+}
+
+/// Merges one report and keeps its raw body; `Ok(Ok(bytes))`: stored, the history grew by
+/// `bytes` (negative when older reports made room).
+fn record_one(
+    connection: &Connection,
+    enrollment: &str,
+    report: &StatusReport,
+    raw: &[u8],
+    now: i64,
+) -> Result<Result<i64, Refusal>, BackendError> {
+    let stored: Option<(Vec<u8>, i64)> = connection
+        .prepare_cached("SELECT items, reports FROM device_state WHERE enrollment_id = ?1")?
+        .query_row(params![enrollment], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (mut items, count) = match stored {
+        // A state over the cap (stored before there was one) starts again from this report.
+        Some((bytes, count)) if bytes.len() > MAX_STATE_BYTES => {
+            tracing::warn!(
+                enrollment,
+                bytes = bytes.len(),
+                "a stored state over the cap is dropped; the device's next reports rebuild it"
+            );
+            (Map::new(), count)
+        }
+        Some((bytes, count)) => (
+            serde_json::from_slice::<Map<String, Value>>(&bytes).unwrap_or_default(),
+            count,
+        ),
+        None => (Map::new(), 0),
+    };
+    merge(&mut items, report);
+    let merged = serde_json::to_vec(&items).map_err(|e| BackendError::Other(e.to_string()))?;
+    if merged.len() > MAX_STATE_BYTES {
+        return Ok(Err(Refusal::StateTooLarge(merged.len())));
+    }
+    let errors =
+        serde_json::to_vec(&report.errors).map_err(|e| BackendError::Other(e.to_string()))?;
+    connection
+        .prepare_cached(
+            "INSERT INTO device_state (enrollment_id, items, errors, reports, last_report) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(enrollment_id) DO UPDATE SET items = ?2, errors = ?3, reports = ?4, last_report = ?5",
+        )?
+        .execute(params![enrollment, merged, errors, count + 1, now])?;
+    connection
+        .prepare_cached(
+            "INSERT INTO device_summary (enrollment_id, summary, last_report) VALUES (?1, ?2, ?3)
+             ON CONFLICT(enrollment_id) DO UPDATE SET summary = ?2, last_report = ?3",
+        )?
+        .execute(params![enrollment, summary_bytes(&items), now])?;
+    if raw.len() > HISTORY_BYTES_PER_ENROLLMENT {
+        return Ok(Ok(0));
+    }
+    // The newest reports that fit beside this one stay; the rest go, oldest first.
+    let kept: Vec<(i64, i64)> = connection
+        .prepare_cached(
+            "SELECT slot, bytes FROM status_reports WHERE enrollment_id = ?1 ORDER BY slot DESC",
+        )?
+        .query_map(params![enrollment], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let next_slot = kept.first().map_or(0, |(slot, _)| slot + 1);
+    let mut budget = (HISTORY_BYTES_PER_ENROLLMENT - raw.len()) as i64;
+    let mut freed = 0i64;
+    let mut delete = connection
+        .prepare_cached("DELETE FROM status_reports WHERE enrollment_id = ?1 AND slot = ?2")?;
+    for (index, (slot, bytes)) in kept.iter().enumerate() {
+        if index + 1 < HISTORY_REPORTS && *bytes <= budget {
+            budget -= bytes;
+        } else {
+            delete.execute(params![enrollment, slot])?;
+            freed += bytes;
+        }
+    }
+    let bytes = raw.len() as i64;
+    connection
+        .prepare_cached(
+            "INSERT INTO status_reports (enrollment_id, slot, received_at, body, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(params![enrollment, next_slot, now, raw, bytes])?;
+    Ok(Ok(bytes - freed))
+}
+
+/// Deletes the oldest raw reports, whichever enrollment sent them, until at least `excess` bytes
+/// are gone; returns the bytes deleted.
+fn drop_oldest_reports(connection: &Connection, excess: i64) -> Result<i64, BackendError> {
+    let mut dropped = 0i64;
+    let mut select = connection.prepare_cached(
+        "SELECT enrollment_id, slot, bytes FROM status_reports ORDER BY received_at, enrollment_id, slot LIMIT 256",
+    )?;
+    let mut delete = connection
+        .prepare_cached("DELETE FROM status_reports WHERE enrollment_id = ?1 AND slot = ?2")?;
+    while dropped < excess {
+        let oldest: Vec<(String, i64, i64)> = select
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        if oldest.is_empty() {
+            break;
+        }
+        for (enrollment, slot, bytes) in oldest {
+            if dropped >= excess {
+                break;
+            }
+            delete.execute(params![enrollment, slot])?;
+            dropped += bytes;
+        }
+    }
+    Ok(dropped)
 }
 
 fn migrate(connection: &Connection) -> Result<(), BackendError> {
@@ -1073,6 +1407,228 @@ mod tests {
                 .memory()
                 .orphans
                 .is_empty()
+        );
+    }
+
+    /// An incremental report adding `bytes` of padding under its own key.
+    fn padded(key: &str, bytes: usize) -> (StatusReport, Vec<u8>) {
+        let raw = format!(
+            r#"{{"StatusItems":{{"pad":{{"{key}":"{}"}}}}}}"#,
+            "x".repeat(bytes)
+        );
+        (
+            StatusReport::from_slice(raw.as_bytes()).expect("a report"),
+            raw.into_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_report_over_the_state_cap_is_refused_alone_and_the_state_stays() {
+        let store = Store::in_memory().expect("store");
+        let (small, small_raw) = padded("a", 1000);
+        let (big, big_raw) = padded("b", MAX_STATE_BYTES);
+        let outcomes = store
+            .record_reports(&[
+                ("A".into(), small.clone(), small_raw.clone()),
+                ("A".into(), big, big_raw),
+                ("B".into(), small, small_raw),
+            ])
+            .expect("the batch commits");
+        assert_eq!(outcomes[0], Ok(()));
+        assert!(matches!(outcomes[1], Err(Refusal::StateTooLarge(n)) if n > MAX_STATE_BYTES));
+        assert_eq!(outcomes[2], Ok(()), "the rest of the batch is stored");
+        let a = store.device_items("A").expect("read").expect("state");
+        assert!(
+            a["pad"].get("b").is_none(),
+            "the refused report left no trace"
+        );
+        assert!(store.device_items("B").expect("read").is_some());
+    }
+
+    #[test]
+    fn history_is_bounded_per_enrollment_in_bytes_and_in_all_oldest_first() {
+        let store = Store::in_memory()
+            .expect("store")
+            .with_history_budget(200_000);
+        // 20 reports of 10 KB to one enrollment: at most 64 KiB of them stay, the newest.
+        for i in 0..20 {
+            let (report, raw) = padded(&format!("k{i}"), 10_000);
+            store
+                .record_reports(&[("A".into(), report, raw)])
+                .expect("record");
+        }
+        let kept = |id: &str| -> (i64, i64, i64) {
+            relock(store.connection.lock())
+                .query_row(
+                    "SELECT COUNT(*), COALESCE(SUM(bytes), 0), COALESCE(MIN(slot), -1) FROM status_reports WHERE enrollment_id = ?1",
+                    params![id],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .expect("count")
+        };
+        let (count, bytes, oldest) = kept("A");
+        assert_eq!(count, 6, "six 10 KB reports fit in 64 KiB");
+        assert!(bytes <= HISTORY_BYTES_PER_ENROLLMENT as i64);
+        assert_eq!(oldest, 14, "the newest are kept");
+        // Many enrollments: the total stays within the budget, the oldest going first.
+        for i in 0..40 {
+            let (report, raw) = padded("k", 10_000);
+            store
+                .record_reports(&[(format!("D{i}"), report, raw)])
+                .expect("record");
+        }
+        let total = store.history_bytes().expect("total");
+        let actual: i64 = relock(store.connection.lock())
+            .query_row("SELECT SUM(bytes) FROM status_reports", [], |row| {
+                row.get(0)
+            })
+            .expect("sum");
+        assert_eq!(total, actual, "the running total is exact");
+        assert!(total <= 200_000, "{total}");
+        assert_eq!(kept("D39").0, 1, "the newest report stays");
+        assert_eq!(kept("A").0, 0, "the oldest went first");
+        // A single report larger than an enrollment's budget is merged but not kept.
+        let (report, raw) = padded("huge", HISTORY_BYTES_PER_ENROLLMENT + 1);
+        store
+            .record_reports(&[("H".into(), report, raw)])
+            .expect("record");
+        assert_eq!(kept("H").0, 0);
+        assert!(store.device_items("H").expect("read").is_some());
+    }
+
+    #[test]
+    fn devices_read_bounded_summaries_only() {
+        let store = Store::in_memory().expect("store");
+        let declarations: Vec<Value> = (0..200)
+            .map(|i| json!({"identifier": format!("ddm.enforce.{i}{}", "y".repeat(200)), "valid": "invalid",
+                "server-token": "t", "active": false, "reasons": [{"code": "Error.X"}]}))
+            .collect();
+        let raw = json!({"StatusItems": {
+            "device": {"operating-system": {"version": "26.3", "build-version": "23D127", "family": "iOS"},
+                       "model": {"identifier": "iPhone17,3", "family": "iPhone", "marketing-name": "z".repeat(5000)}},
+            "softwareupdate": {"install-state": "downloading", "failure-reason": {"count": 2, "reason": "r".repeat(5000)}},
+            "management": {"declarations": {"configurations": declarations}}}})
+        .to_string();
+        let report = StatusReport::from_slice(raw.as_bytes()).expect("a report");
+        store
+            .record_reports(&[("A".into(), report, raw.into_bytes())])
+            .expect("record");
+        let devices = store.devices().expect("devices");
+        let status = &devices[0].status;
+        assert_eq!(status.os_version.as_deref(), Some("26.3"));
+        assert_eq!(status.model_identifier.as_deref(), Some("iPhone17,3"));
+        assert_eq!(
+            status.install_state,
+            Some(crate::status::InstallState::Downloading)
+        );
+        assert_eq!(status.failure_count, Some(2));
+        assert!(
+            !status.declarations.is_empty(),
+            "rejected declarations are kept"
+        );
+        assert!(
+            serde_json::to_vec(status).expect("json").len() <= crate::status::SUMMARY_MAX_BYTES
+        );
+    }
+
+    #[test]
+    fn unknown_enrollments_get_the_bootstrap_set_from_memory_and_unreported_ones_can_be_forgotten()
+    {
+        let store = Store::in_memory().expect("store");
+        let bootstrap = crate::operator::bootstrap_declarations();
+        let served = store.bootstrap(&bootstrap).expect("a bootstrap set");
+        // The same token as the set stored for an enrollment.
+        let identifiers: Vec<String> = bootstrap.iter().map(|d| d.identifier.clone()).collect();
+        store
+            .apply(
+                &bootstrap,
+                &[Assignment {
+                    enrollment_id: "OLD".into(),
+                    identifiers,
+                }],
+            )
+            .expect("apply");
+        assert_eq!(
+            store.served_set("OLD").expect("stored").token,
+            served.set.token
+        );
+        assert_eq!(store.counts().expect("counts")[2], ("enrollments", 1));
+        let (report, raw) = padded("a", 10);
+        store
+            .record_reports(&[("REPORTED".into(), report, raw)])
+            .expect("record");
+        store.withdraw(&["REPORTED".to_string()]).expect("withdraw");
+        let forgotten = store
+            .forget_unreported(&["OLD".to_string(), "REPORTED".to_string()])
+            .expect("forget");
+        assert_eq!(
+            forgotten,
+            vec!["OLD".to_string()],
+            "one that reported stays"
+        );
+        assert!(store.served_set("OLD").is_none());
+        assert!(store.served_set("REPORTED").is_some());
+    }
+
+    #[test]
+    fn upgrading_removes_the_rows_old_gets_created_and_summarises_states() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ddm.sqlite");
+        {
+            // A store of schema 4 as the old version left it: bootstrap sets written by GETs of
+            // 50 random ids, one of which then reported, and an inventory device's own set.
+            let connection = Connection::open(&path).expect("open");
+            for (index, migration) in MIGRATIONS[..4].iter().enumerate() {
+                connection
+                    .execute_batch(&format!(
+                        "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+                        index + 1
+                    ))
+                    .expect("old schema");
+            }
+            let mut rows = String::from(
+                "INSERT INTO declarations VALUES
+                   ('ddm.status.x', 'com.apple.configuration.management.status-subscriptions', 't1', X'7B7D'),
+                   ('ddm.activation.x', 'com.apple.activation.simple', 't2', X'7B7D'),
+                   ('ddm.enforce.26.4', 'com.apple.configuration.softwareupdate.enforcement.specific', 't3', X'7B7D');
+                 INSERT INTO sets VALUES ('BOOT', X'7B7D'), ('OWN', X'7B7D');
+                 INSERT INTO set_members VALUES ('BOOT', 'ddm.status.x'), ('BOOT', 'ddm.activation.x'),
+                   ('OWN', 'ddm.enforce.26.4'), ('OWN', 'ddm.activation.x');
+                 INSERT INTO enrollments VALUES ('INVENTORY', 'OWN', 0);
+                 INSERT INTO device_state VALUES ('RANDOM-7', CAST('{\"device\":{\"operating-system\":{\"version\":\"26.3\"}}}' AS BLOB), '[]', 1, 0);
+                 INSERT INTO status_reports VALUES ('RANDOM-7', 0, 0, X'00112233');",
+            );
+            for i in 0..50 {
+                rows.push_str(&format!(
+                    "INSERT INTO enrollments VALUES ('RANDOM-{i}', 'BOOT', 0);"
+                ));
+            }
+            connection.execute_batch(&rows).expect("old rows");
+        }
+        let store = Store::open(&path).expect("upgraded");
+        let mut ids: Vec<String> = store
+            .devices()
+            .expect("devices")
+            .into_iter()
+            .map(|d| d.enrollment_id)
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["INVENTORY", "RANDOM-7"]);
+        let reported = store
+            .devices()
+            .expect("devices")
+            .into_iter()
+            .find(|d| d.enrollment_id == "RANDOM-7")
+            .expect("kept");
+        assert_eq!(
+            reported.status.os_version.as_deref(),
+            Some("26.3"),
+            "summarised"
+        );
+        assert_eq!(
+            store.history_bytes().expect("total"),
+            4,
+            "history sizes are counted"
         );
     }
 

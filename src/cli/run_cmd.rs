@@ -72,6 +72,12 @@ pub struct RunArgs {
     /// without a valid signature are refused.
     #[arg(long, value_name = "FILE")]
     dm_receive_key_file: Option<PathBuf>,
+    /// Kubernetes mode: start without --dm-receive-key-file, taking DDM requests nobody signed
+    /// (anyone who reaches the DDM port can then report for any enrollment). Exported as
+    /// `ddm_update_operator_insecure{setting="no_hmac"} 1` and an `Authenticated=False`
+    /// condition on every UpdatePolicy.
+    #[arg(long)]
+    insecure_no_hmac: bool,
     /// File with the key our responses are signed with (NanoMDM's `-dm-recv-hmac-key`).
     #[arg(long, value_name = "FILE")]
     dm_send_key_file: Option<PathBuf>,
@@ -230,10 +236,26 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         .build()
         .map_err(|e| CliError::Unreadable(format!("cannot start the async runtime: {e}")))?;
     if args.manifests.is_some() {
+        if config.receive_key.is_none() {
+            tracing::warn!(
+                "no --dm-receive-key-file: DDM requests are not authenticated, so anyone who reaches the DDM port can report for any enrollment (set NanoMDM's -dm-send-hmac-key and pass it here)"
+            );
+        }
         runtime
             .block_on(crate::run::run(config))
             .map_err(|e| CliError::Unreadable(e.to_string()))?;
         return Ok(String::new());
+    }
+    // Kubernetes mode serves a fleet: unsigned DDM requests are refused unless explicitly allowed.
+    if config.receive_key.is_none() && !args.insecure_no_hmac {
+        return Err(CliError::Unreadable(
+            "Kubernetes mode needs NanoMDM's HMAC key: pass --dm-receive-key-file (NanoMDM's -dm-send-hmac-key), or --insecure-no-hmac to take unsigned DDM requests".into(),
+        ));
+    }
+    if config.receive_key.is_none() {
+        tracing::warn!(
+            "--insecure-no-hmac: DDM requests are not authenticated; anyone who reaches the DDM port can report for any enrollment"
+        );
     }
     let settings = crate::controller::KubeSettings {
         lease_namespace: args.lease_namespace.clone(),

@@ -61,6 +61,8 @@ pub struct Context {
     pub targets: Store<EnforcementTarget>,
     /// Enrollment gate decisions, shown in gated policies' status.
     pub enrollment: Arc<Tally>,
+    /// DDM requests are taken unsigned (no receive key): every UpdatePolicy says so.
+    pub insecure_no_hmac: bool,
 }
 
 /// Kubernetes-mode settings beyond the shared ones.
@@ -316,6 +318,7 @@ pub async fn start(
         recorder: Recorder::new(client.clone(), reporter),
         targets: target_cache,
         enrollment: tally.clone(),
+        insecure_no_hmac: config.receive_key.is_none(),
     });
     tasks.push(tokio::spawn(resolver.run()));
 

@@ -442,11 +442,21 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
             }
         }
         let current = object.status.as_ref();
+        let mut desired_conditions =
+            standard_conditions(&snapshot, &object_key, suspended, Some(&tally));
+        if ctx.insecure_no_hmac {
+            desired_conditions.push(Desired::new(
+                "Authenticated",
+                false,
+                "InsecureNoHmac",
+                "started with --insecure-no-hmac: DDM status reports are not authenticated, so anyone who reaches the DDM port can report for any enrollment and change what its devices are sent",
+            ));
+        }
         let status = UpdatePolicyStatus {
             observed_generation: object.metadata.generation,
             conditions: conditions(
                 current.map(|s| s.conditions.as_slice()).unwrap_or_default(),
-                &standard_conditions(&snapshot, &object_key, suspended, Some(&tally)),
+                &desired_conditions,
                 object.metadata.generation,
                 snapshot.now,
             ),

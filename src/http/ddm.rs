@@ -2,6 +2,13 @@
 //! `GET declaration/{kind}/{identifier}`, `PUT status`. The enrollment comes in
 //! `X-Enrollment-ID`. With a receive key, requests must carry a valid `X-Hmac-Signature`
 //! (base64 HMAC-SHA256 of the body); with a send key, responses carry one.
+//!
+//! NanoMDM's signature covers the body only, not the enrollment id: every GET carries the same
+//! one (the HMAC of ""), and a signed report can be replayed under another id. So a GET never
+//! creates state — an enrollment the operator does not know is served the bootstrap set from
+//! memory — and only a status report (or the inventory) makes an enrollment known. Reports are
+//! bounded per device: a merged state over `status::MAX_STATE_BYTES` is refused (413), and each
+//! enrollment has a report rate limit (429).
 
 use std::sync::Arc;
 
@@ -17,7 +24,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 
 use crate::backend::embedded::StatusWriter;
-use crate::backend::store::Store;
+use crate::backend::store::{Refusal, ServedSet, Store};
 use crate::declarations::Declaration;
 use crate::metrics::Metrics;
 use crate::status::{MAX_REPORT_BYTES, StatusReport};
@@ -39,10 +46,16 @@ pub struct DdmState {
     /// Tells the resolver loop which enrollment reported.
     pub reported: mpsc::UnboundedSender<String>,
     pub metrics: Arc<Metrics>,
+    /// Judges what reports claim (OS version and build, model) against Apple's catalog.
+    pub claims: crate::catalog::SharedClaims,
 }
 
 /// The DDM routes, to be nested under the base path.
 pub fn router(state: Arc<DdmState>) -> Router {
+    // Said where it is watched: requests are not authenticated.
+    state
+        .metrics
+        .insecure_setting("no_hmac", state.receive_key.is_none());
     Router::new()
         .route("/tokens", get(tokens))
         .route("/declaration-items", get(declaration_items))
@@ -121,42 +134,13 @@ fn ok_json(state: &DdmState, endpoint: &'static str, body: Vec<u8>) -> Response 
     response
 }
 
-/// The enrollment's set; a first-seen enrollment is given the bootstrap set.
-async fn served_set(
-    state: &Arc<DdmState>,
-    enrollment: &str,
-) -> Option<Arc<crate::backend::store::ServedSet>> {
-    if let Some(set) = state.store.served_set(enrollment) {
-        return Some(set);
-    }
-    if state.bootstrap.is_empty() {
-        return None;
-    }
-    let store = state.store.clone();
-    let declarations = state.bootstrap.clone();
-    let enrollment_id = enrollment.to_string();
-    let assigned = tokio::task::spawn_blocking(move || {
-        let assignment = crate::backend::Assignment {
-            enrollment_id: enrollment_id.clone(),
-            identifiers: declarations.iter().map(|d| d.identifier.clone()).collect(),
-        };
-        store.apply(&declarations, &[assignment])
-    })
-    .await;
-    match assigned {
-        Ok(Ok(_)) => {
-            let _ = state.reported.send(enrollment.to_string());
-            state.store.served_set(enrollment)
-        }
-        Ok(Err(error)) => {
-            tracing::error!(%error, enrollment, "cannot assign the bootstrap set");
-            None
-        }
-        Err(error) => {
-            tracing::error!(%error, enrollment, "bootstrap task failed");
-            None
-        }
-    }
+/// The enrollment's set, or — for an enrollment with none — the bootstrap set, from memory:
+/// nothing is written for a GET.
+fn served_set(state: &DdmState, enrollment: &str) -> Option<Arc<ServedSet>> {
+    state
+        .store
+        .served_set(enrollment)
+        .or_else(|| Some(state.store.bootstrap(&state.bootstrap)?.set.clone()))
 }
 
 async fn tokens(State(state): State<Arc<DdmState>>, headers: HeaderMap) -> Response {
@@ -164,7 +148,7 @@ async fn tokens(State(state): State<Arc<DdmState>>, headers: HeaderMap) -> Respo
         Ok(e) => e,
         Err((code, why)) => return problem(&state, code, "tokens", why),
     };
-    let Some(set) = served_set(&state, &enrollment).await else {
+    let Some(set) = served_set(&state, &enrollment) else {
         return problem(
             &state,
             StatusCode::NOT_FOUND,
@@ -190,7 +174,7 @@ async fn declaration_items(State(state): State<Arc<DdmState>>, headers: HeaderMa
         Ok(e) => e,
         Err((code, why)) => return problem(&state, code, "declaration-items", why),
     };
-    match served_set(&state, &enrollment).await {
+    match served_set(&state, &enrollment) {
         Some(set) => ok_json(&state, "declaration-items", set.items.clone()),
         None => problem(
             &state,
@@ -210,10 +194,17 @@ async fn declaration(
         Ok(e) => e,
         Err((code, why)) => return problem(&state, code, "declaration", why),
     };
-    match state
-        .store
-        .served_declaration(&enrollment, &kind, &identifier)
-    {
+    let served = match state.store.served_set(&enrollment) {
+        Some(_) => state
+            .store
+            .served_declaration(&enrollment, &kind, &identifier),
+        None => state
+            .store
+            .bootstrap(&state.bootstrap)
+            .and_then(|b| b.declarations.get(&identifier).cloned())
+            .filter(|d| d.kind == kind),
+    };
+    match served {
         Some(declaration) => ok_json(&state, "declaration", declaration.body.clone()),
         None => problem(
             &state,
@@ -230,12 +221,16 @@ async fn status(State(state): State<Arc<DdmState>>, headers: HeaderMap, body: By
         Err((code, why)) => return problem(&state, code, "status", why),
     };
     if body.len() > MAX_REPORT_BYTES {
+        state.metrics.status_report_refused("report_too_large");
         return problem(
             &state,
             StatusCode::PAYLOAD_TOO_LARGE,
             "status",
             "status report too large",
         );
+    }
+    if let Err(refusal) = state.reports.admit(&enrollment) {
+        return refused(&state, &refusal);
     }
     let report = match StatusReport::from_slice(&body) {
         Ok(report) => report,
@@ -248,6 +243,23 @@ async fn status(State(state): State<Arc<DdmState>>, headers: HeaderMap, body: By
             );
         }
     };
+    // Reported facts override the inventory, so a claim Apple's catalog contradicts is refused
+    // (422, counted); the stored state supplies the model an incremental report leaves out.
+    if let Some(check) = state.claims.get()
+        && crate::catalog::ClaimCheck::judges(&report.status_items)
+    {
+        let (store, id) = (state.store.clone(), enrollment.clone());
+        let stored = tokio::task::spawn_blocking(move || store.device_items(&id)).await;
+        let stored = stored.ok().and_then(Result::ok).flatten();
+        let stored = stored.map(|items| crate::status::DeviceStatus::from_items(&items));
+        let reported = crate::status::DeviceStatus::from_items(&report.status_items);
+        if let Err(implausible) = check.check(&enrollment, &reported, stored.as_ref()) {
+            tracing::warn!(enrollment, %implausible, "status report refused");
+            state.metrics.status_claim_refused(implausible.reason());
+            let code = StatusCode::UNPROCESSABLE_ENTITY;
+            return problem(&state, code, "status", &implausible.to_string());
+        }
+    }
     // Answer only once the report is durable: NanoMDM turns anything but 200 into a
     // check-in error, and the device sends the report again.
     match state
@@ -260,16 +272,30 @@ async fn status(State(state): State<Arc<DdmState>>, headers: HeaderMap, body: By
             let _ = state.reported.send(enrollment);
             ok_json(&state, "status", Vec::new())
         }
-        Err(error) => {
-            tracing::error!(%error, "cannot store a status report");
-            problem(
-                &state,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "status",
-                "cannot store the report now",
-            )
-        }
+        Err(refusal) => refused(&state, &refusal),
     }
+}
+
+/// A report refused for what it would cost (counted by reason), or because the store cannot
+/// take it now.
+fn refused(state: &DdmState, refusal: &Refusal) -> Response {
+    let code = match refusal {
+        Refusal::StateTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        Refusal::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    if let Refusal::Unavailable(error) = refusal {
+        tracing::error!(%error, "cannot store a status report");
+    } else {
+        state.metrics.status_report_refused(refusal.reason());
+    }
+    let mut response = problem(state, code, "status", &refusal.to_string());
+    if let Refusal::RateLimited(seconds) = refusal
+        && let Ok(value) = HeaderValue::from_str(&seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
 }
 
 /// The body cap for the DDM routes: a status report, with room for headers' worth of slack.

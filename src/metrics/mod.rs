@@ -51,6 +51,11 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SettingLabels {
+    setting: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -105,6 +110,8 @@ pub struct Metrics {
     backend_apply_seconds: Histogram,
     enrollment_decisions: Family<DecisionLabels, Counter>,
     enrollment_seconds: Histogram,
+    status_reports_refused: Family<ReasonLabels, Counter>,
+    insecure: Family<SettingLabels, Gauge>,
     http_connections: Family<ListenerLabels, Gauge>,
     http_connections_refused: Family<ListenerLabels, Counter>,
     http_timeouts: Family<TimeoutLabels, Counter>,
@@ -251,6 +258,18 @@ impl Metrics {
             "Time to verify MachineInfo and decide, without forwarding",
             enrollment_seconds.clone(),
         );
+        let status_reports_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "status_reports_refused",
+            "DDM status reports refused for what they would cost, per reason",
+            status_reports_refused.clone(),
+        );
+        let insecure = Family::<SettingLabels, Gauge>::default();
+        registry.register(
+            "insecure",
+            "1 for each protection that is switched off, such as no_hmac (DDM requests nobody signed are taken)",
+            insecure.clone(),
+        );
         let enrollment_refusals = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "enrollment_refusals",
@@ -294,6 +313,8 @@ impl Metrics {
             http_timeouts.clone(),
         );
         Metrics {
+            status_reports_refused,
+            insecure,
             http_connections,
             http_connections_refused,
             http_timeouts,
@@ -403,6 +424,19 @@ impl Metrics {
 
     pub fn backend_applied(&self, seconds: f64) {
         self.backend_apply_seconds.observe(seconds);
+    }
+
+    pub fn status_report_refused(&self, reason: &'static str) {
+        self.status_reports_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// `off`: the protection named `setting` is switched off.
+    pub fn insecure_setting(&self, setting: &'static str, off: bool) {
+        self.insecure
+            .get_or_create(&SettingLabels { setting })
+            .set(i64::from(off));
     }
 
     pub fn enrollment_refused(&self, reason: &'static str) {

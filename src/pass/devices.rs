@@ -16,11 +16,11 @@ pub fn merge(seed: &[Device], records: &[DeviceRecord], assume_supervised: bool)
         .map(|d| (d.enrollment_id.clone(), d.clone()))
         .collect();
     for record in records {
-        let status = DeviceStatus::from_items(&record.status);
+        let status = &record.status;
         match devices.get_mut(&record.enrollment_id) {
-            Some(device) => update(device, &status),
+            Some(device) => update(device, status),
             None => {
-                if let Some(device) = learned(&record.enrollment_id, &status, assume_supervised) {
+                if let Some(device) = learned(&record.enrollment_id, status, assume_supervised) {
                     devices.insert(record.enrollment_id.clone(), device);
                 }
             }

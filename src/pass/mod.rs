@@ -181,10 +181,37 @@ pub async fn pass(
         .collect();
     assignments.extend(bootstrap_rejected(&devices, &records));
     let applied = backend.apply(&plan.declarations, &assignments).await;
-    let records = match &applied {
+    let mut records = match &applied {
         Ok(report) => with_assignments(records, &assignments, &report.changed, now),
         Err(_) => backend.devices().await.unwrap_or(records),
     };
+    // Enrollments no longer known that never reported (removed from the inventory before their
+    // first report; rows an old version created on a GET) are forgotten after a grace period:
+    // they would otherwise stay forever. One that checks in again gets the bootstrap set.
+    if applied.is_ok() {
+        let grace = crate::status::FORGET_UNREPORTED_AFTER;
+        let unreported: Vec<String> = records
+            .iter()
+            .filter(|r| r.last_report.is_none() && !present.contains(r.enrollment_id.as_str()))
+            .filter(|r| {
+                r.assigned_at
+                    .is_some_and(|at| now.duration_since(at) > grace)
+            })
+            .map(|r| r.enrollment_id.clone())
+            .collect();
+        match backend.forget_unreported(&unreported).await {
+            Ok(forgotten) if !forgotten.is_empty() => {
+                tracing::info!(
+                    enrollments = forgotten.len(),
+                    "forgot enrollments that never reported"
+                );
+                let forgotten: HashSet<String> = forgotten.into_iter().collect();
+                records.retain(|r| !forgotten.contains(&r.enrollment_id));
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "cannot forget enrollments that never reported"),
+        }
+    }
     Ok(PassResult {
         frozen,
         plan,
@@ -274,7 +301,7 @@ fn with_assignments(
             }
             None => records.push(DeviceRecord {
                 enrollment_id: assignment.enrollment_id.clone(),
-                status: serde_json::Map::new(),
+                status: Default::default(),
                 assigned: identifiers,
                 last_report: None,
                 assigned_at: Some(now),
@@ -291,14 +318,25 @@ fn with_assignments(
 /// subscribe to status items, never says what it is over DDM.
 fn bootstrap_rejected(devices: &[Device], records: &[DeviceRecord]) -> Vec<Assignment> {
     let known: HashSet<&str> = devices.iter().map(|d| d.enrollment_id.as_str()).collect();
+    // An enrollment with no set of its own is served the bootstrap set from memory.
+    let bootstrap: Vec<String> = crate::operator::bootstrap_declarations()
+        .into_iter()
+        .map(|d| d.identifier)
+        .collect();
     records
         .iter()
-        .filter(|r| !r.assigned.is_empty() && !known.contains(r.enrollment_id.as_str()))
+        .filter(|r| !known.contains(r.enrollment_id.as_str()))
         .filter(|r| {
-            crate::status::DeviceStatus::from_items(&r.status)
-                .declarations
-                .iter()
-                .any(|d| d.valid == "invalid" && r.assigned.contains(&d.identifier))
+            let served = if r.assigned.is_empty() && r.assigned_at.is_none() {
+                &bootstrap
+            } else {
+                &r.assigned
+            };
+            !served.is_empty()
+                && r.status
+                    .declarations
+                    .iter()
+                    .any(|d| d.valid == "invalid" && served.contains(&d.identifier))
         })
         .map(|r| {
             tracing::info!(enrollment = %r.enrollment_id, "an unknown enrollment rejected its bootstrap set; it gets nothing until it is known");

@@ -120,7 +120,7 @@ pub fn standings(
     let empty = DeviceStatus::default();
     for (device, outcome) in devices.iter().zip(&plan.devices) {
         let record = records.get(device.enrollment_id.as_str());
-        let status = record.map(|r| DeviceStatus::from_items(&r.status));
+        let status = record.map(|r| &r.status);
         let sources = outcome
             .enforcements
             .iter()
@@ -144,7 +144,7 @@ pub fn standings(
                         .as_str()
                 }),
                 reason: note.map(|n| n.reason),
-                status: status.as_ref().unwrap_or(&empty),
+                status: status.unwrap_or(&empty),
                 last_report: record.and_then(|r| r.last_report),
                 assigned_at: record.and_then(|r| r.assigned_at),
                 now,
@@ -153,7 +153,7 @@ pub fn standings(
                 .by_source
                 .entry(source)
                 .or_default()
-                .add(state, device, status.as_ref());
+                .add(state, device, status);
             // A generated target counts the devices it takes to its version and those already
             // running it (the policy's answer they meet).
             let counted_in = match (source, enforcement) {
@@ -169,7 +169,7 @@ pub fn standings(
                 && let Some(g) =
                     generated.get(&(p, ring, device.platform, version.to_string(), deadline))
             {
-                standings.by_generated[*g].add(state, device, status.as_ref());
+                standings.by_generated[*g].add(state, device, status);
             }
         }
     }

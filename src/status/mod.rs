@@ -3,12 +3,36 @@
 //! the store persists what this computes.
 
 pub mod bucket;
+pub mod limit;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// The largest status report body accepted (real ones are a few KB).
 pub const MAX_REPORT_BYTES: usize = 1024 * 1024;
+
+// What one device may cost the operator (issue 12). Real merged states are 2–20 KB and real
+// reports 0.5–10 KB; the caps leave a wide margin over that while bounding a device that sends
+// megabytes on purpose.
+
+/// The largest merged state kept per device: a report that would grow it beyond this is
+/// refused (413) and the state stays as it was.
+pub const MAX_STATE_BYTES: usize = 256 * 1024;
+/// Raw reports kept per enrollment (the newest ones).
+pub const HISTORY_REPORTS: usize = 16;
+/// Bytes of raw reports kept per enrollment; a single report larger than this is merged but not
+/// kept.
+pub const HISTORY_BYTES_PER_ENROLLMENT: usize = 64 * 1024;
+/// Bytes of raw reports kept in all (a quarter of the chart's default 1 Gi volume); beyond it
+/// the oldest reports go first, whichever device sent them.
+pub const HISTORY_BYTES_TOTAL: i64 = 256 * 1024 * 1024;
+/// An enrollment that never reported and is not in the inventory is forgotten this long after
+/// its set was last written.
+pub const FORGET_UNREPORTED_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+/// The most a device's summary (what the resolver keeps in memory per device) may take,
+/// serialised: a restart reads only these, so its time and memory do not depend on how large
+/// merged states are.
+pub const SUMMARY_MAX_BYTES: usize = 2 * 1024;
 
 /// How deep status JSON may nest (Apple's items nest four or five levels).
 const MAX_DEPTH: usize = 32;
@@ -92,7 +116,7 @@ fn merge_objects(into: &mut Map<String, Value>, from: &Map<String, Value>, prefi
 }
 
 /// `softwareupdate.install-state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum InstallState {
     None,
@@ -120,7 +144,7 @@ impl InstallState {
 }
 
 /// One entry of `management.declarations`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DeclarationStatus {
     pub identifier: String,
@@ -133,8 +157,8 @@ pub struct DeclarationStatus {
 }
 
 /// The items the operator reads, out of a device's merged status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
 pub struct DeviceStatus {
     pub install_state: Option<InstallState>,
     pub pending_version: Option<String>,
@@ -216,6 +240,64 @@ impl DeviceStatus {
             marketing_name: text(items, "device.model.marketing-name"),
             serial_number: text(items, "device.identifier.serial-number"),
             declarations,
+        }
+    }
+}
+
+impl DeviceStatus {
+    /// The bounded copy the store keeps for the resolver, at most [`SUMMARY_MAX_BYTES`]
+    /// serialised: of `management.declarations` only the entries a device rejected (the only
+    /// ones the operator acts on: a failed enforcement, a refused bootstrap set), and shorter
+    /// texts if a hostile device filled them.
+    pub fn summary(&self) -> DeviceStatus {
+        let mut summary = self.clone();
+        summary.declarations.retain(|d| d.valid == "invalid");
+        summary.declarations.truncate(16);
+        summary.install_reason.truncate(8);
+        for declaration in &mut summary.declarations {
+            declaration.reasons.truncate(4);
+        }
+        let mut limit = 256;
+        loop {
+            let size = serde_json::to_vec(&summary).map_or(usize::MAX, |b| b.len());
+            if size <= SUMMARY_MAX_BYTES {
+                return summary;
+            }
+            if summary.declarations.pop().is_some() || summary.install_reason.pop().is_some() {
+                continue;
+            }
+            if limit <= 8 {
+                // Every text is at most 8 characters here: far below the cap.
+                return summary;
+            }
+            limit /= 4;
+            summary.shorten_texts(limit);
+        }
+    }
+
+    fn shorten_texts(&mut self, limit: usize) {
+        let cut = |text: &mut Option<String>| {
+            if let Some(text) = text {
+                *text = text.chars().take(limit).collect();
+            }
+        };
+        for text in [
+            &mut self.pending_version,
+            &mut self.pending_build,
+            &mut self.failure_reason,
+            &mut self.beta_enrollment,
+            &mut self.software_update_device_id,
+            &mut self.os_family,
+            &mut self.os_version,
+            &mut self.build_version,
+            &mut self.supplemental_extra,
+            &mut self.supplemental_build,
+            &mut self.model_identifier,
+            &mut self.model_family,
+            &mut self.marketing_name,
+            &mut self.serial_number,
+        ] {
+            cut(text);
         }
     }
 }

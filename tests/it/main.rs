@@ -3,6 +3,7 @@ mod apple_schema;
 mod catalog_fetch;
 mod catalog_snapshots;
 mod ddm_http;
+mod device_bounds;
 mod durability;
 mod enroll_gate;
 mod fleet_sim;

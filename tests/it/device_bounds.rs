@@ -1,0 +1,382 @@
+//! Issue 12, items 2 and 3 over real HTTP on loopback: a GET never creates state (NanoMDM's
+//! HMAC does not bind the enrollment id), and one device cannot exhaust the operator — its
+//! merged state is capped (413), its reports are rate limited (429), and another device's
+//! report is not held up meanwhile.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use ddm_update_operator::backend::embedded::Embedded;
+use ddm_update_operator::backend::store::Store;
+use ddm_update_operator::clock::Clock;
+use ddm_update_operator::http::{ddm, device_router, serve};
+use ddm_update_operator::metrics::Metrics;
+use ddm_update_operator::status::{MAX_STATE_BYTES, limit::REPORT_BURST};
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+use crate::support::process::metric_sum;
+
+struct Server {
+    base: String,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+/// The device side as the operator serves it, on a store whose clock (which the rate limit
+/// reads) the test moves.
+async fn server(receive_key: Option<&[u8]>) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ddm.sqlite");
+    let clock = Clock::manual("2026-09-01T00:00:00Z".parse().expect("a timestamp"));
+    let store = Arc::new(Store::open(&path).expect("store").with_clock(clock.clone()));
+    let backend = Embedded::new(store.clone(), None);
+    let (reported, mut reported_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move { while reported_rx.recv().await.is_some() {} });
+    let metrics = Arc::new(Metrics::new());
+    let state = Arc::new(ddm::DdmState {
+        store: store.clone(),
+        reports: backend.reports.clone(),
+        receive_key: receive_key.map(<[u8]>::to_vec),
+        send_key: None,
+        bootstrap: ddm_update_operator::operator::bootstrap_declarations(),
+        reported,
+        metrics: metrics.clone(),
+        claims: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let task = tokio::spawn(serve::serve(
+        listener,
+        device_router("/ddm/", state),
+        serve::Limits::local(),
+        serve::Side::Device,
+        metrics.clone(),
+        std::future::pending(),
+    ));
+    Server {
+        base: format!("http://{address}/ddm/"),
+        store,
+        metrics,
+        clock,
+        path,
+        _dir: dir,
+        _task: task,
+    }
+}
+
+fn sign(key: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
+    mac.update(body);
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+async fn put(
+    client: &reqwest::Client,
+    base: &str,
+    enrollment: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
+    let mut request = client
+        .put(format!("{base}status"))
+        .header("X-Enrollment-ID", enrollment)
+        .body(body);
+    if let Some(signature) = signature {
+        request = request.header("X-Hmac-Signature", signature);
+    }
+    request.send().await.expect("loopback request")
+}
+
+fn counts(store: &Store) -> Vec<(&'static str, i64)> {
+    store.counts().expect("counts").to_vec()
+}
+
+/// An incremental report adding `bytes` of padding under its own key.
+fn padded(key: &str, bytes: usize) -> Vec<u8> {
+    format!(
+        r#"{{"StatusItems":{{"pad":{{"{key}":"{}"}}}}}}"#,
+        "x".repeat(bytes)
+    )
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gets_for_unknown_enrollments_store_nothing_and_still_serve_the_bootstrap_set() {
+    let key = b"nanomdm-dm-key";
+    let s = server(Some(key)).await;
+    let client = client();
+    let before = counts(&s.store);
+    // NanoMDM signs the body only: one captured GET signature works for every enrollment id.
+    let signature = sign(key, b"");
+    use futures::StreamExt as _;
+    // 32 at a time: the device listener caps its connections.
+    let gets: Vec<reqwest::StatusCode> = futures::stream::iter((0..2_000u32).map(|i| {
+        let (client, base, signature) = (client.clone(), s.base.clone(), signature.clone());
+        async move {
+            let id = format!(
+                "RANDOM-{}",
+                ddm_update_operator::declarations::content_hash(&[&i.to_be_bytes()])
+            );
+            let path = if i % 2 == 0 {
+                "tokens"
+            } else {
+                "declaration-items"
+            };
+            client
+                .get(format!("{base}{path}"))
+                .header("X-Enrollment-ID", id)
+                .header("X-Hmac-Signature", signature)
+                .send()
+                .await
+                .expect("loopback request")
+                .status()
+        }
+    }))
+    .buffer_unordered(32)
+    .collect()
+    .await;
+    assert!(
+        gets.iter().all(|status| *status == 200),
+        "every GET is answered"
+    );
+    assert_eq!(
+        counts(&s.store),
+        before,
+        "2,000 GETs of random ids wrote no row"
+    );
+
+    // An unknown enrollment still gets the bootstrap set, and can fetch each declaration.
+    let get = |path: String| {
+        let (client, signature) = (client.clone(), signature.clone());
+        async move {
+            let response = client
+                .get(path)
+                .header("X-Enrollment-ID", "NEW-DEVICE")
+                .header("X-Hmac-Signature", signature)
+                .send()
+                .await
+                .expect("loopback request");
+            assert_eq!(response.status(), 200);
+            response.json::<Value>().await.expect("json")
+        }
+    };
+    let tokens = get(format!("{}tokens", s.base)).await;
+    let items = get(format!("{}declaration-items", s.base)).await;
+    assert_eq!(
+        tokens["SyncTokens"]["DeclarationsToken"], items["DeclarationsToken"],
+        "tokens and items agree"
+    );
+    let bootstrap = ddm_update_operator::operator::bootstrap_declarations();
+    for declaration in &bootstrap {
+        let kind = ddm_update_operator::backend::store::kind_of(declaration.declaration_type);
+        let body = get(format!(
+            "{}declaration/{kind}/{}",
+            s.base, declaration.identifier
+        ))
+        .await;
+        assert_eq!(body["Identifier"], declaration.identifier.as_str());
+        assert_eq!(body["ServerToken"], declaration.server_token.as_str());
+    }
+    let listed: usize = ["Activations", "Configurations", "Assets", "Management"]
+        .iter()
+        .map(|k| items["Declarations"][k].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(listed, bootstrap.len());
+    assert_eq!(
+        counts(&s.store),
+        before,
+        "serving the bootstrap set wrote nothing"
+    );
+
+    // Only a report makes an enrollment known.
+    let body = br#"{"StatusItems":{"device":{"operating-system":{"version":"26.3"}}}}"#.to_vec();
+    let response = put(
+        &client,
+        &s.base,
+        "NEW-DEVICE",
+        body.clone(),
+        Some(sign(key, &body)),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(s.store.device_items("NEW-DEVICE").expect("read").is_some());
+
+    // The residual risk the README documents: the signature covers the body, not the
+    // enrollment id, so a body signed for one device is accepted under another id by anyone who
+    // can reach the DDM port (network isolation to NanoMDM alone closes it).
+    let replayed = put(
+        &client,
+        &s.base,
+        "OTHER-DEVICE",
+        body.clone(),
+        Some(sign(key, &body)),
+    )
+    .await;
+    assert_eq!(
+        replayed.status(),
+        200,
+        "replay under another id is accepted (documented)"
+    );
+    // A body nobody signed still is not.
+    let forged = br#"{"StatusItems":{"device":{"operating-system":{"version":"26.99"}}}}"#.to_vec();
+    let refused = put(
+        &client,
+        &s.base,
+        "OTHER-DEVICE",
+        forged,
+        Some(sign(key, &body)),
+    )
+    .await;
+    assert_eq!(refused.status(), 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_device_sending_megabytes_is_refused_past_the_cap_and_holds_no_one_up() {
+    let s = server(None).await;
+    let client = client();
+    // Another device reporting all along: its reports are timed.
+    let other = {
+        let (client, base) = (client.clone(), s.base.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..20 {
+                let body = format!(
+                    r#"{{"StatusItems":{{"softwareupdate":{{"failure-reason":{{"count":{i}}}}}}}}}"#
+                )
+                .into_bytes();
+                let started = Instant::now();
+                let response = put(&client, &base, "OTHER", body, None).await;
+                slowest = slowest.max(started.elapsed());
+                assert_eq!(response.status(), 200);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            slowest
+        })
+    };
+    // 60 incremental reports of 1 MiB (just under the body cap) to one enrollment, spaced out
+    // on the store's clock so the rate limit is not what refuses them.
+    let big = ddm_update_operator::status::MAX_REPORT_BYTES - 100;
+    let started = Instant::now();
+    let mut codes = Vec::new();
+    for i in 0..60 {
+        s.clock.advance(jiff::SignedDuration::from_secs(60));
+        let response = put(&client, &s.base, "HOG", padded(&format!("k{i}"), big), None).await;
+        codes.push(response.status().as_u16());
+    }
+    let hog_time = started.elapsed();
+    // Then 60 incremental reports of 20 KB: accepted until the merged state reaches the cap.
+    let mut small_codes = Vec::new();
+    for i in 0..60 {
+        s.clock.advance(jiff::SignedDuration::from_secs(60));
+        let response = put(
+            &client,
+            &s.base,
+            "GROWER",
+            padded(&format!("k{i}"), 20_000),
+            None,
+        )
+        .await;
+        small_codes.push(response.status().as_u16());
+    }
+    let slowest = other.await.expect("the other device's task");
+    eprintln!(
+        "60 × 1 MiB reports: {:.2} s in all; another device's slowest report meanwhile: {} ms",
+        hog_time.as_secs_f64(),
+        slowest.as_millis()
+    );
+    assert!(
+        codes.iter().all(|c| *c == 413),
+        "each 1 MiB report alone exceeds the cap: {codes:?}"
+    );
+    let accepted = small_codes.iter().take_while(|c| **c == 200).count();
+    assert_eq!(
+        accepted,
+        MAX_STATE_BYTES / 20_000,
+        "accepted up to the cap: {small_codes:?}"
+    );
+    assert!(
+        small_codes[accepted..].iter().all(|c| *c == 413),
+        "{small_codes:?}"
+    );
+    let grown = s
+        .store
+        .device_items("GROWER")
+        .expect("read")
+        .expect("state");
+    assert!(serde_json::to_vec(&grown).expect("json").len() <= MAX_STATE_BYTES);
+    assert!(
+        slowest < Duration::from_secs(2),
+        "another device's report waited {slowest:?}"
+    );
+    let refused = metric_sum(
+        &s.metrics.encode(),
+        "ddm_update_operator_status_reports_refused_total",
+    );
+    assert_eq!(refused as usize, 60 + (60 - accepted));
+    // The store holds the capped state and a bounded history, nothing of the refused megabytes.
+    drop(s.store.counts());
+    let size: u64 = ["", "-wal"]
+        .iter()
+        .filter_map(|suffix| {
+            std::fs::metadata(format!("{}{suffix}", s.path.display()))
+                .ok()
+                .map(|m| m.len())
+        })
+        .sum();
+    assert!(size < 4 * 1024 * 1024, "the store is {size} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_beyond_the_rate_limit_get_429_with_retry_after() {
+    let s = server(None).await;
+    let client = client();
+    let body = br#"{"StatusItems":{"softwareupdate":{"install-state":"downloading"}}}"#.to_vec();
+    for _ in 0..REPORT_BURST {
+        assert_eq!(
+            put(&client, &s.base, "CHATTY", body.clone(), None)
+                .await
+                .status(),
+            200
+        );
+    }
+    let limited = put(&client, &s.base, "CHATTY", body.clone(), None).await;
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().get("retry-after").is_some());
+    assert_eq!(
+        put(&client, &s.base, "QUIET", body.clone(), None)
+            .await
+            .status(),
+        200,
+        "another enrollment is not limited"
+    );
+    s.clock.advance(jiff::SignedDuration::from_secs(6));
+    assert_eq!(
+        put(&client, &s.base, "CHATTY", body, None).await.status(),
+        200,
+        "refilled"
+    );
+    let text = s.metrics.encode();
+    assert!(
+        text.contains(
+            r#"ddm_update_operator_status_reports_refused_total{reason="rate_limited"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"ddm_update_operator_insecure{setting="no_hmac"} 1"#));
+}
