@@ -42,6 +42,9 @@ pub enum BackendError {
     UnknownDeclaration(String),
     #[error("the backend did not answer in time")]
     Timeout,
+    /// A write from a replica that no longer leads (or whose epoch a newer leader replaced).
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("{0}")]
     Other(String),
 }
@@ -52,6 +55,7 @@ impl BackendError {
             BackendError::Store(_) => "StoreError",
             BackendError::UnknownDeclaration(_) => "UnknownDeclaration",
             BackendError::Timeout => "BackendTimeout",
+            BackendError::Fenced(_) => "Fenced",
             BackendError::Other(_) => "BackendError",
         }
     }

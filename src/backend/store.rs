@@ -20,6 +20,7 @@ use crate::status::{
     MAX_STATE_BYTES, StatusReport, merge,
 };
 
+mod fence;
 mod last_valid;
 
 /// Raw reports kept per enrollment (the newest ones).
@@ -207,6 +208,9 @@ pub struct Store {
     memory: RwLock<Arc<Memory>>,
     /// Stamps assignments and reports (a virtual one in simulations).
     clock: crate::clock::Clock,
+    /// Whose writes of sets and of what the resolver remembers are accepted (Kubernetes mode:
+    /// the leader's epoch only).
+    fence: RwLock<fence::Fence>,
     /// The bootstrap set last built, to serve unknown enrollments without building it per request.
     bootstrap: RwLock<Option<Arc<Bootstrap>>>,
     /// Bytes of raw reports kept in all ([`HISTORY_BYTES_TOTAL`] unless a test sets less).
@@ -264,6 +268,7 @@ impl Store {
             cache: RwLock::new(Cache::default()),
             memory: RwLock::default(),
             clock: crate::clock::Clock::system(),
+            fence: RwLock::new(fence::Fence::Unfenced),
             bootstrap: RwLock::default(),
             history_budget: HISTORY_BYTES_TOTAL,
         };
@@ -507,6 +512,7 @@ impl Store {
         {
             let mut connection = relock(self.connection.lock());
             let transaction = connection.transaction()?;
+            self.check_fence(&transaction)?;
             {
                 let mut forget =
                     transaction.prepare_cached("DELETE FROM rollouts WHERE enrollment_id = ?1")?;
@@ -696,6 +702,7 @@ impl Store {
         {
             let mut connection = relock(self.connection.lock());
             let transaction = connection.transaction()?;
+            self.check_fence(&transaction)?;
             {
                 let mut insert = transaction.prepare_cached(
                     "INSERT INTO declarations (identifier, type, server_token, body) VALUES (?1, ?2, ?3, ?4)

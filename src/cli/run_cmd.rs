@@ -266,6 +266,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             .unwrap_or_else(|| format!("ddm-update-operator-{}", std::process::id())),
         concurrency: args.concurrency.max(1),
         watch_namespace: args.watch_namespace.clone().filter(|n| !n.is_empty()),
+        lease_timing: None,
     };
     runtime.block_on(async move {
         let client = kube::Client::try_default().await.map_err(|e| {
@@ -277,8 +278,18 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
             .await
             .map_err(CliError::Unreadable)?;
         tracing::info!(address = %running.address, "operator running in Kubernetes mode");
-        crate::operator::shutdown_signal().await;
-        running.stop();
-        Ok(String::new())
+        let mut stepped_down = running.stepped_down.clone();
+        tokio::select! {
+            () = crate::operator::shutdown_signal() => {
+                running.shutdown().await;
+                Ok(String::new())
+            }
+            _ = stepped_down.wait_for(|down| *down) => {
+                // Restarted by Kubernetes, this replica joins the election again as a follower.
+                Err(CliError::Unreadable(
+                    "stepped down: the leader Lease was lost or could not be renewed in time".into(),
+                ))
+            }
+        }
     })
 }

@@ -3,6 +3,7 @@
 //! standalone mode (DDM endpoints, health, metrics, status).
 
 pub mod conditions;
+pub mod leader;
 mod reconcile;
 pub mod resolver;
 
@@ -71,6 +72,8 @@ pub struct KubeSettings {
     /// Namespace of the leader-election Lease.
     pub lease_namespace: String,
     pub lease_name: String,
+    /// Lease duration, renew deadline and retry period (`None`: client-go's 15 s, 10 s, 2 s).
+    pub lease_timing: Option<(Duration, Duration, Duration)>,
     /// This replica's identity (the pod name).
     pub identity: String,
     /// Reconciles running at once per kind.
@@ -101,7 +104,11 @@ pub struct Running {
     pub admin_address: std::net::SocketAddr,
     /// Both listeners.
     http: crate::http::serve::Spawned,
+    /// Turns `true` once this replica stepped down (lost or could not renew the Lease).
+    pub stepped_down: watch::Receiver<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Ends (handing the Lease back) once the tasks holding its receiver are stopped.
+    elector: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
@@ -109,6 +116,17 @@ impl Running {
         for task in self.tasks {
             task.abort();
         }
+    }
+
+    /// Drains the HTTP listeners (within the drain bound), stops every task and waits briefly
+    /// for the Lease to be handed back, so the next replica need not wait for it to expire.
+    pub async fn shutdown(self) {
+        self.http.drain().await;
+        let elector = self.elector;
+        for task in self.tasks {
+            task.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(3), elector).await;
     }
 }
 
@@ -185,6 +203,8 @@ pub async fn start(
     let enroll_state = config
         .enroll
         .state(gate_view, tally.clone(), metrics.clone())?;
+    // Filled once the leader has a catalog: until then reports are not judged.
+    let claims = crate::catalog::SharedClaims::default();
     let ddm_state = Arc::new(ddm::DdmState {
         store: store.clone(),
         reports: backend.reports.clone(),
@@ -193,6 +213,7 @@ pub async fn start(
         bootstrap: crate::operator::bootstrap_declarations(),
         reported: reported_tx,
         metrics: metrics.clone(),
+        claims: claims.clone(),
     });
     // Two listeners: devices (DDM, the gate) and admin (metrics, health, /api/v1 behind
     // TokenReview and SubjectAccessReview), each with the HTTP limits.
@@ -227,31 +248,44 @@ pub async fn start(
     );
 
     // Leader election: only the leader resolves, writes device sets and reconciles.
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
-        .with_namespace(&settings.lease_namespace)
-        .with_identity(&settings.identity)
-        .with_duration(15)
-        .with_grace(5)
-        .with_field_manager(crate::api::FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(|e| format!("leader election: {e}"))?;
-    let (mut leader, lease_task) = lease.watch().await;
-    tasks.push(tokio::spawn(async move {
-        let _ = lease_task.await;
-    }));
+    let mut lease_settings = leader::LeaseSettings::new(
+        &settings.lease_namespace,
+        &settings.lease_name,
+        &settings.identity,
+    );
+    if let Some((duration, renew_deadline, retry_period)) = settings.lease_timing {
+        lease_settings.duration = duration;
+        lease_settings.renew_deadline = renew_deadline;
+        lease_settings.retry_period = retry_period;
+    }
+    let (mut leader, elector) = leader::elect(
+        Api::namespaced(client.clone(), &settings.lease_namespace),
+        lease_settings,
+    );
     while !*leader.borrow_and_update() {
         tracing::info!(identity = %settings.identity, "waiting to become the leader");
         if leader.changed().await.is_err() {
             return Err("leader election stopped".into());
         }
     }
-    tracing::info!(identity = %settings.identity, "leading");
+    // Every write from here on carries this epoch; a replica that led before is fenced.
+    let epoch = store
+        .claim_leadership(&settings.identity)
+        .map_err(|e| format!("cannot record the leadership epoch in the store: {e}"))?;
+    metrics.leadership(Some(epoch));
+    tracing::info!(identity = %settings.identity, epoch, "leading");
 
     let catalog = Arc::new(tokio::sync::RwLock::new(
         crate::operator::load_catalog(&config, &metrics).await,
     ));
     let seed = crate::operator::read_inventory(config.inventory.as_deref());
+    let judge_with = |state: &crate::operator::CatalogState, seed: &[crate::inventory::Device]| {
+        state
+            .for_gate()
+            .ok()
+            .map(|c| crate::catalog::ClaimCheck::new(c, seed))
+    };
+    claims.set(judge_with(&*catalog.read().await, &seed));
     // The catalog is fetched again on its interval; a new one triggers a pass.
     if matches!(config.catalog, crate::operator::CatalogSource::Url(_)) {
         let (refresh_config, refresh_metrics, handle, trigger) = (
@@ -260,13 +294,16 @@ pub async fn start(
             catalog.clone(),
             trigger_tx.clone(),
         );
+        let (refresh_claims, refresh_seed) = (claims.clone(), seed.clone());
         tasks.push(tokio::spawn(async move {
             let mut interval = tokio::time::interval(refresh_config.catalog_refresh);
             interval.tick().await;
             loop {
                 interval.tick().await;
-                *handle.write().await =
+                let loaded =
                     crate::operator::load_catalog(&refresh_config, &refresh_metrics).await;
+                refresh_claims.set(judge_with(&loaded, &refresh_seed));
+                *handle.write().await = loaded;
                 let _ = trigger.send(());
             }
         }));
@@ -382,12 +419,26 @@ pub async fn start(
             .run(reconcile::enforcement_target, reconcile::error_policy, ctx)
             .for_each(|_| async {}),
     ));
-    // Losing the lease stops every writer: the process exits and is restarted as a follower.
+    // Losing the Lease, or failing to renew it in time, fences the store at once (a pass
+    // already running is refused its writes) and stops every task; `run` then exits so the pod
+    // restarts as a follower.
+    let (stepped_down_tx, stepped_down) = watch::channel(false);
+    let everything: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+    let (fenced_store, step_metrics, step_app) = (store.clone(), metrics.clone(), app.clone());
     tasks.push(tokio::spawn(async move {
         while leader.changed().await.is_ok() {
-            if !*leader.borrow() {
-                tracing::error!("lost the leader lease; stopping");
-                std::process::exit(1);
+            if !*leader.borrow_and_update() {
+                fenced_store.step_down();
+                step_metrics.leadership(None);
+                step_app
+                    .ready
+                    .store(false, std::sync::atomic::Ordering::Release);
+                tracing::error!("no longer the leader: writes fenced, passes and controllers stopped");
+                for task in &everything {
+                    task.abort();
+                }
+                stepped_down_tx.send_replace(true);
+                return;
             }
         }
     }));
@@ -397,7 +448,9 @@ pub async fn start(
         address,
         admin_address,
         http,
+        stepped_down,
         tasks,
+        elector,
     })
 }
 

@@ -110,6 +110,9 @@ pub struct Metrics {
     backend_apply_seconds: Histogram,
     enrollment_decisions: Family<DecisionLabels, Counter>,
     enrollment_seconds: Histogram,
+    /// 1 while this replica leads (Kubernetes mode), with the epoch its writes carry.
+    leader: Gauge,
+    leader_epoch: Gauge,
     status_reports_refused: Family<ReasonLabels, Counter>,
     insecure: Family<SettingLabels, Gauge>,
     http_connections: Family<ListenerLabels, Gauge>,
@@ -258,6 +261,18 @@ impl Metrics {
             "Time to verify MachineInfo and decide, without forwarding",
             enrollment_seconds.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and may write, else 0",
+            leader.clone(),
+        );
+        let leader_epoch = Gauge::default();
+        registry.register(
+            "leader_epoch",
+            "The leadership epoch this replica's writes carry (0 when not leading)",
+            leader_epoch.clone(),
+        );
         let status_reports_refused = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "status_reports_refused",
@@ -313,6 +328,8 @@ impl Metrics {
             http_timeouts.clone(),
         );
         Metrics {
+            leader,
+            leader_epoch,
             status_reports_refused,
             insecure,
             http_connections,
@@ -424,6 +441,12 @@ impl Metrics {
 
     pub fn backend_applied(&self, seconds: f64) {
         self.backend_apply_seconds.observe(seconds);
+    }
+
+    /// Leading under `epoch`, or (`None`) not leading.
+    pub fn leadership(&self, epoch: Option<i64>) {
+        self.leader.set(i64::from(epoch.is_some()));
+        self.leader_epoch.set(epoch.unwrap_or(0));
     }
 
     pub fn status_report_refused(&self, reason: &'static str) {

@@ -674,6 +674,13 @@ fn default_values_render_one_locked_down_replica() {
         "nanomdm -dm http://{RELEASE}.{NAMESPACE}.svc:8080/ddm/"
     )));
     assert!(rendered.notes.contains("/enroll"));
+    assert!(
+        rendered.notes.contains(&format!(
+            "http://{RELEASE}-metrics.{NAMESPACE}.svc:9090/metrics"
+        )) && rendered.notes.contains("/api/v1/status"),
+        "the notes name the admin port: {}",
+        rendered.notes
+    );
     assert!(rendered.notes.contains("No HMAC keys are set"));
 }
 
@@ -739,7 +746,7 @@ fn rbac_is_the_least_privilege_set() {
     let expected: BTreeSet<String> = [
         "coordination.k8s.io leases create",
         "coordination.k8s.io leases/ddm-update-operator get",
-        "coordination.k8s.io leases/ddm-update-operator patch",
+        "coordination.k8s.io leases/ddm-update-operator update",
     ]
     .into_iter()
     .map(String::from)
@@ -2919,7 +2926,7 @@ fn chart_on_a_real_api_server() {
         ],
         &["create", "leases.coordination.k8s.io", "-n", NAMESPACE],
         &[
-            "patch",
+            "update",
             "leases.coordination.k8s.io/ddm-update-operator",
             "-n",
             NAMESPACE,
@@ -2940,7 +2947,7 @@ fn chart_on_a_real_api_server() {
         &["list", "pods", "--all-namespaces"],
         &["create", "leases.coordination.k8s.io", "-n", "it-fleet"],
         &[
-            "patch",
+            "update",
             "leases.coordination.k8s.io/other-lease",
             "-n",
             NAMESPACE,

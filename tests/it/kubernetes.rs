@@ -300,6 +300,9 @@ impl Logged {
 #[derive(Default)]
 struct RequestLog {
     entries: Mutex<Vec<Logged>>,
+    /// A fault a test turns on: every Lease request is answered 503, as when the API server is
+    /// unreachable for renewals while the rest still works.
+    leases_unreachable: std::sync::atomic::AtomicBool,
 }
 
 impl RequestLog {
@@ -376,6 +379,18 @@ async fn forward(
         .is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let method = parts.method.to_string();
     let path = parts.uri.path().to_string();
+    if path.contains("/leases")
+        && scope
+            .log
+            .leases_unreachable
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "cut by the test",
+        )
+            .into_response();
+    }
     let bytes = match axum::body::to_bytes(body, 64 << 20).await {
         Ok(bytes) => bytes,
         Err(error) => {
@@ -633,6 +648,7 @@ impl Env {
             identity: format!("{identity}-{}", self.namespace),
             concurrency: 4,
             watch_namespace: None,
+            lease_timing: None,
         };
         let started = Instant::now();
         let running = tokio::time::timeout(
@@ -2362,22 +2378,6 @@ async fn invalid_specs_are_reported_without_touching_the_rest() {
     env.finish(running).await;
 }
 
-/// What one generated target shows: `(exists, compliance, counts, Compliant reason)`.
-async fn target_view(env: &Env, name: &str) -> (bool, Option<String>, String, Option<String>) {
-    match env.api::<EnforcementTarget>().get_opt(name).await {
-        Ok(Some(t)) => {
-            let status = t.status.clone().unwrap_or_default();
-            (
-                true,
-                status.compliance.clone(),
-                format!("{:?}", status.devices),
-                condition(&status.conditions, COMPLIANT).map(|c| c.reason.clone()),
-            )
-        }
-        Ok(None) => (false, None, String::new(), None),
-        Err(e) => panic!("get EnforcementTarget {name}: {e}"),
-    }
-}
 /// The last valid versions the operator stored, as `Kind namespace/name` → generation.
 fn stored_versions(env: &Env) -> BTreeMap<String, Option<i64>> {
     ddm_update_operator::backend::store::Store::open(&env.config.database)
@@ -2627,6 +2627,22 @@ async fn an_invalid_edit_keeps_the_last_valid_spec_across_a_restart() {
     .await;
 
     env.finish(running).await;
+}
+/// What one generated target shows: `(exists, compliance, counts, Compliant reason)`.
+async fn target_view(env: &Env, name: &str) -> (bool, Option<String>, String, Option<String>) {
+    match env.api::<EnforcementTarget>().get_opt(name).await {
+        Ok(Some(t)) => {
+            let status = t.status.clone().unwrap_or_default();
+            (
+                true,
+                status.compliance.clone(),
+                format!("{:?}", status.devices),
+                condition(&status.conditions, COMPLIANT).map(|c| c.reason.clone()),
+            )
+        }
+        Ok(None) => (false, None, String::new(), None),
+        Err(e) => panic!("get EnforcementTarget {name}: {e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -3187,6 +3203,7 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
             identity: format!("nsonly-{}", env.namespace),
             concurrency: 4,
             watch_namespace: Some(env.namespace.clone()),
+            lease_timing: None,
         },
     )
     .await
@@ -3206,4 +3223,382 @@ async fn a_namespaced_operator_leaves_other_namespaces_alone() {
         untouched.finalizers()
     );
     running.stop();
+}
+
+/// A replica with a short Lease (4 s, renew deadline 3 s, retry 0.5 s) on the test's store.
+async fn start_leasing(env: &Env, identity: &str) -> Running {
+    controller::start(
+        env.scoped.clone(),
+        env.config.clone(),
+        KubeSettings {
+            lease_namespace: env.namespace.clone(),
+            lease_name: LEASE_NAME.into(),
+            identity: format!("{identity}-{}", env.namespace),
+            concurrency: 4,
+            watch_namespace: None,
+            lease_timing: Some((
+                Duration::from_secs(4),
+                Duration::from_secs(3),
+                Duration::from_millis(500),
+            )),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{identity} does not start: {e}"))
+}
+
+/// A leader that cannot renew its Lease steps down before the Lease can expire for anyone
+/// else: it stops its passes and controllers and its writes are fenced. The next leader takes
+/// over only once the Lease expired, under a newer epoch in the store they share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_cannot_renew_steps_down_before_its_lease_expires() {
+    let env = Env::new("lease", &fleet(), &[]).await;
+    let first = start_leasing(&env, "first").await;
+    assert_eq!(
+        metric(&first.metrics, "ddm_update_operator_leader_epoch"),
+        1.0
+    );
+    env.apply_examples().await;
+    eventually("the examples Ready", CONVERGE, || all_ready(&env)).await;
+
+    let cut = Instant::now();
+    env.log
+        .leases_unreachable
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut stepped_down = first.stepped_down.clone();
+    tokio::time::timeout(Duration::from_secs(10), stepped_down.wait_for(|down| *down))
+        .await
+        .expect("the leader steps down when it cannot renew")
+        .expect("the operator is running");
+    let after = cut.elapsed();
+    // The last renewal was sent before the cut: stepping down within the 4 s Lease means it
+    // stopped before any other replica may have taken over.
+    assert!(
+        after < Duration::from_secs(4),
+        "stepped down {:.2} s after renewals stopped",
+        after.as_secs_f64()
+    );
+    assert_eq!(metric(&first.metrics, "ddm_update_operator_leader"), 0.0);
+    assert_eq!(
+        metric(&first.metrics, "ddm_update_operator_leader_epoch"),
+        0.0
+    );
+
+    // Nothing of the deposed leader runs any more: a change makes it no pass.
+    let passes = metric(&first.metrics, PASSES);
+    let mut mobile = env.example_policy("mobile");
+    mobile["spec"]["deadline"]["localTime"] = "17:30".into();
+    env.apply::<UpdatePolicy>(&mobile).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        metric(&first.metrics, PASSES),
+        passes,
+        "a deposed leader makes no pass"
+    );
+
+    // The API server is back: a second replica takes the Lease once it expired and fences the
+    // first one's epoch in the store they share.
+    env.log
+        .leases_unreachable
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let waited = Instant::now();
+    let second = start_leasing(&env, "second").await;
+    assert!(
+        waited.elapsed() >= Duration::from_secs(3),
+        "the second replica waited for the Lease to expire ({:.2} s)",
+        waited.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        metric(&second.metrics, "ddm_update_operator_leader_epoch"),
+        2.0
+    );
+    eventually("the new leader resolves the change", CONVERGE, || async {
+        let snapshot = second.snapshots.borrow().clone();
+        match snapshot.applied {
+            Ok(_) if snapshot.pass > 0 => Ok(()),
+            _ => Err(format!("pass {}: {:?}", snapshot.pass, snapshot.applied)),
+        }
+    })
+    .await;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), &env.namespace);
+    let lease = leases.get(LEASE_NAME).await.expect("the Lease");
+    let spec = lease.spec.expect("a spec");
+    assert_eq!(
+        spec.holder_identity.as_deref(),
+        Some(format!("second-{}", env.namespace).as_str())
+    );
+    assert_eq!(spec.lease_transitions, Some(1), "one hand-over");
+    first.stop();
+    env.finish(Operator(Some(second))).await;
+}
+
+/// The tenancy model (README "Tenancy"): devices are one global pool, so the three kinds are
+/// fleet-wide control and for fleet administrators only. On the real API server (RBAC) with two
+/// namespaces: a tenant who administers namespace B (the roles the built-in `admin` aggregates)
+/// cannot write the kinds in B; the fleet administrators of examples/rbac can, in A and in B;
+/// and no aggregated role on the server grants the kinds to namespace admins or editors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_cannot_write_fleet_kinds_and_fleet_admins_control_every_namespace() {
+    let client = plain_client().await;
+    install_crds(&client).await;
+    let suffix = unique_suffix();
+    let (a, b) = (
+        format!("ddm-it-tenant-a-{suffix}"),
+        format!("ddm-it-tenant-b-{suffix}"),
+    );
+    let _guard_a = create_namespace(&client, &a).await;
+    let _guard_b = create_namespace(&client, &b).await;
+    let rbac = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/rbac/fleet-admins.yaml");
+    kubectl(&["apply", "-f", &rbac.to_string_lossy()]);
+    // Namespace B's administrator, as a real cluster's aggregated `admin` role would make them
+    // (this server runs no aggregation controller, so bind the parts it aggregates).
+    for role in [
+        "system:aggregate-to-admin",
+        "system:aggregate-to-edit",
+        "system:aggregate-to-view",
+    ] {
+        let name = format!("tenant-{}", role.trim_start_matches("system:"));
+        kubectl(&[
+            "-n",
+            &b,
+            "create",
+            "rolebinding",
+            &name,
+            "--clusterrole",
+            role,
+            "--user",
+            "tenant-b",
+        ]);
+    }
+    let policy = |namespace: &str| {
+        json!({
+            "apiVersion": "updates.ddm.dev/v1alpha1",
+            "kind": "FleetGroup",
+            "metadata": {"name": "everyone", "namespace": namespace},
+            "spec": {"platforms": ["iOS"]}
+        })
+        .to_string()
+    };
+    let apply_as = |who: &[&str], namespace: &str| {
+        let mut command = kubectl_command();
+        command.args(who).args(["apply", "-f", "-"]);
+        command.stdin(std::process::Stdio::piped());
+        command.stdout(std::process::Stdio::piped());
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().expect("kubectl runs");
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin
+                .write_all(policy(namespace).as_bytes())
+                .expect("kubectl reads");
+        }
+        child.wait_with_output().expect("kubectl ends")
+    };
+    let tenant = ["--as", "tenant-b"];
+    let fleet_admin = ["--as", "alice", "--as-group", "ddm-fleet-admins"];
+
+    // The tenant administers B ...
+    kubectl(&["--as", "tenant-b", "-n", &b, "create", "configmap", "mine"]);
+    // ... but cannot write the fleet kinds there, nor anywhere else.
+    for namespace in [&b, &a] {
+        let refused = apply_as(&tenant, namespace);
+        assert!(
+            !refused.status.success(),
+            "tenant-b wrote a FleetGroup in {namespace}"
+        );
+        let why = String::from_utf8_lossy(&refused.stderr);
+        assert!(why.contains("forbidden"), "{why}");
+    }
+    // The fleet administrators can, in both namespaces.
+    for namespace in [&a, &b] {
+        let applied = apply_as(&fleet_admin, namespace);
+        assert!(
+            applied.status.success(),
+            "fleet admins write in {namespace}: {}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
+    // No role a namespace admin, editor or viewer aggregates grants the fleet kinds.
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(client.clone());
+    for role in roles.list(&ListParams::default()).await.expect("roles") {
+        let labels = role.labels();
+        let aggregated = ["admin", "edit", "view"].iter().any(|to| {
+            labels.get(&format!("rbac.authorization.k8s.io/aggregate-to-{to}"))
+                == Some(&"true".to_string())
+        });
+        let grants = role.rules.iter().flatten().any(|rule| {
+            rule.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "updates.ddm.dev" || g == "*")
+        });
+        assert!(
+            !(aggregated && grants),
+            "ClusterRole {} gives namespace admins the fleet kinds",
+            role.name_any()
+        );
+    }
+}
+
+/// The admin API in Kubernetes mode, against the real API server (RBAC authorization): the
+/// operator watching one namespace asks TokenReview who a token is and SubjectAccessReview
+/// whether they may `get updatepolicies/status` there. A ServiceAccount with a Role allowing
+/// that gets 200, one without gets 403, a made-up token 401; `/metrics` and `/readyz` need no
+/// token, and the DDM endpoints are not on the admin port. Cluster-wide (no watched namespace),
+/// the namespaced Role is not enough.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_asks_the_api_server_who_may_read_it() {
+    use ddm_update_operator::http::admin::{AdminAuth, Verdict};
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+
+    let env = Env::new("adminapi", &fleet(), &[]).await;
+    let ns = env.namespace.clone();
+    let accounts: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &ns);
+    for name in ["status-reader", "outsider"] {
+        let account: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("an account");
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .unwrap_or_else(|e| panic!("creating ServiceAccount {name}: {e}"));
+    }
+    let role: Role = serde_json::from_value(json!({
+        "metadata": {"name": "ddm-status-reader"},
+        "rules": [{
+            "apiGroups": ["updates.ddm.dev"],
+            "resources": ["updatepolicies/status"],
+            "verbs": ["get"]
+        }]
+    }))
+    .expect("a Role");
+    Api::<Role>::namespaced(env.client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("the Role");
+    let binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "ddm-status-reader"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ddm-status-reader"},
+        "subjects": [{"kind": "ServiceAccount", "name": "status-reader", "namespace": ns}]
+    }))
+    .expect("a RoleBinding");
+    Api::<RoleBinding>::namespaced(env.client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("the RoleBinding");
+    // Tokens from the TokenRequest API, as a pod's projected token or `kubectl create token`.
+    let token_of = |name: &'static str| {
+        let accounts = accounts.clone();
+        async move {
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: Vec::new(),
+                    expiration_seconds: Some(600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            accounts
+                .create_token_request(name, &PostParams::default(), &request)
+                .await
+                .unwrap_or_else(|e| panic!("a token for {name}: {e}"))
+                .status
+                .expect("a token")
+                .token
+        }
+    };
+    let reader = token_of("status-reader").await;
+    let outsider = token_of("outsider").await;
+
+    let running = controller::start(
+        env.scoped.clone(),
+        env.config.clone(),
+        KubeSettings {
+            lease_namespace: ns.clone(),
+            lease_name: LEASE_NAME.into(),
+            identity: format!("adminapi-{ns}"),
+            concurrency: 4,
+            watch_namespace: Some(ns.clone()),
+            lease_timing: None,
+        },
+    )
+    .await
+    .expect("the operator starts");
+    let client = http_client(Duration::from_secs(10)).expect("HTTP client");
+    let admin = running.admin_address;
+    let get = |path: &'static str, token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut request = client.get(format!("http://{admin}{path}"));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request.send().await.expect("an answer");
+            let code = response.status().as_u16();
+            (code, response.text().await.unwrap_or_default())
+        }
+    };
+    let reviews_before = env
+        .log
+        .since(env.started)
+        .iter()
+        .filter(|e| e.path.ends_with("/tokenreviews"))
+        .count();
+    let (code, body) = get("/api/v1/status", Some(reader.clone())).await;
+    assert_eq!(code, 200, "the status reader: {body}");
+    assert!(
+        body.contains("\"devices\"") || body.contains("\"ready\""),
+        "{body}"
+    );
+    let (code, body) = get("/api/v1/rollouts", Some(reader.clone())).await;
+    assert_eq!(code, 200, "the status reader, the ledger: {body}");
+    let (code, body) = get("/api/v1/status", Some(outsider.clone())).await;
+    assert_eq!(code, 403, "a ServiceAccount without the right: {body}");
+    assert!(
+        body.contains(&format!("system:serviceaccount:{ns}:outsider")),
+        "{body}"
+    );
+    let (code, body) = get("/api/v1/status", Some("made-up-token".into())).await;
+    assert_eq!(code, 401, "a made-up token: {body}");
+    let (code, body) = get("/api/v1/status", None).await;
+    assert_eq!(code, 401, "no token: {body}");
+    for path in ["/metrics", "/healthz"] {
+        assert_eq!(get(path, None).await.0, 200, "{path} is open");
+    }
+    assert_eq!(
+        get("/ddm/tokens", None).await.0,
+        404,
+        "no DDM on the admin port"
+    );
+    // Decisions are cached: the reader again, several times, asks the API server no more.
+    for _ in 0..5 {
+        assert_eq!(get("/api/v1/status", Some(reader.clone())).await.0, 200);
+    }
+    let reviews = env
+        .log
+        .since(env.started)
+        .iter()
+        .filter(|e| e.path.ends_with("/tokenreviews"))
+        .count()
+        - reviews_before;
+    assert_eq!(
+        reviews, 3,
+        "one TokenReview per distinct token (reader, outsider, made-up) within 30 s"
+    );
+
+    // Cluster-wide, a namespaced Role does not reach: the same reader is refused.
+    let cluster_wide = AdminAuth::kubernetes(env.client.clone(), None);
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(
+        axum::http::header::AUTHORIZATION,
+        format!("Bearer {reader}").parse().expect("a header"),
+    );
+    match cluster_wide.check(&headers).await {
+        Verdict::Forbidden(why) => assert!(why.contains("cluster-wide"), "{why}"),
+        other => panic!("cluster-wide with a namespaced Role: {other:?}"),
+    }
+    env.finish(Operator(Some(running))).await;
 }
