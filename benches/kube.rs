@@ -1623,6 +1623,7 @@ async fn scenario(
         identity: format!("bench-kube-{}", std::process::id()),
         concurrency: OPERATOR_CONCURRENCY,
         watch_namespace: None,
+        lease_timing: None,
     };
     println!(
         "\n== operator start: resolve {DEVICES} devices, reconcile every object until all are Ready"
