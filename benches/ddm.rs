@@ -553,6 +553,7 @@ fn main() {
         bootstrap: bootstrap_declarations(),
         reported,
         metrics: metrics.clone(),
+        claims: Default::default(),
     });
     let (ours, stop_ours) = serve_on(
         &server_rt,

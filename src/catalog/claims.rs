@@ -142,6 +142,21 @@ pub fn plausible_claim(
     })
 }
 
+/// The current [`ClaimCheck`], shared between whoever loads the catalog and the DDM status
+/// handler. Empty until a catalog the operator trusts is loaded: reports are then not judged.
+#[derive(Debug, Clone, Default)]
+pub struct SharedClaims(Arc<std::sync::RwLock<Option<Arc<ClaimCheck>>>>);
+
+impl SharedClaims {
+    pub fn set(&self, check: Option<ClaimCheck>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = check.map(Arc::new);
+    }
+
+    pub fn get(&self) -> Option<Arc<ClaimCheck>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// What the DDM status handler checks reports with: the catalog in use and the inventory's
 /// models. Rebuilt when either changes.
 #[derive(Debug, Default)]
@@ -165,6 +180,16 @@ impl ClaimCheck {
                 })
                 .collect(),
         }
+    }
+
+    /// Whether a report with these items claims anything this check judges (an OS version, a
+    /// model): only then is the enrollment's stored state worth reading.
+    pub fn judges(items: &serde_json::Map<String, serde_json::Value>) -> bool {
+        items.contains_key("device")
+            || items
+                .get("softwareupdate")
+                .and_then(serde_json::Value::as_object)
+                .is_some_and(|s| s.contains_key("device-id"))
     }
 
     /// Checks one report of `enrollment`: `reported` is what this report says, `stored` what the

@@ -10,7 +10,7 @@ mod lists;
 mod model;
 mod version;
 
-pub use claims::{Claim, ClaimCheck, Implausible, plausible_claim};
+pub use claims::{Claim, ClaimCheck, Implausible, SharedClaims, plausible_claim};
 pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
 pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
 pub use lists::usable_set;

@@ -78,6 +78,7 @@ impl Engine {
             .map(|c| SyncTrigger::start_with_metrics(c, http_client, Some(metrics.clone())));
         let backend = Embedded::new(store.clone(), sync);
         let (reported_tx, reported_rx) = mpsc::unbounded_channel();
+        let claims = crate::catalog::SharedClaims::default();
         let ddm_state = Arc::new(ddm::DdmState {
             store: store.clone(),
             reports: backend.reports.clone(),
@@ -86,6 +87,7 @@ impl Engine {
             bootstrap: bootstrap_declarations(),
             reported: reported_tx,
             metrics: metrics.clone(),
+            claims: claims.clone(),
         });
         let tally = Arc::new(Tally::default());
         let app = Arc::new(AppState {
@@ -121,6 +123,7 @@ impl Engine {
 
         let engine_metrics = metrics.clone();
         let mut engine_loop = Loop {
+            claims,
             catalog: load_catalog(&config, &metrics).await,
             config,
             backend,
@@ -137,6 +140,7 @@ impl Engine {
             seed: Vec::new(),
         };
         engine_loop.reload_inventory();
+        engine_loop.publish_claims();
         engine_loop.reload_manifests();
         engine_loop.pass().await;
         let loop_task = tokio::spawn(engine_loop.run(reported_rx));
@@ -190,6 +194,8 @@ impl Engine {
 
 /// The resolver loop's state.
 struct Loop {
+    /// What DDM status reports are judged by: the catalog in use and the inventory.
+    claims: crate::catalog::SharedClaims,
     config: RunConfig,
     backend: Embedded,
     metrics: Arc<Metrics>,
@@ -229,6 +235,7 @@ impl Loop {
                 _ = refresh.tick() => {
                     if matches!(self.config.catalog, CatalogSource::Url(_)) {
                         self.catalog = load_catalog(&self.config, &self.metrics).await;
+                        self.publish_claims();
                         self.pass().await;
                     }
                 }
@@ -246,6 +253,14 @@ impl Loop {
                 }
             }
         }
+    }
+
+    /// Reports are judged against a catalog the operator trusts (fetched recently, or a file):
+    /// against a stale or the shipped copy, newer real releases would be refused.
+    fn publish_claims(&self) {
+        let check = self.catalog.for_gate().ok();
+        self.claims
+            .set(check.map(|catalog| crate::catalog::ClaimCheck::new(catalog, &self.seed)));
     }
 
     fn reload_inventory(&mut self) {

@@ -760,6 +760,7 @@ impl World {
             bootstrap: crate::operator::bootstrap_declarations(),
             reported: reported_tx,
             metrics: metrics.clone(),
+            claims: Default::default(),
         });
         let app = Arc::new(AppState {
             metrics: metrics.clone(),

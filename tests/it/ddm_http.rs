@@ -36,6 +36,7 @@ async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> Server {
         bootstrap: ddm_update_operator::operator::bootstrap_declarations(),
         reported: reported_tx,
         metrics: metrics.clone(),
+        claims: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -7,6 +7,7 @@ mod device_bounds;
 mod durability;
 mod enroll_gate;
 mod fleet_sim;
+mod forged_reports;
 mod helm_chart;
 mod http_limits;
 mod installable;
