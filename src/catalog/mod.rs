@@ -5,6 +5,7 @@ mod applicable;
 pub mod claims;
 pub mod fetch;
 pub mod guard;
+pub mod holdover;
 mod index;
 mod lists;
 mod model;
