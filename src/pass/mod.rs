@@ -829,6 +829,53 @@ spec: {{platforms: [iOS]}}
     }
 
     #[tokio::test]
+    async fn enrollments_that_never_reported_are_forgotten_after_the_grace_period() {
+        let mut fixture = Fixture::new();
+        let none = Checked::default();
+        let store = Arc::new(Store::in_memory().expect("store").with_clock(
+            crate::clock::Clock::manual("2026-08-22T12:00:00Z".parse().expect("a timestamp")),
+        ));
+        let backend = Embedded::new(store.clone(), None);
+        let hold = check(&policy("hold", "Withdraw"));
+        fixture.pass(&backend, &hold, &none).await;
+        assert!(store.served_set("A").is_some() && store.served_set("B").is_some());
+        // A reports once; B never does. Then both leave the inventory.
+        let raw = br#"{"StatusItems":{"softwareupdate":{"install-state":"none"}}}"#;
+        let report = crate::status::StatusReport::from_slice(raw).expect("a report");
+        store
+            .record_reports(&[("A".to_string(), report, raw.to_vec())])
+            .expect("record");
+        fixture.seed.clear();
+        let at = |days: i64| {
+            let now: jiff::Timestamp = "2026-08-22T12:00:00Z".parse().expect("a timestamp");
+            now.checked_add(jiff::SignedDuration::from_hours(days * 24))
+                .expect("a timestamp")
+        };
+        for (days, b_kept) in [(6, true), (8, false)] {
+            let result = pass(
+                &backend,
+                Resources {
+                    live: &hold,
+                    orphaning: &none,
+                },
+                &fixture.seed,
+                &fixture.catalog,
+                true,
+                at(days),
+            )
+            .await
+            .expect("a pass");
+            assert!(result.applied.is_ok());
+            assert_eq!(store.served_set("B").is_some(), b_kept, "day {days}");
+            assert!(store.served_set("A").is_some(), "A reported: it stays");
+            assert_eq!(
+                result.records.iter().any(|r| r.enrollment_id == "B"),
+                b_kept
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn devices_gone_from_the_inventory_are_forgotten() {
         let mut fixture = Fixture::new();
         let none = Checked::default();

@@ -380,3 +380,82 @@ async fn reports_beyond_the_rate_limit_get_429_with_retry_after() {
     );
     assert!(text.contains(r#"ddm_update_operator_insecure{setting="no_hmac"} 1"#));
 }
+
+const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// `run` in Kubernetes mode (no `--manifests`) on a data dir of its own, with `extra` flags.
+fn kubernetes_mode(
+    data_dir: &std::path::Path,
+    ports: [u16; 2],
+    extra: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(BINARY);
+    command
+        .args([
+            "run",
+            "--catalog",
+            &format!("{ROOT}/tests/fixtures/gdmf/pmv-2026-08-22.json"),
+        ])
+        .args(["--listen", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", ports[1])])
+        // A namespace every cluster has and no test uses: the Lease and the watch stay apart.
+        .args([
+            "--lease-namespace",
+            "kube-public",
+            "--watch-namespace",
+            "kube-public",
+        ])
+        .args(["--identity", "device-bounds-test"])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(extra)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some(path) = &crate::kubernetes::access().kubeconfig {
+        command.env("KUBECONFIG", path);
+    }
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_mode_refuses_to_start_without_hmac_unless_told_and_then_says_so() {
+    let client = crate::kubernetes::plain_client().await;
+    crate::kubernetes::install_crds(&client).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ports = crate::support::process::free_ports();
+    let refused = kubernetes_mode(dir.path(), ports, &[])
+        .output()
+        .expect("the operator runs");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--dm-receive-key-file"), "{stderr}");
+    assert!(stderr.contains("--insecure-no-hmac"), "{stderr}");
+
+    let operator = kubernetes_mode(dir.path(), ports, &["--insecure-no-hmac"])
+        .spawn()
+        .expect("the operator starts");
+    let _operator = crate::support::process::KillOnDrop(operator);
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let text = loop {
+        let answer = http
+            .get(format!("http://127.0.0.1:{}/metrics", ports[1]))
+            .send()
+            .await;
+        if let Ok(answer) = answer
+            && answer.status() == 200
+        {
+            break answer.text().await.expect("metrics");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no /metrics within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        text.contains(r#"ddm_update_operator_insecure{setting="no_hmac"} 1"#),
+        "{text}"
+    );
+}

@@ -117,13 +117,13 @@ const CONVERGE: Duration = Duration::from_secs(30);
 
 /// How to reach the API server: the caller's `KUBECONFIG`, or the file of the server started
 /// here.
-struct Access {
+pub(crate) struct Access {
     /// `None`: `KUBECONFIG` from the environment.
-    kubeconfig: Option<PathBuf>,
+    pub(crate) kubeconfig: Option<PathBuf>,
     origin: String,
 }
 
-fn access() -> &'static Access {
+pub(crate) fn access() -> &'static Access {
     static ACCESS: OnceLock<Result<Access, String>> = OnceLock::new();
     match ACCESS.get_or_init(find_or_start_apiserver) {
         Ok(access) => access,
@@ -241,7 +241,7 @@ fn kubectl(args: &[&str]) -> String {
 }
 
 /// The CRDs without CEL rules (1.20 refuses them on apply), created when absent, Established.
-async fn install_crds(client: &Client) {
+pub(crate) async fn install_crds(client: &Client) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let files = api::crd_files(false).expect("the CRDs render");
     for (file, text) in files {
