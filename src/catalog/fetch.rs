@@ -239,6 +239,33 @@ impl LastGood {
         self.dir.join("pmv.json")
     }
 
+    fn holds_path(&self) -> PathBuf {
+        self.dir.join("held.json")
+    }
+
+    /// What the finer guard holds (`super::holdover`). A missing file is nothing held; a
+    /// damaged one is a warning and nothing held (never a crash).
+    pub fn load_holds(&self) -> super::holdover::Holds {
+        let path = self.holds_path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|error| {
+                tracing::warn!(path = %path.display(), %error, "held catalog releases unreadable; nothing is held");
+                Default::default()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "held catalog releases unreadable; nothing is held");
+                Default::default()
+            }
+        }
+    }
+
+    pub fn save_holds(&self, holds: &super::holdover::Holds) -> Result<(), FetchError> {
+        let path = self.holds_path();
+        let bytes = serde_json::to_vec_pretty(holds).map_err(|e| self.store_error(&path, e))?;
+        self.write_atomically(&path, &bytes)
+    }
+
     fn meta_path(&self) -> PathBuf {
         self.dir.join("pmv.meta.json")
     }

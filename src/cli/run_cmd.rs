@@ -24,6 +24,11 @@ pub struct RunArgs {
     /// How often the catalog is fetched again (Apple asks for no more than daily).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     catalog_refresh: Duration,
+    /// How long a release Apple's answer stops listing for a device is kept for it (alerted on
+    /// in the log, the status and `catalog_held_releases`) before it is withdrawn (336h: 14
+    /// days).
+    #[arg(long, default_value = "336h", value_parser = parse_duration)]
+    catalog_grace: Duration,
     /// PEM roots trusted for the catalog host (default: the embedded Apple Root CA).
     #[arg(long, value_name = "PEM")]
     catalog_roots: Option<PathBuf>,
@@ -201,6 +206,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         catalog,
         catalog_roots: read_file(args.catalog_roots.as_ref())?,
         catalog_refresh: args.catalog_refresh,
+        catalog_grace: args.catalog_grace,
         data_dir: args.data_dir.clone(),
         database,
         inventory,

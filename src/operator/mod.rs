@@ -36,6 +36,8 @@ pub struct RunConfig {
     /// PEM roots trusted for the catalog host (default: Apple Root CA).
     pub catalog_roots: Option<Vec<u8>>,
     pub catalog_refresh: Duration,
+    /// How long a release Apple's answer stopped listing is kept for its devices.
+    pub catalog_grace: Duration,
     pub data_dir: PathBuf,
     pub database: PathBuf,
     pub inventory: Option<PathBuf>,
@@ -72,6 +74,7 @@ impl RunConfig {
             catalog,
             catalog_roots: None,
             catalog_refresh: Duration::from_secs(3600),
+            catalog_grace: crate::catalog::holdover::DEFAULT_GRACE.unsigned_abs(),
             data_dir: work.join("data"),
             database: work.join("ddm.sqlite"),
             inventory: None,
@@ -101,6 +104,8 @@ pub struct CatalogState {
     /// not a cached one older than `GATE_CATALOG_MAX_AGE` (Apple stops signing old builds, so a
     /// device told to install one would be stuck in Setup Assistant).
     pub gate: Result<(), String>,
+    /// Releases kept after Apple's answer dropped them, and recent drops.
+    pub holds: crate::catalog::holdover::Holds,
 }
 
 /// The oldest cached catalog copy the enrollment gate still trusts.
@@ -162,6 +167,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
             origin: "the catalog shipped with the operator (2026-08-22); expiration dates are judged as of that day".into(),
             problem: None,
             gate: Err("Apple's catalog could not be fetched and no recent copy is cached; the gate does not hold devices against the shipped copy of 2026-08-22".into()),
+            holds: Default::default(),
         }
     };
     match &config.catalog {
@@ -182,6 +188,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
                 ),
                 problem: None,
                 gate: Ok(()),
+                holds: Default::default(),
             },
             Err(why) => {
                 tracing::error!(path = %path.display(), %why, "catalog file unusable; using the shipped catalog");
@@ -193,6 +200,9 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
         },
         CatalogSource::Url(url) => {
             let store = LastGood::new(config.data_dir.join("catalog"));
+            // The answer in force before this fetch: what it listed and the new one does not
+            // is held (the finer guard).
+            let previous = store.load().ok().flatten().map(|(_, document)| document);
             let mut fetch = FetchConfig {
                 url: url.clone(),
                 ..FetchConfig::default()
@@ -213,27 +223,37 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
                 }
             };
             match (outcome, store.load()) {
-                (Ok(Refresh::Updated(document)), _) => CatalogState {
-                    catalog: Arc::new(Catalog::from_document(&document)),
-                    document: *document,
-                    origin: url.clone(),
-                    problem: None,
-                    gate: Ok(()),
-                },
-                (_, Ok(Some((_, document)))) => CatalogState {
-                    gate: cached_copy_for_gate(store.meta().fetched_at, problem.as_deref()),
-                    catalog: Arc::new(match store.meta().fetched_at {
-                        Some(at) => Catalog::from_document(&document)
-                            .with_as_of(crate::catalog::utc_date(at)),
-                        None => Catalog::from_document(&document),
-                    }),
-                    document,
-                    origin: format!(
-                        "the last good copy of {url} in {}",
-                        store.body_path().display()
-                    ),
-                    problem,
-                },
+                (Ok(Refresh::Updated(document)), _) => {
+                    let (effective, holds) =
+                        hold_vanished(config, metrics, &store, previous.as_ref(), &document);
+                    CatalogState {
+                        catalog: Arc::new(Catalog::from_document(&effective)),
+                        document: *document,
+                        origin: url.clone(),
+                        problem: None,
+                        gate: Ok(()),
+                        holds,
+                    }
+                }
+                (_, Ok(Some((_, document)))) => {
+                    let (effective, holds) =
+                        hold_vanished(config, metrics, &store, previous.as_ref(), &document);
+                    CatalogState {
+                        gate: cached_copy_for_gate(store.meta().fetched_at, problem.as_deref()),
+                        catalog: Arc::new(match store.meta().fetched_at {
+                            Some(at) => Catalog::from_document(&effective)
+                                .with_as_of(crate::catalog::utc_date(at)),
+                            None => Catalog::from_document(&effective),
+                        }),
+                        holds,
+                        document,
+                        origin: format!(
+                            "the last good copy of {url} in {}",
+                            store.body_path().display()
+                        ),
+                        problem,
+                    }
+                }
                 _ => {
                     tracing::warn!(
                         "Apple's catalog is unreachable and nothing is cached: using the shipped catalog of 2026-08-22"
@@ -246,6 +266,56 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
             }
         }
     }
+}
+
+/// The finer catalog guard at the edge: what `previous` (or an earlier hold) listed for a device
+/// and `document` does not is kept for `--catalog-grace`, warned about and counted; the holds are
+/// persisted next to the cached catalog so their start survives a restart.
+fn hold_vanished(
+    config: &RunConfig,
+    metrics: &Metrics,
+    store: &LastGood,
+    previous: Option<&PmvDocument>,
+    document: &PmvDocument,
+) -> (PmvDocument, crate::catalog::holdover::Holds) {
+    let grace = jiff::SignedDuration::try_from(config.catalog_grace)
+        .unwrap_or(crate::catalog::holdover::DEFAULT_GRACE);
+    let holds = store.load_holds();
+    let carried = crate::catalog::holdover::carry_over(
+        previous.unwrap_or(document),
+        &holds,
+        document,
+        config.clock.now(),
+        grace,
+    );
+    if let Some((release, device)) = carried.newly_held.first() {
+        tracing::warn!(
+            count = carried.newly_held.len(),
+            first = %format!("{release} for {device}"),
+            grace_days = grace.as_hours() / 24,
+            "Apple's catalog no longer lists releases it listed for these devices; they are kept for the grace period, not withdrawn"
+        );
+    }
+    for dropped in carried
+        .holds
+        .dropped
+        .iter()
+        .filter(|d| !holds.dropped.contains(d))
+    {
+        tracing::warn!(
+            release = %format!("{}.{} {} ({})", dropped.set, dropped.platform, dropped.product_version, dropped.build.as_deref().unwrap_or("no build")),
+            devices = ?dropped.devices,
+            since = %dropped.since,
+            "the grace period of a release Apple's catalog dropped has ended; it is withdrawn from these devices"
+        );
+    }
+    if carried.holds != holds
+        && let Err(error) = store.save_holds(&carried.holds)
+    {
+        tracing::warn!(%error, "cannot persist the held catalog releases");
+    }
+    metrics.catalog_held(&carried.holds.per_device());
+    (carried.document, carried.holds)
 }
 
 /// Whether the gate trusts a cached copy fetched at `fetched_at` (unknown: no).

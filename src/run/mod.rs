@@ -478,6 +478,11 @@ impl Loop {
                     "entries": self.catalog.document.entry_counts().iter()
                         .map(|(set, platform, n)| (format!("{set}.{platform}"), *n))
                         .collect::<BTreeMap<_, _>>(),
+                    // Releases Apple's answer dropped, kept per device since the time shown
+                    // until --catalog-grace has passed; and the drops whose grace ended.
+                    "held": self.catalog.holds.held,
+                    "dropped": self.catalog.holds.dropped,
+                    "graceHours": self.config.catalog_grace.as_secs() / 3600,
                 }),
             );
         }

@@ -1,6 +1,7 @@
 //! The integration tests, in one binary so the crate links once.
 mod apple_schema;
 mod catalog_fetch;
+mod catalog_holdover;
 mod catalog_snapshots;
 mod ddm_http;
 mod device_bounds;
