@@ -779,7 +779,7 @@ fn rbac_is_the_least_privilege_set() {
             .collect();
         assert_eq!(
             names,
-            [token_review_name.clone()],
+            std::slice::from_ref(&token_review_name),
             "watchNamespace: only the token reviews are cluster-wide ({kind})"
         );
     }
