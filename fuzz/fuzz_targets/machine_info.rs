@@ -1,12 +1,12 @@
 //! Fuzzes what the enrollment gate reads from a device: the CMS envelope, the MachineInfo plist
-//! inside it (XML or binary) and the decision taken on whatever parses. Nothing may panic, and a
-//! plist bomb must stop at the parser's budget.
+//! inside it (XML or binary), the signer's chain to Apple Root CA and the decision taken on
+//! whatever parses. Nothing may panic, and a plist bomb must stop at the parser's budget.
 #![no_main]
 
 use std::sync::{Arc, LazyLock};
 
 use ddm_update_operator::catalog::Catalog;
-use ddm_update_operator::enroll::{Envelope, GateView, decide, read};
+use ddm_update_operator::enroll::{Anchors, Envelope, GateView, Trust, decide, read};
 use libfuzzer_sys::fuzz_target;
 
 static VIEW: LazyLock<GateView> = LazyLock::new(|| {
@@ -29,7 +29,7 @@ spec:
 "#,
     )
     .expect("the fuzz manifests are valid");
-    let catalog = Catalog::from_slice(ddm_update_operator::run::SHIPPED_CATALOG)
+    let catalog = Catalog::from_slice(ddm_update_operator::operator::SHIPPED_CATALOG)
         .expect("the shipped catalog parses");
     GateView::new(
         &checked.groups,
@@ -39,11 +39,17 @@ spec:
     )
 });
 
+/// The default roots: a signed envelope's certificates go through the chain check.
+static APPLE: LazyLock<Trust> = LazyLock::new(|| Trust::Signed(Anchors::apple()));
+
 fuzz_target!(|data: &[u8]| {
     let now = rustls_pki_types::UnixTime::now();
     for envelope in [Envelope::Plain, Envelope::Signed] {
-        if let Ok(info) = read(data, envelope, None, now) {
-            let _ = decide(&VIEW, &info, jiff::Timestamp::now());
+        // Unsigned allowed: the plist parser sees every input; and Apple's roots.
+        for trust in [&Trust::Unsigned, &*APPLE] {
+            if let Ok(info) = read(data, envelope, trust, now) {
+                let _ = decide(&VIEW, &info, jiff::Timestamp::now());
+            }
         }
     }
 });
