@@ -15,7 +15,8 @@
 //! * `crds_in_the_chart_are_the_generated_ones`: the chart's `crds/` are byte for byte the
 //!   repository's `crds/` and what the types generate (`UPDATE_CRDS=1 cargo test crds_` rewrites
 //!   both).
-//! * `default_values_render_one_locked_down_replica`: the objects the defaults render (no
+//! * `default_values_render_one_locked_down_replica`: the objects the defaults (and the HMAC
+//!   Secret, which the chart requires unless `ddm.insecureNoHmac`) render (no
 //!   ServiceMonitor; a NetworkPolicy with two port rules: the device port from NanoMDM's and
 //!   the ingress controller's namespaces, the admin port from the monitoring namespace), one
 //!   replica, `Recreate`, non-root uid 65532, read-only root, no capabilities, RuntimeDefault
@@ -28,12 +29,14 @@
 //!   operator needs every one of them).
 //! * `overrides_render_their_flags_and_mounts`: realistic overrides (NanoMDM and HMAC secrets,
 //!   enrollment upstream or profile, catalog roots and inventory, an existing claim, no
-//!   persistence, ServiceMonitor and NetworkPolicy); every file flag points into a mounted
-//!   Secret or ConfigMap item.
+//!   persistence, ServiceMonitor and NetworkPolicy, `ddm.insecureNoHmac`); every file flag
+//!   points into a mounted Secret or ConfigMap item; `--insecure-no-hmac` only where asked for,
+//!   and then no Secret mounted.
 //! * `every_rendered_flag_is_one_the_binary_accepts`: the flags of every case against
 //!   `ddm-update-operator run --help`.
 //! * `invalid_values_fail_with_a_clear_message`: the schema (and the template's own checks)
-//!   refuse bad values, naming the field.
+//!   refuse bad values, naming the field; neither `ddm.hmacSecret` (with its receive key) nor
+//!   `ddm.insecureNoHmac` is refused, as the binary would refuse to start.
 //! * `chart_lints_clean`: `helm lint --strict` for every case.
 //! * `dockerfile_agrees_with_the_chart`: user, port, entrypoint, stop signal, the files the build
 //!   needs.
@@ -255,6 +258,29 @@ fn render(case: &str, values: &Value) -> Rendered {
     render_result(values).unwrap_or_else(|e| panic!("case {case} does not render: {e}"))
 }
 
+/// The Secret with NanoMDM's HMAC keys: the one value a Kubernetes install cannot do without.
+const HMAC_SECRET: &str = "nanomdm-dm-hmac";
+
+/// `values` over the HMAC Secret (the operator refuses to start without it or
+/// `ddm.insecureNoHmac`, so the chart refuses to render without either).
+fn with_hmac(values: Value) -> Value {
+    let mut merged = json!({"ddm": {"hmacSecret": {"name": HMAC_SECRET}}});
+    merge(&mut merged, values);
+    merged
+}
+
+/// Helm's merge of user values: objects key by key, anything else replaced.
+fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                merge(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
 /// Every case, rendered in one batch.
 fn render_cases() -> Vec<(&'static str, Value, Rendered)> {
     let cases = cases();
@@ -273,21 +299,24 @@ fn render_cases() -> Vec<(&'static str, Value, Rendered)> {
 /// The defaults and realistic overrides.
 fn cases() -> Vec<(&'static str, Value)> {
     vec![
-        ("defaults", json!({})),
+        // The defaults and the one required value.
+        ("defaults", with_hmac(json!({}))),
+        // Unsigned DDM requests taken, on purpose: no Secret at all.
+        ("insecure-no-hmac", json!({"ddm": {"insecureNoHmac": true}})),
         (
             "nanomdm-and-hmac",
             json!({
                 "image": {"repository": "registry.example.com/platform/ddm-update-operator",
                           "tag": "0.1.0-rc1", "pullPolicy": "Always"},
                 "imagePullSecrets": [{"name": "registry-credentials"}],
-                "ddm": {"hmacSecret": {"name": "nanomdm-dm-hmac"}},
+                "ddm": {"hmacSecret": {"name": HMAC_SECRET}},
                 "nanomdm": {"url": "https://nanomdm.example.com",
                             "apiKeySecret": {"name": "nanomdm-api", "key": "key"}},
             }),
         ),
         (
             "enrollment-upstream",
-            json!({
+            with_hmac(json!({
                 "enrollment": {
                     "path": "/mdm/enroll",
                     "upstream": "https://mdm.example.com/mdm/enroll",
@@ -296,30 +325,35 @@ fn cases() -> Vec<(&'static str, Value)> {
                 },
                 "service": {"enroll": {"type": "LoadBalancer", "port": 443,
                     "annotations": {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}}},
-            }),
+            })),
         ),
         (
             "enrollment-profile",
-            json!({"enrollment": {"profile": {"secretName": "enrollment-profile"}, "allowUnsigned": true}}),
+            with_hmac(
+                json!({"enrollment": {"profile": {"secretName": "enrollment-profile"}, "allowUnsigned": true}}),
+            ),
         ),
         (
             "catalog-roots-and-inventory",
-            json!({
+            with_hmac(json!({
                 "catalog": {"refresh": "12h", "roots": {"secretName": "catalog-roots", "key": "ca.pem"}},
                 "inventory": {"configMapName": "fleet-inventory"},
                 "assumeSupervised": true,
                 "concurrency": 8,
                 "logLevel": "info,ddm_update_operator=debug",
-            }),
+            })),
         ),
         (
             "existing-claim",
-            json!({"persistence": {"existingClaim": "ddm-data"}}),
+            with_hmac(json!({"persistence": {"existingClaim": "ddm-data"}})),
         ),
-        ("no-persistence", json!({"persistence": {"enabled": false}})),
+        (
+            "no-persistence",
+            with_hmac(json!({"persistence": {"enabled": false}})),
+        ),
         (
             "monitoring-and-network-policy",
-            json!({
+            with_hmac(json!({
                 "serviceMonitor": {"enabled": true, "labels": {"release": "prometheus"}},
                 "networkPolicy": {
                     "enabled": true,
@@ -335,7 +369,7 @@ fn cases() -> Vec<(&'static str, Value)> {
                     "egress": [{"ports": [{"port": 53, "protocol": "UDP"}, {"port": 443, "protocol": "TCP"}]}],
                 },
                 "persistence": {"storageClassName": "fast-ssd", "size": "5Gi"},
-            }),
+            })),
         ),
     ]
 }
@@ -455,7 +489,7 @@ fn crds_in_the_chart_are_the_generated_ones() {
 
 #[test]
 fn default_values_render_one_locked_down_replica() {
-    let rendered = render("defaults", &json!({}));
+    let rendered = render("defaults", &with_hmac(json!({})));
     let kinds = rendered.kinds();
     let expected: BTreeMap<String, usize> = [
         ("ClusterRole", 2),
@@ -581,9 +615,11 @@ fn default_values_render_one_locked_down_replica() {
             "--base-path=/ddm/",
             "--catalog=https://gdmf.apple.com/v2/pmv",
             "--catalog-refresh=24h",
+            "--dm-receive-key-file=/etc/ddm-update-operator/hmac/dm-receive-key",
+            "--dm-send-key-file=/etc/ddm-update-operator/hmac/dm-send-key",
             "--concurrency=4",
         ],
-        "no --manifests: Kubernetes mode; no optional flag by default"
+        "no --manifests: Kubernetes mode; the HMAC keys and no optional flag by default"
     );
     let mounts: BTreeMap<String, String> = container["volumeMounts"]
         .as_array()
@@ -593,10 +629,14 @@ fn default_values_render_one_locked_down_replica() {
         .collect();
     assert_eq!(
         mounts,
-        [(DATA_DIR, "data"), ("/tmp", "tmp")]
-            .into_iter()
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-            .collect()
+        [
+            (DATA_DIR, "data"),
+            ("/tmp", "tmp"),
+            ("/etc/ddm-update-operator/hmac", "hmac"),
+        ]
+        .into_iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
     );
     let volumes = pod["volumes"].as_array().expect("volumes");
     let claim = format!("{RELEASE}-data");
@@ -681,12 +721,16 @@ fn default_values_render_one_locked_down_replica() {
         "the notes name the admin port: {}",
         rendered.notes
     );
-    assert!(rendered.notes.contains("No HMAC keys are set"));
+    assert!(
+        !rendered.notes.contains("insecureNoHmac"),
+        "no HMAC warning with the keys set: {}",
+        rendered.notes
+    );
 }
 
 #[test]
 fn rbac_is_the_least_privilege_set() {
-    let rendered = render("defaults", &json!({}));
+    let rendered = render("defaults", &with_hmac(json!({})));
     let normalize = |rules: &Value| -> BTreeSet<String> {
         let mut out = BTreeSet::new();
         for rule in rules.as_array().expect("rules") {
@@ -769,7 +813,7 @@ fn rbac_is_the_least_privilege_set() {
     // Watching one namespace: the same rules as a Role there, bound there, and the flag.
     let scoped = render(
         "watch-one-namespace",
-        &json!({"watchNamespace": "it-fleet"}),
+        &with_hmac(json!({"watchNamespace": "it-fleet"})),
     );
     for kind in ["ClusterRole", "ClusterRoleBinding"] {
         let names: Vec<String> = scoped
@@ -806,13 +850,13 @@ fn rbac_is_the_least_privilege_set() {
         "{args}"
     );
 
-    let without = render("no-rbac", &json!({"rbac": {"create": false}}));
+    let without = render("no-rbac", &with_hmac(json!({"rbac": {"create": false}})));
     for kind in ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"] {
         assert!(without.all(kind).is_empty(), "rbac.create=false: no {kind}");
     }
     let existing = render(
         "existing-service-account",
-        &json!({"serviceAccount": {"create": false, "name": "mdm-operator"}}),
+        &with_hmac(json!({"serviceAccount": {"create": false, "name": "mdm-operator"}})),
     );
     assert!(existing.all("ServiceAccount").is_empty());
     assert_eq!(
@@ -898,7 +942,40 @@ fn overrides_render_their_flags_and_mounts() {
         nanomdm.deployment()["spec"]["template"]["spec"]["imagePullSecrets"],
         json!([{"name": "registry-credentials"}])
     );
-    assert!(!nanomdm.notes.contains("No HMAC keys are set"));
+    assert!(!nanomdm.notes.contains("insecureNoHmac"));
+
+    // Unsigned DDM requests only where asked for, and then no Secret at all.
+    for (case, rendered) in &by_name {
+        assert_eq!(
+            rendered.args().contains(&"--insecure-no-hmac".to_string()),
+            *case == "insecure-no-hmac",
+            "{case}"
+        );
+        assert_eq!(
+            rendered.flag("dm-receive-key-file").is_none(),
+            *case == "insecure-no-hmac",
+            "{case}: the receive key or --insecure-no-hmac, never both"
+        );
+    }
+    let insecure = &by_name["insecure-no-hmac"];
+    assert!(insecure.flag("dm-send-key-file").is_none());
+    let pod = &insecure.deployment()["spec"]["template"]["spec"];
+    assert!(
+        pod["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .all(|v| v["secret"].is_null()),
+        "insecureNoHmac: no Secret mounted: {}",
+        pod["volumes"]
+    );
+    assert!(
+        insecure
+            .notes
+            .contains("WARNING: ddm.insecureNoHmac is true"),
+        "{}",
+        insecure.notes
+    );
 
     // Unsigned MachineInfo only where asked for (behind a verifying proxy).
     for (case, rendered) in &by_name {
@@ -1175,6 +1252,32 @@ fn invalid_values_fail_with_a_clear_message() {
             "serviceMonitor.enabled needs service.metrics.enabled",
         ),
     ];
+    // Each case is valid but for its one fault: over the HMAC Secret the chart requires.
+    let mut cases: Vec<(Value, &str)> = cases
+        .into_iter()
+        .map(|(values, message)| (with_hmac(values), message))
+        .collect();
+    // Without NanoMDM's receive key the operator refuses to start in Kubernetes mode (unless
+    // --insecure-no-hmac), so the chart refuses to render rather than crash-loop.
+    cases.extend([
+        (json!({}), "ddm.hmacSecret.name is required"),
+        (
+            json!({"ddm": {"hmacSecret": {"name": ""}, "insecureNoHmac": false}}),
+            "ddm.hmacSecret.name is required",
+        ),
+        (
+            json!({"ddm": {"hmacSecret": {"name": HMAC_SECRET, "receiveKey": ""}}}),
+            "ddm.hmacSecret.receiveKey is empty",
+        ),
+        (
+            json!({"ddm": {"hmacSecret": {"name": HMAC_SECRET}, "insecureNoHmac": true}}),
+            "ddm.insecureNoHmac and ddm.hmacSecret.receiveKey exclude each other",
+        ),
+        (
+            json!({"ddm": {"insecureNoHmac": "yes"}}),
+            "at '/ddm/insecureNoHmac': got string, want boolean",
+        ),
+    ]);
     let results = helm(cases.iter().map(|(v, _)| render_request(v)).collect());
     for ((values, expected), result) in cases.iter().zip(&results) {
         assert_eq!(
@@ -1200,7 +1303,7 @@ fn chart_lints_clean() {
         .iter()
         .map(|(_, values)| json!({"op": "lint", "values": values, "kube_version": "v1.20.0"}))
         .collect();
-    requests.push(json!({"op": "lint", "values": {}, "kube_version": "v1.33.0"}));
+    requests.push(json!({"op": "lint", "values": with_hmac(json!({})), "kube_version": "v1.33.0"}));
     let results = helm(requests);
     for (index, result) in results.iter().enumerate() {
         let case = cases.get(index).map_or("defaults on 1.33", |c| c.0);
@@ -1282,7 +1385,7 @@ fn dockerfile_agrees_with_the_chart() {
         last[0].1
     );
 
-    let defaults = render("defaults", &json!({}));
+    let defaults = render("defaults", &with_hmac(json!({})));
     let pod_security = &defaults.deployment()["spec"]["template"]["spec"]["securityContext"];
     let user = get("USER");
     assert_eq!(user.len(), 1, "one USER in the runtime stage");
