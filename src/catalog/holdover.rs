@@ -439,7 +439,11 @@ devices:
             "under 90%: let through"
         );
         let before = enforced(&full, day(0));
-        assert_ne!(enforced(&dropped, day(0)), before, "the raw answer withdraws it");
+        assert_ne!(
+            enforced(&dropped, day(0)),
+            before,
+            "the raw answer withdraws it"
+        );
         let held = carry_over(&full, &Holds::default(), &dropped, day(0), DEFAULT_GRACE);
         assert_eq!(enforced(&held.document, day(0)), before);
         let full_catalog = Catalog::from_document(&full);

@@ -11,8 +11,8 @@ mod lists;
 mod model;
 mod version;
 
-pub use claims::{Claim, ClaimCheck, Implausible, SharedClaims, plausible_claim};
 pub use applicable::{Answer, Choice, DeviceOs, NoTarget, Query, Strategy};
+pub use claims::{Claim, ClaimCheck, Implausible, SharedClaims, plausible_claim};
 pub use index::{AssetSet, Catalog, CatalogKey, Platform, Release, ReleaseKind};
 pub use lists::usable_set;
 pub use model::{ParseError, PlatformSets, PmvDocument, PmvEntry};

@@ -300,8 +300,7 @@ pub async fn start(
             interval.tick().await;
             loop {
                 interval.tick().await;
-                let loaded =
-                    crate::operator::load_catalog(&refresh_config, &refresh_metrics).await;
+                let loaded = crate::operator::load_catalog(&refresh_config, &refresh_metrics).await;
                 refresh_claims.set(judge_with(&loaded, &refresh_seed));
                 *handle.write().await = loaded;
                 let _ = trigger.send(());
@@ -433,7 +432,9 @@ pub async fn start(
                 step_app
                     .ready
                     .store(false, std::sync::atomic::Ordering::Release);
-                tracing::error!("no longer the leader: writes fenced, passes and controllers stopped");
+                tracing::error!(
+                    "no longer the leader: writes fenced, passes and controllers stopped"
+                );
                 for task in &everything {
                     task.abort();
                 }
