@@ -295,20 +295,7 @@ mod tests {
 
     const SNAPSHOT: &[u8] = include_bytes!("../../tests/fixtures/gdmf/pmv-2026-08-22.json");
 
-    const POLICY: &str = r#"
-apiVersion: updates.ddm.dev/v1alpha1
-kind: FleetGroup
-metadata: {name: phones, namespace: fleet}
-spec: {platforms: [iOS]}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: UpdatePolicy
-metadata: {name: phones, namespace: fleet}
-spec:
-  fleetGroups: [phones]
-  target: {strategy: latest}
-  deadline: {daysAfterPosting: 7}
-"#;
+    const POLICY: &str = include_str!("../../tests/fixtures/manifests/phones-latest.yaml");
 
     /// Apple's answer with `device` taken out of every entry (entries left with no device go).
     fn without(document: &PmvDocument, device: &str) -> PmvDocument {

@@ -10,20 +10,7 @@ use std::time::{Duration, Instant};
 use ddm_update_operator::operator::{CatalogSource, RunConfig};
 use ddm_update_operator::run::Engine;
 
-const MANIFESTS: &str = r#"
-apiVersion: updates.ddm.dev/v1alpha1
-kind: FleetGroup
-metadata: {name: phones, namespace: fleet}
-spec: {platforms: [iOS]}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: UpdatePolicy
-metadata: {name: phones, namespace: fleet}
-spec:
-  fleetGroups: [phones]
-  target: {strategy: latest}
-  deadline: {daysAfterPosting: 7}
-"#;
+const MANIFESTS: &str = include_str!("../fixtures/manifests/phones-latest.yaml");
 
 /// An iPhone 14 Pro on 26.5 (23F77), both of which Apple's answer lists for it.
 const INVENTORY: &str = r#"
