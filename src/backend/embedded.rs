@@ -148,9 +148,17 @@ impl Backend for Embedded {
         assignments: &'a [Assignment],
     ) -> BoxFuture<'a, Result<ApplyReport, BackendError>> {
         Box::pin(async move {
-            let store = self.store.clone();
-            let (declarations, assignments) = (declarations.to_vec(), assignments.to_vec());
-            let report = blocking(move || store.apply(&declarations, &assignments)).await?;
+            let report = if tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+            {
+                // In place, on the borrowed sets: a copy of every device's set is what a first
+                // pass on a full store would otherwise add to its peak.
+                tokio::task::block_in_place(|| self.store.apply(declarations, assignments))?
+            } else {
+                let store = self.store.clone();
+                let (declarations, assignments) = (declarations.to_vec(), assignments.to_vec());
+                blocking(move || store.apply(&declarations, &assignments)).await?
+            };
             self.notify(&report);
             Ok(report)
         })
@@ -191,17 +199,13 @@ impl Backend for Embedded {
         })
     }
 
-    fn remember<'a>(
-        &'a self,
-        changes: &'a MemoryChanges,
-    ) -> BoxFuture<'a, Result<(), BackendError>> {
+    fn remember(&self, changes: MemoryChanges) -> BoxFuture<'_, Result<(), BackendError>> {
         Box::pin(async move {
             if changes.is_empty() {
                 return Ok(());
             }
             let store = self.store.clone();
-            let changes = changes.clone();
-            blocking(move || store.remember(&changes)).await
+            blocking(move || store.remember_owned(changes)).await
         })
     }
 }

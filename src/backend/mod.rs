@@ -143,10 +143,8 @@ pub trait Backend: Send + Sync {
     fn memory(&self) -> BoxFuture<'_, Result<Arc<Memory>, BackendError>>;
 
     /// Stores changes to what the resolver remembers, all at once: a failure changes nothing.
-    fn remember<'a>(
-        &'a self,
-        changes: &'a MemoryChanges,
-    ) -> BoxFuture<'a, Result<(), BackendError>>;
+    /// Owned: a backend keeping a copy in memory takes them over rather than copying them.
+    fn remember(&self, changes: MemoryChanges) -> BoxFuture<'_, Result<(), BackendError>>;
 
     /// Forgets these enrollments if they never reported (their set goes; one that reported
     /// meanwhile stays). Returns those forgotten.

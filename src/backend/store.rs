@@ -506,6 +506,12 @@ impl Store {
 
     /// Stores changes to what the resolver remembers, in one transaction.
     pub fn remember(&self, changes: &MemoryChanges) -> Result<(), BackendError> {
+        self.remember_owned(changes.clone())
+    }
+
+    /// `remember`, moving the changes into the in-memory copy rather than copying them (a first
+    /// pass on a full store changes every device's entry: the copy would double them).
+    pub fn remember_owned(&self, changes: MemoryChanges) -> Result<(), BackendError> {
         if changes.is_empty() {
             return Ok(());
         }
@@ -589,33 +595,30 @@ impl Store {
         }
         let mut memory = relock(self.memory.write());
         let memory = Arc::make_mut(&mut memory);
-        for (enrollment, rollouts) in &changes.rollouts {
+        for (enrollment, rollouts) in changes.rollouts {
             if rollouts.is_empty() {
-                memory.ledger.devices.remove(enrollment);
+                memory.ledger.devices.remove(&enrollment);
             } else {
-                memory
-                    .ledger
-                    .devices
-                    .insert(enrollment.clone(), rollouts.clone());
+                memory.ledger.devices.insert(enrollment, rollouts);
             }
         }
-        for (key, ring) in &changes.rings {
+        for (key, ring) in changes.rings {
             match ring {
                 Some(ring) => {
-                    memory.ledger.rings.insert(key.clone(), ring.clone());
+                    memory.ledger.rings.insert(key, ring);
                 }
                 None => {
-                    memory.ledger.rings.remove(key);
+                    memory.ledger.rings.remove(&key);
                 }
             }
         }
-        for (enrollment, orphan) in &changes.orphans {
+        for (enrollment, orphan) in changes.orphans {
             match orphan {
                 Some(orphan) => {
-                    memory.orphans.insert(enrollment.clone(), orphan.clone());
+                    memory.orphans.insert(enrollment, orphan);
                 }
                 None => {
-                    memory.orphans.remove(enrollment);
+                    memory.orphans.remove(&enrollment);
                 }
             }
         }
@@ -979,6 +982,8 @@ impl Store {
                 enrollment_id,
             });
         }
+        // Held through the whole pass: without the slack of the last doubling.
+        records.shrink_to_fit();
         Ok(records)
     }
 

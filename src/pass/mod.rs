@@ -146,7 +146,8 @@ pub async fn pass(
     // memory snapshot goes first, so the store updates its copy in place.)
     let corrupt_ledger_rows = memory.corrupt_rows;
     drop(memory);
-    if let Err(error) = backend.remember(&changes).await {
+    // Handed over: the backend keeps them (on a first pass, every device's rollouts).
+    if let Err(error) = backend.remember(changes).await {
         return Ok(PassResult {
             frozen,
             plan,
@@ -185,6 +186,7 @@ pub async fn pass(
         Ok(report) => with_assignments(records, &assignments, &report.changed, now),
         Err(_) => backend.devices().await.unwrap_or(records),
     };
+    drop(assignments);
     // Enrollments no longer known that never reported (removed from the inventory before their
     // first report; rows an old version created on a GET) are forgotten after a grace period:
     // they would otherwise stay forever. One that checks in again gets the bootstrap set.
@@ -283,32 +285,43 @@ fn with_assignments(
         return records;
     }
     let changed: HashSet<&str> = changed.iter().map(String::as_str).collect();
-    let index: HashMap<String, usize> = records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.enrollment_id.clone(), i))
-        .collect();
-    for assignment in assignments
-        .iter()
-        .filter(|a| changed.contains(a.enrollment_id.as_str()))
+    // Positions first, written after: no copy of every enrollment id, and no sort (a buffer of
+    // half the records) unless a record was added.
+    let mut updated = Vec::new();
+    let mut added = Vec::new();
     {
-        let mut identifiers = assignment.identifiers.clone();
-        identifiers.sort_unstable();
-        match index.get(&assignment.enrollment_id) {
-            Some(i) => {
-                records[*i].assigned = identifiers;
-                records[*i].assigned_at = Some(now);
+        let index: HashMap<&str, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.enrollment_id.as_str(), i))
+            .collect();
+        for assignment in assignments
+            .iter()
+            .filter(|a| changed.contains(a.enrollment_id.as_str()))
+        {
+            let mut identifiers = assignment.identifiers.clone();
+            identifiers.sort_unstable();
+            match index.get(assignment.enrollment_id.as_str()) {
+                Some(i) => updated.push((*i, identifiers)),
+                None => added.push(DeviceRecord {
+                    enrollment_id: assignment.enrollment_id.clone(),
+                    status: Default::default(),
+                    assigned: identifiers,
+                    last_report: None,
+                    assigned_at: Some(now),
+                }),
             }
-            None => records.push(DeviceRecord {
-                enrollment_id: assignment.enrollment_id.clone(),
-                status: Default::default(),
-                assigned: identifiers,
-                last_report: None,
-                assigned_at: Some(now),
-            }),
         }
     }
-    records.sort_by(|a, b| a.enrollment_id.cmp(&b.enrollment_id));
+    for (i, identifiers) in updated {
+        records[i].assigned = identifiers;
+        records[i].assigned_at = Some(now);
+    }
+    let sorted = records.is_sorted_by(|a, b| a.enrollment_id <= b.enrollment_id);
+    if !added.is_empty() || !sorted {
+        records.extend(added);
+        records.sort_by(|a, b| a.enrollment_id.cmp(&b.enrollment_id));
+    }
     records
 }
 
