@@ -3,67 +3,17 @@
 
 use std::sync::Arc;
 
-use base64::Engine as _;
 use ddm_update_operator::backend::embedded::Embedded;
 use ddm_update_operator::backend::store::Store;
 use ddm_update_operator::backend::{Assignment, Backend};
+use ddm_update_operator::clock::Clock;
 use ddm_update_operator::declarations::{self, Declaration};
-use ddm_update_operator::http::{ddm, device_router, serve};
-use ddm_update_operator::metrics::Metrics;
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
-struct Server {
-    base: String,
-    store: Arc<Store>,
-    reported: tokio::sync::mpsc::UnboundedReceiver<String>,
-    _dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
-}
+use crate::support::ddm::{DdmServer, ddm_server, sign};
 
-async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(&dir.path().join("ddm.sqlite")).expect("store"));
-    let backend = Embedded::new(store.clone(), None);
-    let (reported_tx, reported) = tokio::sync::mpsc::unbounded_channel();
-    let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(ddm::DdmState {
-        store: store.clone(),
-        reports: backend.reports.clone(),
-        receive_key: receive_key.map(<[u8]>::to_vec),
-        send_key: send_key.map(<[u8]>::to_vec),
-        bootstrap: ddm_update_operator::operator::bootstrap_declarations(),
-        reported: reported_tx,
-        metrics: metrics.clone(),
-        claims: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    // The device side as the operator serves it (with its HTTP limits).
-    let task = tokio::spawn(serve::serve(
-        listener,
-        device_router("/ddm/", state),
-        serve::Limits::local(),
-        serve::Side::Device,
-        metrics,
-        std::future::pending(),
-    ));
-    Server {
-        base: format!("http://{address}/ddm/"),
-        store,
-        reported,
-        _dir: dir,
-        _task: task,
-    }
-}
-
-fn sign(key: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
-    mac.update(body);
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+async fn server(receive_key: Option<&[u8]>, send_key: Option<&[u8]>) -> DdmServer {
+    ddm_server(receive_key, send_key, Clock::system()).await
 }
 
 async fn get(

@@ -3,80 +3,21 @@
 //! merged state is capped (413), its reports are rate limited (429), and another device's
 //! report is not held up meanwhile.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use ddm_update_operator::backend::embedded::Embedded;
 use ddm_update_operator::backend::store::Store;
 use ddm_update_operator::clock::Clock;
-use ddm_update_operator::http::{ddm, device_router, serve};
-use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::status::{MAX_STATE_BYTES, limit::REPORT_BURST};
-use hmac::{Hmac, Mac};
 use serde_json::Value;
-use sha2::Sha256;
 
+use crate::support::ddm::{DdmServer, ddm_server, sign};
 use crate::support::process::metric_sum;
-
-struct Server {
-    base: String,
-    store: Arc<Store>,
-    metrics: Arc<Metrics>,
-    clock: Clock,
-    path: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
-}
 
 /// The device side as the operator serves it, on a store whose clock (which the rate limit
 /// reads) the test moves.
-async fn server(receive_key: Option<&[u8]>) -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("ddm.sqlite");
+async fn server(receive_key: Option<&[u8]>) -> DdmServer {
     let clock = Clock::manual("2026-09-01T00:00:00Z".parse().expect("a timestamp"));
-    let store = Arc::new(Store::open(&path).expect("store").with_clock(clock.clone()));
-    let backend = Embedded::new(store.clone(), None);
-    let (reported, mut reported_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move { while reported_rx.recv().await.is_some() {} });
-    let metrics = Arc::new(Metrics::new());
-    let state = Arc::new(ddm::DdmState {
-        store: store.clone(),
-        reports: backend.reports.clone(),
-        receive_key: receive_key.map(<[u8]>::to_vec),
-        send_key: None,
-        bootstrap: ddm_update_operator::operator::bootstrap_declarations(),
-        reported,
-        metrics: metrics.clone(),
-        claims: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let task = tokio::spawn(serve::serve(
-        listener,
-        device_router("/ddm/", state),
-        serve::Limits::local(),
-        serve::Side::Device,
-        metrics.clone(),
-        std::future::pending(),
-    ));
-    Server {
-        base: format!("http://{address}/ddm/"),
-        store,
-        metrics,
-        clock,
-        path,
-        _dir: dir,
-        _task: task,
-    }
-}
-
-fn sign(key: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("key");
-    mac.update(body);
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    ddm_server(receive_key, None, clock).await
 }
 
 fn client() -> reqwest::Client {

@@ -1,9 +1,10 @@
 //! What several integration tests share: paths into the repository and file helpers, simulated
-//! devices ([`devices`]), child processes and metrics ([`process`]). One copy here instead of
-//! one per test file.
+//! devices ([`devices`]), the DDM endpoints on loopback ([`ddm`]), child processes and metrics
+//! ([`process`]). One copy here instead of one per test file.
 
 use std::path::{Path, PathBuf};
 
+pub mod ddm;
 pub mod devices;
 pub mod process;
 
