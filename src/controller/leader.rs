@@ -268,15 +268,13 @@ impl Elector {
             }
             (_, None) => return Ok(false),
         };
-        match written {
-            Ok(_) => {
-                self.held_transitions = transitions;
-                Ok(true)
-            }
-            // Someone else wrote first (or created it): not ours this round.
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
-            Err(error) => Err(error),
-        }
+        // A conflict (someone wrote the Lease since it was read) is an error like any other: the
+        // next round reads again and decides; it is not proof that another replica leads, so a
+        // leader does not step down for it before its renew deadline.
+        written.map(|_| {
+            self.held_transitions = transitions;
+            true
+        })
     }
 
     /// Hands the Lease back on shutdown so the next replica need not wait for it to expire.
