@@ -731,6 +731,16 @@ impl Env {
         self.list().await
     }
 
+    /// The names of the EnforcementTargets `policy` generated.
+    async fn generated_target_names(&self, policy: &str) -> BTreeSet<String> {
+        self.targets()
+            .await
+            .iter()
+            .filter(|t| generated_by(t, policy))
+            .map(ResourceExt::name_any)
+            .collect()
+    }
+
     /// Merge-patches every object of kind `K` with `patch`.
     async fn patch_all<K>(&self, patch: &Value)
     where
@@ -1898,13 +1908,7 @@ async fn deleting_a_policy_withdraws_its_declarations_before_it_goes() {
             .any(|i| before[*i].values().any(|(t, _)| t == ENFORCEMENT_TYPE)),
         "a mobile device holds an enforcement before the deletion"
     );
-    let mobile_targets: Vec<String> = env
-        .targets()
-        .await
-        .iter()
-        .filter(|t| generated_by(t, "mobile"))
-        .map(ResourceExt::name_any)
-        .collect();
+    let mobile_targets = env.generated_target_names("mobile").await;
     assert!(!mobile_targets.is_empty());
 
     // A finalizer of the test's own keeps the object visible after the operator's is gone.
@@ -2413,13 +2417,7 @@ async fn an_invalid_edit_keeps_the_last_valid_spec_across_a_restart() {
         Some(&Some(valid_generation)),
         "the valid version is stored"
     );
-    let generated: BTreeSet<String> = env
-        .targets()
-        .await
-        .iter()
-        .filter(|t| generated_by(t, "mobile"))
-        .map(ResourceExt::name_any)
-        .collect();
+    let generated = env.generated_target_names("mobile").await;
     assert!(!generated.is_empty());
 
     // What the backend assigns each mobile device (the store's view) and what it holds.
