@@ -12,6 +12,7 @@ pub mod enroll;
 pub mod http;
 pub mod inventory;
 pub mod manifests;
+pub mod mdm;
 pub mod metrics;
 pub mod operator;
 pub mod pass;

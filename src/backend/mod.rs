@@ -146,6 +146,11 @@ pub trait Backend: Send + Sync {
     /// Owned: a backend keeping a copy in memory takes them over rather than copying them.
     fn remember(&self, changes: MemoryChanges) -> BoxFuture<'_, Result<(), BackendError>>;
 
+    /// What the MDM (NanoMDM's webhook) told about devices, checked-out ones included.
+    fn mdm_devices(&self) -> BoxFuture<'_, Result<Vec<crate::mdm::MdmDevice>, BackendError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Forgets these enrollments if they never reported (their set goes; one that reported
     /// meanwhile stays). Returns those forgotten.
     fn forget_unreported<'a>(
