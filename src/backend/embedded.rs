@@ -188,6 +188,13 @@ impl Backend for Embedded {
         Box::pin(async move { Ok(self.store.memory()) })
     }
 
+    fn mdm_devices(&self) -> BoxFuture<'_, Result<Vec<crate::mdm::MdmDevice>, BackendError>> {
+        Box::pin(async move {
+            let store = self.store.clone();
+            blocking(move || store.mdm_devices()).await
+        })
+    }
+
     fn forget_unreported<'a>(
         &'a self,
         enrollment_ids: &'a [String],

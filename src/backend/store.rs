@@ -22,6 +22,7 @@ use crate::status::{
 
 mod fence;
 mod last_valid;
+pub mod mdm;
 
 /// Raw reports kept per enrollment (the newest ones).
 pub const REPORT_HISTORY: i64 = HISTORY_REPORTS as i64;
@@ -164,6 +165,16 @@ const MIGRATIONS: &[&str] = &[
                    WHERE m.set_id = s.set_id
                      AND d.type NOT IN ('com.apple.configuration.management.status-subscriptions',
                                         'com.apple.activation.simple')));",
+    // 6: what the MDM (NanoMDM's webhook) told about each device-channel enrollment, the newest
+    // event applied to it, and the SOFTWARE_UPDATE_DEVICE_ID the enrollment gate saw (store/mdm.rs).
+    "CREATE TABLE mdm_devices (
+        enrollment_id TEXT PRIMARY KEY,
+        device BLOB,
+        machine_info BLOB,
+        last_event_id TEXT,
+        last_event_at TEXT,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.

@@ -5,6 +5,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+use super::webhook::{Message, WebhookEvent};
 use crate::inventory::EnrollmentType;
 
 /// Where a fact came from.
@@ -151,6 +152,93 @@ impl MdmDevice {
     }
 }
 
+// What NanoMDM's webhook events teach (helper "webhook").
+impl MdmDevice {
+    /// A device first heard of through `event`. Any device-channel event NanoMDM sends means
+    /// the enrollment was in the MDM when it happened (NanoMDM sends none for requests its
+    /// certificate check refused), so a device first heard of through, say, a
+    /// `mdm.SetBootstrapToken` is enrolled since then; a later-delivered CheckOut that happened
+    /// earlier does not undo that.
+    pub fn from_event(event: &WebhookEvent) -> Self {
+        let enrollment = match event.message {
+            Message::CheckOut => Enrollment::CheckedOut {
+                at: event.created_at,
+            },
+            _ => Enrollment::Enrolled {
+                since: event.created_at,
+            },
+        };
+        let mut device = MdmDevice::new(event.enrollment(), enrollment);
+        device.apply(event);
+        device
+    }
+
+    /// Applies one webhook event: each fact it carries replaces the one known if it is newer
+    /// (by NanoMDM's `created_at`), and enrollment events follow `enrollment_event` (a CheckOut
+    /// is undone only by a later Authenticate or TokenUpdate). Returns whether anything changed.
+    /// Command reports (`mdm.Connect`) change nothing here: `mdm::commands` reads their results.
+    pub fn apply(&mut self, event: &WebhookEvent) -> bool {
+        let at = event.created_at;
+        let mdm = |value: String| Fact::new(value, Source::Mdm, at);
+        let mut changed = false;
+        if self.enrollment_type.is_none() {
+            // NanoMDM's types of device channels (mdm/type.go:30-45); user channels never
+            // reach here.
+            self.enrollment_type = match event.ids.kind.as_str() {
+                "Device" => Some(EnrollmentType::Device),
+                "User Enrollment (Device)" => Some(EnrollmentType::User),
+                _ => None,
+            };
+            changed |= self.enrollment_type.is_some();
+        }
+        let udid = match &event.message {
+            Message::Authenticate(identity) => identity.udid.as_ref().or(event.udid.as_ref()),
+            _ => event.udid.as_ref(),
+        };
+        if self.udid.is_none()
+            && let Some(udid) = udid
+        {
+            self.udid = Some(udid.clone());
+            changed = true;
+        }
+        match &event.message {
+            Message::Authenticate(identity) => {
+                changed |= self.enrollment_event(Enrollment::Enrolled { since: at });
+                for (slot, value) in [
+                    (&mut self.serial_number, &identity.serial_number),
+                    (&mut self.model, &identity.product_name),
+                    (&mut self.os_version, &identity.os_version),
+                    (&mut self.build_version, &identity.build_version),
+                ] {
+                    if let Some(value) = value {
+                        changed |= Fact::update(slot, mdm(value.clone()));
+                    }
+                }
+            }
+            Message::TokenUpdate { .. } => {
+                changed |= self.enrollment_event(Enrollment::Enrolled { since: at });
+            }
+            Message::CheckOut => {
+                changed |= self.enrollment_event(Enrollment::CheckedOut { at });
+            }
+            Message::SetBootstrapToken { escrowed } => {
+                changed |= Fact::update(
+                    &mut self.bootstrap_token_escrowed,
+                    Fact::new(*escrowed, Source::Mdm, at),
+                );
+            }
+            Message::Acknowledge { .. } => {}
+        }
+        changed
+    }
+
+    /// Takes the `SOFTWARE_UPDATE_DEVICE_ID` the enrollment gate's MachineInfo carried, if newer
+    /// than the one known (macOS 14.4–14.x report no board id over DDM).
+    pub fn machine_info_device_id(&mut self, fact: Fact<String>) -> bool {
+        Fact::update(&mut self.software_update_device_id, fact)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +283,91 @@ mod tests {
             since: at("2026-01-03T00:00:00Z")
         }));
         assert!(device.enrollment.is_enrolled());
+    }
+}
+
+#[cfg(test)]
+mod webhook_tests {
+    use super::*;
+    use crate::mdm::webhook::{Identity, Ids};
+
+    fn event(message: Message, at: &str) -> WebhookEvent {
+        WebhookEvent {
+            topic: crate::mdm::webhook::Topic::Authenticate,
+            created_at: at.parse().expect("timestamp"),
+            event_id: "e".into(),
+            ids: Ids {
+                id: "UDID-1".into(),
+                kind: "Device".into(),
+                parent_id: None,
+            },
+            udid: Some("UDID-1".into()),
+            enrollment_id: None,
+            payload: Vec::new(),
+            message,
+        }
+    }
+
+    fn authenticate(os: &str) -> Message {
+        Message::Authenticate(Identity {
+            udid: Some("UDID-1".into()),
+            serial_number: Some("C02XK1ABCD12".into()),
+            product_name: Some("Mac14,2".into()),
+            os_version: Some(os.into()),
+            build_version: None,
+        })
+    }
+
+    #[test]
+    fn a_checkout_delivered_first_is_not_undone_by_the_earlier_authenticate() {
+        let checkout = event(Message::CheckOut, "2026-12-07T11:00:02Z");
+        let mut device = MdmDevice::from_event(&checkout);
+        assert!(!device.enrollment.is_enrolled());
+        // The Authenticate happened before the check-out but arrives after it.
+        device.apply(&event(authenticate("15.6"), "2026-12-07T11:00:01Z"));
+        assert!(!device.enrollment.is_enrolled(), "{device:?}");
+        // Its facts are still learned: they were true when it happened.
+        assert_eq!(
+            device.model.as_ref().map(|f| f.value.as_str()),
+            Some("Mac14,2")
+        );
+        assert_eq!(device.enrollment_type, Some(EnrollmentType::Device));
+        // A later enrollment does re-enroll it.
+        assert!(device.apply(&event(
+            Message::TokenUpdate { tally: Some(1) },
+            "2026-12-07T11:00:03Z"
+        )));
+        assert!(device.enrollment.is_enrolled());
+    }
+
+    #[test]
+    fn newer_facts_win_and_a_replay_changes_nothing() {
+        let mut device =
+            MdmDevice::from_event(&event(authenticate("15.6"), "2026-12-07T11:00:05Z"));
+        let old = event(authenticate("15.5"), "2026-12-07T11:00:01Z");
+        assert!(!device.apply(&old));
+        assert_eq!(
+            device.os_version.as_ref().map(|f| f.value.as_str()),
+            Some("15.6")
+        );
+        let again = event(authenticate("15.6"), "2026-12-07T11:00:05Z");
+        assert!(
+            !device.apply(&again),
+            "the same event twice changes nothing"
+        );
+        let token = |escrowed, at| event(Message::SetBootstrapToken { escrowed }, at);
+        assert!(device.apply(&token(true, "2026-12-07T11:00:06Z")));
+        assert!(
+            !device.apply(&token(false, "2026-12-07T11:00:04Z")),
+            "older"
+        );
+        assert!(
+            device.apply(&token(false, "2026-12-07T11:00:07Z")),
+            "removed"
+        );
+        assert_eq!(
+            device.bootstrap_token_escrowed.map(|f| (f.value, f.source)),
+            Some((false, Source::Mdm))
+        );
     }
 }
