@@ -169,6 +169,7 @@ fn main() {
                 supervised: true,
                 enrollment_type: EnrollmentType::Device,
                 labels: [("fleet".to_string(), "corporate".to_string())].into(),
+                bootstrap_token: Default::default(),
             }
         })
         .collect();

@@ -334,6 +334,9 @@ pub async fn start(
         targets: target_cache.clone(),
         backend,
         catalog: catalog.clone(),
+        seed_at: config.inventory.as_deref().map_or(jiff::Timestamp::UNIX_EPOCH, |path| {
+            crate::inventory::file_time(path, config.clock.now())
+        }),
         seed,
         assume_supervised: config.assume_supervised,
         metrics: metrics.clone(),

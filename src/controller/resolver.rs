@@ -76,6 +76,8 @@ pub struct Resolver {
     pub backend: Embedded,
     pub catalog: Arc<tokio::sync::RwLock<crate::operator::CatalogState>>,
     pub seed: Vec<Device>,
+    /// When the inventory's facts were true (`inventory::file_time`).
+    pub seed_at: jiff::Timestamp,
     pub assume_supervised: bool,
     pub metrics: Arc<Metrics>,
     pub publish: watch::Sender<Arc<Snapshot>>,
@@ -240,6 +242,7 @@ impl Resolver {
                 orphaning: &orphaning,
             },
             &self.seed,
+            self.seed_at,
             &catalog,
             self.assume_supervised,
             now,

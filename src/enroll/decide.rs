@@ -387,6 +387,7 @@ fn device_from(view: &GateView, info: &MachineInfo) -> Result<Device, String> {
         supervised: true,
         enrollment_type: EnrollmentType::Device,
         labels: known.map(|d| d.labels.clone()).unwrap_or_default(),
+        bootstrap_token: known.map(|d| d.bootstrap_token).unwrap_or_default(),
     })
 }
 

@@ -42,6 +42,13 @@ struct RawDevice {
     enrollment_type: EnrollmentType,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// Macs: whether it has Apple silicon (enforced updates then need an escrowed bootstrap
+    /// token to install without asking the user).
+    #[serde(default)]
+    apple_silicon: Option<bool>,
+    /// Macs: whether the MDM holds the Mac's escrowed bootstrap token.
+    #[serde(default)]
+    bootstrap_token_escrowed: Option<bool>,
 }
 
 /// A checked device.
@@ -62,6 +69,38 @@ pub struct Device {
     pub supervised: bool,
     pub enrollment_type: EnrollmentType,
     pub labels: BTreeMap<String, String>,
+    /// What is known of a Mac's bootstrap token (nothing, for other devices).
+    #[serde(skip_serializing_if = "BootstrapToken::is_unknown")]
+    pub bootstrap_token: BootstrapToken,
+}
+
+/// What is known of a Mac's bootstrap token, each fact `None` until a source says it. Apple: "To
+/// authorize an enforced software update on a supervised Mac computer with Apple silicon, an MDM
+/// solution can request and escrow a bootstrap token"; without one the Mac asks its user for an
+/// administrator's password when the update is enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapToken {
+    /// Apple silicon (`IsAppleSilicon`; the inventory's `appleSilicon`).
+    pub apple_silicon: Option<bool>,
+    /// `BootstrapTokenRequiredForSoftwareUpdate` from SecurityInfo.
+    pub required: Option<bool>,
+    /// Whether the MDM holds an escrowed token (`mdm.SetBootstrapToken`; the inventory's
+    /// `bootstrapTokenEscrowed`).
+    pub escrowed: Option<bool>,
+}
+
+impl BootstrapToken {
+    pub fn is_unknown(&self) -> bool {
+        *self == BootstrapToken::default()
+    }
+
+    /// Whether an enforced update would ask the Mac's user to authenticate: it needs a token
+    /// (Apple silicon, or SecurityInfo says so) and none is known to be escrowed.
+    pub fn missing(&self) -> bool {
+        let needed = self.apple_silicon == Some(true) || self.required == Some(true);
+        needed && self.escrowed != Some(true)
+    }
 }
 
 impl Device {
@@ -74,6 +113,17 @@ impl Device {
             (None, _) => Some(&self.model),
         }
     }
+}
+
+/// When an inventory file's facts were true, for comparing them with the MDM's and the devices'
+/// own: its modification time, but never later than `loaded` (the operator's clock, which
+/// tests and simulations set back; an unreadable time is `loaded`).
+pub fn file_time(path: &std::path::Path, loaded: jiff::Timestamp) -> jiff::Timestamp {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| jiff::Timestamp::try_from(t).ok())
+        .map_or(loaded, |modified| modified.min(loaded))
 }
 
 /// Reads YAML (JSON is YAML, but read by serde_json when it is JSON: much faster) with a budget
@@ -175,6 +225,11 @@ fn device(value: &serde_json::Value) -> Result<Device, String> {
     if raw.platform == Platform::AudioOs {
         return Err("platform audioOS (HomePod) is not managed through MDM".into());
     }
+    if raw.platform != Platform::MacOs
+        && (raw.apple_silicon.is_some() || raw.bootstrap_token_escrowed.is_some())
+    {
+        return Err("appleSilicon and bootstrapTokenEscrowed are for Macs (platform macOS)".into());
+    }
     let os_version = OsVersion::with_extra(&raw.os_version, raw.supplemental_extra.as_deref())
         .map_err(|e| format!("osVersion: {e}"))?;
     Ok(Device {
@@ -190,6 +245,11 @@ fn device(value: &serde_json::Value) -> Result<Device, String> {
         supervised: raw.supervised,
         enrollment_type: raw.enrollment_type,
         labels: raw.labels,
+        bootstrap_token: BootstrapToken {
+            apple_silicon: raw.apple_silicon,
+            required: None,
+            escrowed: raw.bootstrap_token_escrowed,
+        },
     })
 }
 

@@ -83,6 +83,7 @@ impl Harness {
                 orphaning: &Checked::default(),
             },
             &seed,
+            jiff::Timestamp::UNIX_EPOCH,
             &self.catalog,
             true,
             at(now),

@@ -6,7 +6,7 @@
 //! to compliance), and the devices frozen because a resource applying to them was deleted with
 //! `deletionPolicy: Orphan`. Both are written only when they change.
 
-mod devices;
+pub mod devices;
 #[cfg(test)]
 mod generated_tests;
 #[cfg(test)]
@@ -60,19 +60,27 @@ pub struct PassResult {
     pub applied: Result<ApplyReport, BackendError>,
     /// Ledger rows the backend could not read (those devices were handed out anew).
     pub corrupt_ledger_rows: u64,
+    /// Devices the MDM says checked out: not resolved, their sets withdrawn.
+    pub checked_out: Vec<devices::CheckedOut>,
 }
 
 pub async fn pass(
     backend: &dyn Backend,
     resources: Resources<'_>,
     seed: &[Device],
+    seed_at: jiff::Timestamp,
     catalog: &Catalog,
     assume_supervised: bool,
     now: jiff::Timestamp,
 ) -> Result<PassResult, BackendError> {
     let checked = resources.live;
     let records = backend.devices().await?;
-    let devices = devices::merge(seed, &records, assume_supervised);
+    let mdm_devices = backend.mdm_devices().await?;
+    let devices::Merged {
+        devices,
+        checked_out,
+    } = devices::merge(seed, seed_at, &mdm_devices, &records, assume_supervised);
+    drop(mdm_devices);
     let memory = backend.memory().await?;
     let plan = resolve::resolve_with(
         Input {
@@ -155,6 +163,7 @@ pub async fn pass(
             records,
             applied: Err(error),
             corrupt_ledger_rows,
+            checked_out,
         });
     }
     let with_row: HashSet<&str> = records.iter().map(|r| r.enrollment_id.as_str()).collect();
@@ -181,6 +190,7 @@ pub async fn pass(
         })
         .collect();
     assignments.extend(bootstrap_rejected(&devices, &records));
+    assignments.extend(withdrawn_checked_out(&checked_out, &records));
     let applied = backend.apply(&plan.declarations, &assignments).await;
     let mut records = match &applied {
         Ok(report) => with_assignments(records, &assignments, &report.changed, now),
@@ -221,7 +231,38 @@ pub async fn pass(
         records,
         applied,
         corrupt_ledger_rows,
+        checked_out,
     })
+}
+
+/// Checked-out devices that still hold declarations, or were never given a set (they would be
+/// served the bootstrap set): an empty set each. Once written, a later pass has nothing to do.
+fn withdrawn_checked_out(
+    checked_out: &[devices::CheckedOut],
+    records: &[DeviceRecord],
+) -> Vec<Assignment> {
+    if checked_out.is_empty() {
+        return Vec::new();
+    }
+    let by_id: HashMap<&str, &DeviceRecord> = records
+        .iter()
+        .map(|r| (r.enrollment_id.as_str(), r))
+        .collect();
+    checked_out
+        .iter()
+        .filter(|gone| {
+            by_id
+                .get(gone.enrollment_id.as_str())
+                .is_some_and(|r| !r.assigned.is_empty() || r.assigned_at.is_none())
+        })
+        .map(|gone| {
+            tracing::info!(enrollment = %gone.enrollment_id, checked_out_at = %gone.at, "the device checked out of the MDM: its set is withdrawn");
+            Assignment {
+                enrollment_id: gone.enrollment_id.clone(),
+                identifiers: Vec::new(),
+            }
+        })
+        .collect()
 }
 
 /// The ring deadlines to write: those this pass handed out or re-handed, and those no device
@@ -615,6 +656,7 @@ spec: {{platforms: [iOS]}}
                 backend,
                 Resources { live, orphaning },
                 &self.seed,
+                jiff::Timestamp::UNIX_EPOCH,
                 &self.catalog,
                 true,
                 "2026-08-22T12:00:00Z".parse().expect("a timestamp"),
@@ -826,6 +868,7 @@ spec: {{platforms: [iOS]}}
                 orphaning: &Checked::default(),
             },
             &seed,
+            jiff::Timestamp::UNIX_EPOCH,
             &catalog,
             true,
             "2026-08-22T12:00:00Z".parse().expect("a timestamp"),
@@ -872,6 +915,7 @@ spec: {{platforms: [iOS]}}
                     orphaning: &none,
                 },
                 &fixture.seed,
+                jiff::Timestamp::UNIX_EPOCH,
                 &fixture.catalog,
                 true,
                 at(days),

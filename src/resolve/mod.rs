@@ -254,6 +254,9 @@ struct Candidate {
     handed: Option<Handed>,
 }
 
+/// The detail of a `BootstrapTokenMissing` note.
+pub const BOOTSTRAP_TOKEN_DETAIL: &str = "no escrowed bootstrap token is known for this Apple-silicon Mac: its user will be asked to authenticate when the update is enforced";
+
 /// Runs one pass with an empty ledger: every deadline as if handed out now.
 pub fn resolve(input: Input<'_>) -> Plan {
     resolve_with(input, &Ledger::default())
@@ -307,6 +310,8 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
     let mut book = RingBook::new(&ledger.rings, input.now);
     let mut generated: BTreeMap<GeneratedKey, GeneratedTarget> = BTreeMap::new();
     let mut contested: BTreeMap<(usize, usize), u64> = BTreeMap::new();
+    // Enforced Macs without an escrowed bootstrap token, per source.
+    let mut token_missing: BTreeMap<Source, u64> = BTreeMap::new();
 
     for (d, device) in input.devices.iter().enumerate() {
         let device_index = u32::try_from(d).unwrap_or(u32::MAX);
@@ -542,6 +547,20 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
             });
         }
 
+        // Sent all the same; the Mac's user will be asked to authenticate at the deadline.
+        if device.platform == Platform::MacOs && device.bootstrap_token.missing() {
+            let mut sources: Vec<Source> = out.enforcements.iter().map(|e| e.source).collect();
+            sources.sort_unstable();
+            sources.dedup();
+            for source in sources {
+                *token_missing.entry(source).or_default() += 1;
+                out.notes.push(Note {
+                    source,
+                    reason: Reason::BootstrapTokenMissing,
+                    detail: BOOTSTRAP_TOKEN_DETAIL.to_string(),
+                });
+            }
+        }
         if let Some(index) = settings_declaration(&mut table, input, &out.policies, device) {
             configurations.push(index);
         }
@@ -593,6 +612,15 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
         plan.warnings.push(format!(
             "{devices} device(s) are in both UpdatePolicy {} and {}: both apply; of their enforcements the earliest deadline wins and settings merge",
             input.policies[first].key, input.policies[second].key
+        ));
+    }
+    for (source, macs) in token_missing {
+        let name = match source {
+            Source::Policy(p) => format!("UpdatePolicy {}", input.policies[p].key),
+            Source::Target(t) => format!("EnforcementTarget {}", input.targets[t].key),
+        };
+        plan.warnings.push(format!(
+            "{name} enforces {macs} Apple-silicon Mac(s) without an escrowed bootstrap token: their users will be asked to authenticate at the deadline (the MDM must advertise com.apple.mdm.bootstraptoken in ServerCapabilities so Macs escrow one)"
         ));
     }
     for target in input.targets.iter().filter(|t| !t.generated) {

@@ -32,6 +32,10 @@ pub enum Reason {
     /// in `PublicAssetSets` (unsupervised, or a Mac before macOS 15); they were chosen from
     /// there. The device may still get an enforcement.
     PublicAssetSetsOnly,
+    /// An Apple-silicon Mac that gets an enforcement but whose bootstrap token the MDM is not
+    /// known to hold: at the deadline its user will be asked to authenticate. A warning: the
+    /// enforcement is still sent.
+    BootstrapTokenMissing,
 }
 
 impl Reason {
@@ -47,6 +51,7 @@ impl Reason {
             Reason::Superseded => "Superseded",
             Reason::TwoStep => "TwoStep",
             Reason::PublicAssetSetsOnly => "PublicAssetSetsOnly",
+            Reason::BootstrapTokenMissing => "BootstrapTokenMissing",
         }
     }
 }

@@ -138,6 +138,7 @@ impl Engine {
             notices: Vec::new(),
             fingerprint: 0,
             seed: Vec::new(),
+            seed_at: jiff::Timestamp::UNIX_EPOCH,
         };
         engine_loop.reload_inventory();
         engine_loop.publish_claims();
@@ -218,6 +219,8 @@ struct Loop {
     fingerprint: u64,
     /// Devices from the inventory file.
     seed: Vec<Device>,
+    /// When the inventory's facts were true (`inventory::file_time`).
+    seed_at: jiff::Timestamp,
 }
 
 impl Loop {
@@ -271,7 +274,10 @@ impl Loop {
             .map_err(|e| vec![e.to_string()])
             .and_then(|t| crate::inventory::parse(&t))
         {
-            Ok(devices) => self.seed = devices,
+            Ok(devices) => {
+                self.seed = devices;
+                self.seed_at = crate::inventory::file_time(path, self.config.clock.now());
+            }
             Err(problems) => {
                 for problem in problems {
                     tracing::error!(path = %path.display(), %problem, "inventory");
@@ -383,6 +389,7 @@ impl Loop {
                 orphaning: &self.orphaning,
             },
             &self.seed,
+            self.seed_at,
             &self.catalog.catalog,
             self.config.assume_supervised,
             self.config.clock.now(),

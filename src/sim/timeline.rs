@@ -608,6 +608,7 @@ fn draw(script: &Script, catalog: &Catalog) -> Result<(Vec<Member>, Vec<Device>)
                     EnrollmentType::Device
                 },
                 labels,
+                bootstrap_token: Default::default(),
             });
             members.push(Member {
                 device,
@@ -1459,6 +1460,7 @@ impl World {
                 orphaning: &empty,
             },
             &self.seed,
+            self.script.start,
             &self.operator.catalog,
             false,
             now,

@@ -65,7 +65,13 @@ pub struct Standing<'a> {
 pub fn bucket(standing: Standing<'_>) -> Bucket {
     match standing.reason {
         Some(Reason::UpToDate) => return Bucket::Compliant,
-        Some(Reason::Superseded | Reason::TwoStep | Reason::PublicAssetSetsOnly) | None => {}
+        Some(
+            Reason::Superseded
+            | Reason::TwoStep
+            | Reason::PublicAssetSetsOnly
+            | Reason::BootstrapTokenMissing,
+        )
+        | None => {}
         Some(_) => return Bucket::NotApplicable,
     }
     let heard = standing.last_report.or(standing.assigned_at);

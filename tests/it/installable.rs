@@ -63,6 +63,7 @@ fn device(platform: Platform, running: &str, supervised: bool, kind: EnrollmentT
         supervised,
         enrollment_type: kind,
         labels: BTreeMap::new(),
+        bootstrap_token: Default::default(),
     }
 }
 
