@@ -56,6 +56,18 @@ struct SettingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandOutcomeLabels {
+    request_type: &'static str,
+    /// `queued` or `not_queued`.
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -85,6 +97,13 @@ struct TimeoutLabels {
     phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    /// The MDM command: `SecurityInfo` or `DeviceInformation`.
+    kind: &'static str,
+    outcome: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -99,8 +118,16 @@ pub struct Metrics {
     pub devices: Family<StateLabels, Gauge>,
     /// Compliant devices over applicable ones, per resource.
     pub compliance: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Apple-silicon Macs a resource enforces that have no escrowed bootstrap token.
+    pub bootstrap_token_missing: Family<SourceLabels, Gauge>,
+    /// Devices the MDM says checked out (left out of every pass).
+    pub devices_checked_out: Gauge,
     backend_requests: Family<BackendLabels, Counter>,
     backend_request_seconds: Family<BackendOperationLabels, Histogram>,
+    nanomdm_commands: Family<CommandOutcomeLabels, Counter>,
+    nanomdm_pushes: Family<OutcomeLabels, Counter>,
+    nanomdm_sync_skipped: Family<ReasonLabels, Counter>,
+    nanomdm_pending_commands: Gauge,
     distinct_declarations: Gauge,
     ledger_corrupt_rows: Gauge,
     reconciles: Family<KindLabels, Counter>,
@@ -122,6 +149,9 @@ pub struct Metrics {
     enrollment_unsigned_allowed: Gauge,
     status_refusals: Family<ReasonLabels, Counter>,
     catalog_held: Family<HeldLabels, Gauge>,
+    mdm_commands_sent: Family<CommandLabels, Counter>,
+    mdm_command_results: Family<CommandLabels, Counter>,
+    mdm_command_reports_ignored: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -194,6 +224,18 @@ impl Metrics {
             "Compliant devices over the devices a resource applies to (1 when it applies to none)",
             compliance.clone(),
         );
+        let bootstrap_token_missing = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "bootstrap_token_missing",
+            "Apple-silicon Macs a resource enforces without an escrowed bootstrap token (their users will be asked to authenticate)",
+            bootstrap_token_missing.clone(),
+        );
+        let devices_checked_out = Gauge::default();
+        registry.register(
+            "devices_checked_out",
+            "Devices the MDM says checked out: not resolved, their sets withdrawn",
+            devices_checked_out.clone(),
+        );
         let backend_requests = Family::<BackendLabels, Counter>::default();
         registry.register(
             "backend_requests",
@@ -208,6 +250,30 @@ impl Metrics {
             "backend_request_duration_seconds",
             "Latency of requests to the MDM backend",
             backend_request_seconds.clone(),
+        );
+        let nanomdm_commands = Family::<CommandOutcomeLabels, Counter>::default();
+        registry.register(
+            "nanomdm_commands",
+            "Commands handed to NanoMDM's /v1/enqueue, per enrollment id: queued (a push_error still queues) or not_queued (command_error, or no usable answer)",
+            nanomdm_commands.clone(),
+        );
+        let nanomdm_pushes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "nanomdm_pushes",
+            "APNs pushes through NanoMDM (with an enqueue or /v1/push), per enrollment id: ok or error",
+            nanomdm_pushes.clone(),
+        );
+        let nanomdm_sync_skipped = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "nanomdm_sync_skipped",
+            "Devices whose set changed but got no DeclarativeManagement command: unknown_enrollment (NanoMDM does not know it as enrolled) or pending (one is queued and not yet fetched)",
+            nanomdm_sync_skipped.clone(),
+        );
+        let nanomdm_pending_commands = Gauge::default();
+        registry.register(
+            "nanomdm_pending_commands",
+            "Devices with a DeclarativeManagement command queued in NanoMDM and not yet fetched",
+            nanomdm_pending_commands.clone(),
         );
         let distinct_declarations = Gauge::default();
         registry.register(
@@ -327,7 +393,28 @@ impl Metrics {
             "HTTP connections closed by a timeout, per listener and phase: header (headers not complete in time), body (408), idle",
             http_timeouts.clone(),
         );
+        let mdm_commands_sent = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "mdm_commands_sent",
+            "MDM commands handed to NanoMDM per kind and outcome: queued, queued_not_pushed (push_error: queued, the device gets it at its next poll), not_queued",
+            mdm_commands_sent.clone(),
+        );
+        let mdm_command_results = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "mdm_command_results",
+            "Answers to the operator's MDM commands (mdm.Connect webhook events) per kind and status: acknowledged, error, not_now",
+            mdm_command_results.clone(),
+        );
+        let mdm_command_reports_ignored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "mdm_command_reports_ignored",
+            "Command reports (or keys of them) left unread, per reason: not_plist, too_large, wrong_type, missing_key, unknown_status, not_a_dictionary",
+            mdm_command_reports_ignored.clone(),
+        );
         Metrics {
+            mdm_commands_sent,
+            mdm_command_results,
+            mdm_command_reports_ignored,
             leader,
             leader_epoch,
             status_reports_refused,
@@ -340,8 +427,14 @@ impl Metrics {
             status_refusals,
             catalog_held,
             compliance,
+            bootstrap_token_missing,
+            devices_checked_out,
             backend_requests,
             backend_request_seconds,
+            nanomdm_commands,
+            nanomdm_pushes,
+            nanomdm_sync_skipped,
+            nanomdm_pending_commands,
             enrollment_decisions,
             enrollment_seconds,
             reconciles,
@@ -395,6 +488,36 @@ impl Metrics {
         self.backend_request_seconds
             .get_or_create(&BackendOperationLabels { backend, operation })
             .observe(seconds);
+    }
+
+    /// Commands handed to NanoMDM's enqueue for `count` enrollment ids (`outcome`: queued,
+    /// not_queued).
+    pub fn nanomdm_commands(&self, request_type: &'static str, outcome: &'static str, count: u64) {
+        self.nanomdm_commands
+            .get_or_create(&CommandOutcomeLabels {
+                request_type,
+                outcome,
+            })
+            .inc_by(count);
+    }
+
+    /// APNs pushes through NanoMDM for `count` enrollment ids (`outcome`: ok, error).
+    pub fn nanomdm_pushes(&self, outcome: &'static str, count: u64) {
+        self.nanomdm_pushes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc_by(count);
+    }
+
+    /// Devices given no sync command (`reason`: unknown_enrollment, pending).
+    pub fn nanomdm_sync_skipped(&self, reason: &'static str, count: u64) {
+        self.nanomdm_sync_skipped
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(count);
+    }
+
+    pub fn nanomdm_pending_commands(&self, devices: usize) {
+        self.nanomdm_pending_commands
+            .set(i64::try_from(devices).unwrap_or(i64::MAX));
     }
 
     pub fn status_report(&self) {
@@ -521,6 +644,27 @@ impl Metrics {
     pub fn http_timeout(&self, listener: &'static str, phase: &'static str) {
         self.http_timeouts
             .get_or_create(&TimeoutLabels { listener, phase })
+            .inc();
+    }
+
+    /// An MDM command handed to NanoMDM (`outcome`: queued, queued_not_pushed, not_queued).
+    pub fn mdm_command_sent(&self, kind: &'static str, outcome: &'static str) {
+        self.mdm_commands_sent
+            .get_or_create(&CommandLabels { kind, outcome })
+            .inc();
+    }
+
+    /// A device's answer to one of the operator's commands.
+    pub fn mdm_command_result(&self, kind: &'static str, outcome: &'static str) {
+        self.mdm_command_results
+            .get_or_create(&CommandLabels { kind, outcome })
+            .inc();
+    }
+
+    /// A command report, or one key of it, left unread.
+    pub fn mdm_command_report_ignored(&self, reason: &'static str) {
+        self.mdm_command_reports_ignored
+            .get_or_create(&ReasonLabels { reason })
             .inc();
     }
 
