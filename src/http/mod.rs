@@ -7,6 +7,7 @@ pub mod admin;
 pub mod ddm;
 pub mod enroll;
 pub mod serve;
+pub mod webhook;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

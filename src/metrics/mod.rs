@@ -104,6 +104,14 @@ struct CommandLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    /// NanoMDM's topic (`mdm.Authenticate`, ...), `unknown`, or `unread` (refused unread).
+    topic: &'static str,
+    /// `applied`, `unchanged`, `ignored`, `refused`, `malformed`, `failed`.
+    outcome: &'static str,
+}
+
 /// Every metric the operator exports.
 pub struct Metrics {
     registry: Registry,
@@ -149,6 +157,7 @@ pub struct Metrics {
     enrollment_unsigned_allowed: Gauge,
     status_refusals: Family<ReasonLabels, Counter>,
     catalog_held: Family<HeldLabels, Gauge>,
+    webhook_events: Family<WebhookLabels, Counter>,
     mdm_commands_sent: Family<CommandLabels, Counter>,
     mdm_command_results: Family<CommandLabels, Counter>,
     mdm_command_reports_ignored: Family<ReasonLabels, Counter>,
@@ -411,7 +420,14 @@ impl Metrics {
             "Command reports (or keys of them) left unread, per reason: not_plist, too_large, wrong_type, missing_key, unknown_status, not_a_dictionary",
             mdm_command_reports_ignored.clone(),
         );
+        let webhook_events = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhook_events",
+            "NanoMDM webhook events by topic and outcome: applied, unchanged (known already), ignored (user channels, unknown topics, topics without device facts), refused (401, 413, 422), malformed (400), failed (503)",
+            webhook_events.clone(),
+        );
         Metrics {
+            webhook_events,
             mdm_commands_sent,
             mdm_command_results,
             mdm_command_reports_ignored,
@@ -665,6 +681,13 @@ impl Metrics {
     pub fn mdm_command_report_ignored(&self, reason: &'static str) {
         self.mdm_command_reports_ignored
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// One NanoMDM webhook event and what became of it.
+    pub fn webhook_event(&self, topic: &'static str, outcome: &'static str) {
+        self.webhook_events
+            .get_or_create(&WebhookLabels { topic, outcome })
             .inc();
     }
 
