@@ -86,6 +86,11 @@ pub struct RunArgs {
     /// File with the key our responses are signed with (NanoMDM's `-dm-recv-hmac-key`).
     #[arg(long, value_name = "FILE")]
     dm_send_key_file: Option<PathBuf>,
+    /// File with the key NanoMDM signs its webhook events with (`-webhook-hmac-key`); events
+    /// posted to /webhook/nanomdm without a valid `X-Hmac-Signature` are refused. Without it,
+    /// events are taken unsigned only when DDM requests are too (no --dm-receive-key-file).
+    #[arg(long, value_name = "FILE")]
+    webhook_hmac_key_file: Option<PathBuf>,
     /// NanoMDM's API base URL, to trigger syncs after a device's set changes.
     #[arg(long)]
     nanomdm_url: Option<String>,
@@ -223,6 +228,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         base_path: args.base_path.clone(),
         receive_key: read_key(args.dm_receive_key_file.as_ref())?,
         send_key: read_key(args.dm_send_key_file.as_ref())?,
+        webhook_key: read_key(args.webhook_hmac_key_file.as_ref())?,
         nanomdm,
         poll_interval: args.poll_interval,
         assume_supervised: args.assume_supervised,

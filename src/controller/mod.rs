@@ -211,15 +211,30 @@ pub async fn start(
         receive_key: config.receive_key.clone(),
         send_key: config.send_key.clone(),
         bootstrap: crate::operator::bootstrap_declarations(),
-        reported: reported_tx,
+        reported: reported_tx.clone(),
         metrics: metrics.clone(),
         claims: claims.clone(),
     });
     // Two listeners: devices (DDM, the gate) and admin (metrics, health, /api/v1 behind
     // TokenReview and SubjectAccessReview), each with the HTTP limits.
-    let device_router = crate::http::device_router(&config.base_path, ddm_state).merge(
-        crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
-    );
+    let mut enroll_state = enroll_state;
+    enroll_state.device_ids = Some(store.clone());
+    // NanoMDM's webhook: what it learns triggers a pass like a report does.
+    let webhook = Arc::new(crate::http::webhook::WebhookState::new(
+        store.clone(),
+        crate::http::webhook::WebhookAuth::new(
+            config.webhook_key.clone(),
+            config.receive_key.is_some(),
+        ),
+        metrics.clone(),
+        Some(reported_tx),
+    ));
+    let device_router = crate::http::device_router(&config.base_path, ddm_state)
+        .merge(crate::http::enroll::router(
+            &config.enroll.route(),
+            Arc::new(enroll_state),
+        ))
+        .merge(crate::http::webhook::router(webhook));
     let admin_auth = Arc::new(crate::http::admin::AdminAuth::kubernetes(
         client.clone(),
         settings.watch_namespace.clone(),

@@ -57,6 +57,9 @@ pub struct EnrollState {
     pub forward: Forward,
     /// Bounds the envelope checks running on blocking threads.
     pub checks: tokio::sync::Semaphore,
+    /// Where the `SOFTWARE_UPDATE_DEVICE_ID` of trusted MachineInfo is kept, by UDID (the MDM
+    /// facts of the enrollment: macOS 14.4–14.x report no board id over DDM). `None`: not kept.
+    pub device_ids: Option<Arc<crate::backend::store::Store>>,
 }
 
 pub fn router(path: &str, state: Arc<EnrollState>) -> Router {
@@ -189,6 +192,7 @@ async fn gate(
             .into_response();
     }
     let now = jiff::Timestamp::now();
+    keep_device_id(&state, &info, now);
     let decision = decide(&view, &info, now);
     state.tally.record(&decision, now);
     let policy = decision
@@ -264,6 +268,25 @@ async fn gate(
             forward(&state, method, query, headers, body).await
         }
     }
+}
+
+/// Keeps the MachineInfo's `SOFTWARE_UPDATE_DEVICE_ID` under its UDID, off the request's path
+/// (a failure is logged: the gate's answer does not depend on it).
+fn keep_device_id(state: &EnrollState, info: &crate::enroll::MachineInfo, now: jiff::Timestamp) {
+    let (Some(store), Some(udid), Some(id)) = (
+        &state.device_ids,
+        info.udid.clone(),
+        info.software_update_device_id.clone(),
+    ) else {
+        return;
+    };
+    let store = store.clone();
+    let fact = crate::mdm::Fact::new(id, crate::mdm::Source::MachineInfo, now);
+    tokio::task::spawn_blocking(move || {
+        if let Err(error) = store.record_machine_info_device_id(&udid, fact) {
+            tracing::warn!(%udid, %error, "cannot keep the MachineInfo's SOFTWARE_UPDATE_DEVICE_ID");
+        }
+    });
 }
 
 /// Never the profile: 403 for MachineInfo nobody trustworthy vouches for, 400 for malformed
@@ -484,6 +507,7 @@ impl EnrollConfig {
             metrics,
             trust,
             checks: tokio::sync::Semaphore::new(PARALLEL_CHECKS),
+            device_ids: None,
             beta_token: self
                 .beta_token
                 .as_ref()

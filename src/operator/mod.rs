@@ -51,6 +51,8 @@ pub struct RunConfig {
     pub base_path: String,
     pub receive_key: Option<Vec<u8>>,
     pub send_key: Option<Vec<u8>>,
+    /// The key NanoMDM signs its webhook events with (`-webhook-hmac-key`).
+    pub webhook_key: Option<Vec<u8>>,
     pub nanomdm: Option<NanoMdmConfig>,
     /// How often the manifest folder is checked for changes.
     pub poll_interval: Duration,
@@ -85,6 +87,7 @@ impl RunConfig {
             base_path: "/ddm/".into(),
             receive_key: None,
             send_key: None,
+            webhook_key: None,
             nanomdm: None,
             poll_interval: Duration::from_secs(1),
             assume_supervised: true,

@@ -85,7 +85,7 @@ impl Engine {
             receive_key: config.receive_key.clone(),
             send_key: config.send_key.clone(),
             bootstrap: bootstrap_declarations(),
-            reported: reported_tx,
+            reported: reported_tx.clone(),
             metrics: metrics.clone(),
             claims: claims.clone(),
         });
@@ -103,9 +103,24 @@ impl Engine {
             .enroll
             .state(gate_view, tally, metrics.clone())
             .map_err(RunError::Setup)?;
-        let device_router = crate::http::device_router(&config.base_path, ddm_state).merge(
-            crate::http::enroll::router(&config.enroll.route(), Arc::new(enroll_state)),
-        );
+        let mut enroll_state = enroll_state;
+        enroll_state.device_ids = Some(store.clone());
+        // NanoMDM's webhook: what it learns triggers a pass like a report does.
+        let webhook = Arc::new(crate::http::webhook::WebhookState::new(
+            store.clone(),
+            crate::http::webhook::WebhookAuth::new(
+                config.webhook_key.clone(),
+                config.receive_key.is_some(),
+            ),
+            metrics.clone(),
+            Some(reported_tx),
+        ));
+        let device_router = crate::http::device_router(&config.base_path, ddm_state)
+            .merge(crate::http::enroll::router(
+                &config.enroll.route(),
+                Arc::new(enroll_state),
+            ))
+            .merge(crate::http::webhook::router(webhook));
         let admin_router = crate::http::admin_router(app.clone(), admin_auth);
         let bind = |flag: &str, address: SocketAddr| {
             let flag = flag.to_string();
