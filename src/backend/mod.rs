@@ -4,6 +4,7 @@
 
 pub mod embedded;
 pub mod nanomdm;
+pub mod nanomdm_commands;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -20,6 +20,7 @@ use crate::status::{
     MAX_STATE_BYTES, StatusReport, merge,
 };
 
+mod commands;
 mod fence;
 mod last_valid;
 pub mod mdm;
@@ -175,6 +176,8 @@ const MIGRATIONS: &[&str] = &[
         last_event_at TEXT,
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 7: the MDM commands last sent to each enrollment, per kind (store/commands.rs).
+    commands::MIGRATION,
 ];
 
 /// What a check-in reads: one set, shared by every enrollment assigned to it.

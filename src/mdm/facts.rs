@@ -227,7 +227,9 @@ impl MdmDevice {
                     Fact::new(*escrowed, Source::Mdm, at),
                 );
             }
-            Message::Acknowledge { .. } => {}
+            Message::Acknowledge { .. } => {
+                changed |= super::command_results::apply_report(self, &event.payload, at);
+            }
         }
         changed
     }
