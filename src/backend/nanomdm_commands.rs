@@ -15,7 +15,7 @@ use super::store::Store;
 use crate::clock::Clock;
 use crate::mdm::command_results::parse_report;
 use crate::mdm::commands::{
-    CommandRecord, CommandState, Schedule, command_plist, command_uuid, due,
+    CommandKind, CommandRecord, CommandState, Schedule, command_plist, command_uuid, due,
 };
 use crate::mdm::webhook::{Message, WebhookEvent};
 use crate::metrics::Metrics;
@@ -143,7 +143,15 @@ impl CommandSender {
 /// cannot be read is counted and otherwise ignored; reports for other commands and `Idle`
 /// are not the operator's.
 pub fn answered(store: &Store, metrics: &Metrics, event: &WebhookEvent) {
-    if !matches!(event.message, Message::Acknowledge { .. }) {
+    // Only answers to the operator's own commands are read (Idle and others cost nothing).
+    let Message::Acknowledge {
+        command_uuid: Some(uuid),
+        ..
+    } = &event.message
+    else {
+        return;
+    };
+    if CommandKind::of_command_uuid(uuid).is_none() {
         return;
     }
     match parse_report(&event.payload) {
@@ -165,4 +173,34 @@ pub fn answered(store: &Store, metrics: &Metrics, event: &WebhookEvent) {
             metrics.mdm_command_report_ignored(error.reason());
         }
     }
+}
+
+/// Starts the sender when NanoMDM's API is configured and its webhook can bring answers back:
+/// not with `--nanomdm-enqueue-unknown` (the sign of a NanoMDM without `-webhook-url`), nor when
+/// the webhook refuses every event for want of its key.
+pub fn start_if_wired(
+    config: &crate::operator::RunConfig,
+    webhook: &crate::http::webhook::WebhookAuth,
+    store: &Arc<Store>,
+    client: reqwest::Client,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let nanomdm = config.nanomdm.as_ref()?;
+    if nanomdm.enqueue_unknown || *webhook == crate::http::webhook::WebhookAuth::NoKey {
+        tracing::info!(
+            "SecurityInfo/DeviceInformation commands are off: their answers come only through NanoMDM's webhook"
+        );
+        return None;
+    }
+    let sender = CommandSender {
+        store: store.clone(),
+        queue: Arc::new(NanoMdmQueue {
+            client,
+            config: nanomdm.clone(),
+        }),
+        schedule: config.mdm_commands,
+        clock: config.clock.clone(),
+        metrics: metrics.clone(),
+    };
+    Some(sender.start())
 }

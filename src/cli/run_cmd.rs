@@ -97,6 +97,11 @@ pub struct RunArgs {
     /// File with NanoMDM's API key.
     #[arg(long, value_name = "FILE", requires = "nanomdm_url")]
     nanomdm_api_key_file: Option<PathBuf>,
+    /// At most this many SecurityInfo/DeviceInformation commands enqueued per minute (Macs'
+    /// bootstrap-token needs, unknown supervision or board ids). They go out only with
+    /// --nanomdm-url and NanoMDM's webhook (answers arrive only through it).
+    #[arg(long, default_value_t = 60, value_name = "N")]
+    mdm_commands_per_minute: u32,
     /// How often the manifests folder is checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -230,6 +235,10 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         send_key: read_key(args.dm_send_key_file.as_ref())?,
         webhook_key: read_key(args.webhook_hmac_key_file.as_ref())?,
         nanomdm,
+        mdm_commands: crate::mdm::commands::Schedule {
+            per_minute: usize::try_from(args.mdm_commands_per_minute).unwrap_or(usize::MAX),
+            ..Default::default()
+        },
         poll_interval: args.poll_interval,
         assume_supervised: args.assume_supervised,
         enroll: EnrollConfig {

@@ -266,6 +266,7 @@ async fn receive(
     };
     let topic = event.topic.as_str();
     let enrollment = event.enrollment().to_string();
+    crate::backend::nanomdm_commands::answered(&state.store, &state.metrics, &event);
     match state.writer.record(event).await {
         Ok(MdmOutcome::Applied { left, .. }) => {
             if left {

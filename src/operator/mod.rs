@@ -54,6 +54,8 @@ pub struct RunConfig {
     /// The key NanoMDM signs its webhook events with (`-webhook-hmac-key`).
     pub webhook_key: Option<Vec<u8>>,
     pub nanomdm: Option<NanoMdmConfig>,
+    /// How the SecurityInfo/DeviceInformation commands go out through NanoMDM (rate, refresh).
+    pub mdm_commands: crate::mdm::commands::Schedule,
     /// How often the manifest folder is checked for changes.
     pub poll_interval: Duration,
     /// Devices learned from DDM reports are taken as supervised (ADE fleets are) unless the
@@ -89,6 +91,7 @@ impl RunConfig {
             send_key: None,
             webhook_key: None,
             nanomdm: None,
+            mdm_commands: Default::default(),
             poll_interval: Duration::from_secs(1),
             assume_supervised: true,
             enroll: Default::default(),

@@ -52,6 +52,8 @@ pub struct Engine {
     limits: crate::http::serve::Limits,
     metrics: Arc<Metrics>,
     loop_task: tokio::task::JoinHandle<()>,
+    /// The SecurityInfo/DeviceInformation sender, when NanoMDM and its webhook are wired.
+    commands_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Engine {
@@ -72,10 +74,9 @@ impl Engine {
             .build()
             .map_err(|e| RunError::Setup(e.to_string()))?;
         let metrics = Arc::new(Metrics::new());
-        let sync = config
-            .nanomdm
-            .clone()
-            .map(|c| SyncTrigger::start_with_metrics(c, http_client, Some(metrics.clone())));
+        let sync = config.nanomdm.clone().map(|c| {
+            SyncTrigger::start_with_metrics(c, http_client.clone(), Some(metrics.clone()))
+        });
         let backend = Embedded::new(store.clone(), sync);
         let (reported_tx, reported_rx) = mpsc::unbounded_channel();
         let claims = crate::catalog::SharedClaims::default();
@@ -115,6 +116,13 @@ impl Engine {
             metrics.clone(),
             Some(reported_tx),
         ));
+        let commands_task = crate::backend::nanomdm_commands::start_if_wired(
+            &config,
+            &webhook.auth,
+            &store,
+            http_client,
+            &metrics,
+        );
         let device_router = crate::http::device_router(&config.base_path, ddm_state)
             .merge(crate::http::enroll::router(
                 &config.enroll.route(),
@@ -172,6 +180,7 @@ impl Engine {
             limits,
             metrics: engine_metrics,
             loop_task,
+            commands_task,
         })
     }
 
@@ -204,6 +213,9 @@ impl Engine {
         )
         .await;
         self.loop_task.abort();
+        if let Some(task) = self.commands_task {
+            task.abort();
+        }
         Ok(())
     }
 }
