@@ -349,9 +349,12 @@ pub async fn start(
         targets: target_cache.clone(),
         backend,
         catalog: catalog.clone(),
-        seed_at: config.inventory.as_deref().map_or(jiff::Timestamp::UNIX_EPOCH, |path| {
-            crate::inventory::file_time(path, config.clock.now())
-        }),
+        seed_at: config
+            .inventory
+            .as_deref()
+            .map_or(jiff::Timestamp::UNIX_EPOCH, |path| {
+                crate::inventory::file_time(path, config.clock.now())
+            }),
         seed,
         assume_supervised: config.assume_supervised,
         metrics: metrics.clone(),
@@ -393,13 +396,18 @@ pub async fn start(
                 .iter()
                 .map(|r| (r.enrollment_id.as_str(), r))
                 .collect();
-            let status = crate::pass::report::status(
+            let mut status = crate::pass::report::status(
                 &snapshot.partial.checked,
                 &snapshot.devices,
                 &snapshot.plan,
                 &by_id,
                 &snapshot.frozen,
                 snapshot.now,
+                &status_metrics,
+            );
+            crate::pass::report::add_checked_out(
+                &mut status,
+                &snapshot.checked_out,
                 &status_metrics,
             );
             *status_app.status.write().await = status;

@@ -270,6 +270,12 @@ fn standard_conditions(
                 format!("{compliant}/{applicable} devices run the target"),
             )
         });
+        if let (Some(compliant), Some(warning)) = (
+            list.last_mut(),
+            bootstrap_token_warning(tally.bootstrap_token_missing),
+        ) {
+            compliant.message = format!("{}; {warning}", compliant.message);
+        }
     }
     let ready = if !resolved.ok {
         Desired::new(READY, false, resolved.reason, resolved.message)
@@ -280,6 +286,17 @@ fn standard_conditions(
     };
     list.insert(0, ready);
     list
+}
+
+/// What the `Compliant` condition says about enforced Macs without an escrowed bootstrap token.
+pub fn bootstrap_token_warning(macs: u64) -> Option<String> {
+    match macs {
+        0 => None,
+        1 => Some("1 Mac lacks a bootstrap token: its user will be asked to authenticate".into()),
+        n => Some(format!(
+            "{n} Macs lack a bootstrap token: their users will be asked to authenticate"
+        )),
+    }
 }
 
 fn counts(tally: &Tally) -> StateCounts {
@@ -762,5 +779,36 @@ impl Context {
         if let Err(error) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, "cannot publish an event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_compliant_condition_counts_macs_without_a_bootstrap_token() {
+        let snapshot = Snapshot {
+            applied: Ok(0),
+            ..Snapshot::default()
+        };
+        let mut tally = Tally::default();
+        tally.counts.insert(Bucket::Pending, 12);
+        tally.counts.insert(Bucket::Compliant, 3);
+        tally.bootstrap_token_missing = 12;
+        let compliant = |tally: &Tally| {
+            standard_conditions(&snapshot, "UpdatePolicy it/macs", false, Some(tally))
+                .into_iter()
+                .find(|c| c.type_ == COMPLIANT)
+                .expect("a Compliant condition")
+        };
+        let condition = compliant(&tally);
+        assert_eq!(condition.reason, "InProgress");
+        assert_eq!(
+            condition.message,
+            "3/15 devices run the target; 12 Macs lack a bootstrap token: their users will be asked to authenticate"
+        );
+        tally.bootstrap_token_missing = 0;
+        assert_eq!(compliant(&tally).message, "3/15 devices run the target");
     }
 }

@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub standings: Standings,
     /// Devices the pass left as they were.
     pub frozen: pass::Frozen,
+    /// Devices the MDM says checked out: left out, their sets withdrawn.
+    pub checked_out: Vec<pass::devices::CheckedOut>,
     /// `Ok(changed enrollments)` or why the backend write failed.
     pub applied: Result<usize, String>,
     /// The catalog's origin and any problem fetching it.
@@ -52,6 +54,7 @@ impl Default for Snapshot {
             records: Vec::new(),
             standings: Standings::default(),
             frozen: pass::Frozen::default(),
+            checked_out: Vec::new(),
             applied: Err("no pass has run yet".into()),
             catalog_origin: String::new(),
             catalog_problem: None,
@@ -284,6 +287,7 @@ impl Resolver {
                     devices,
                     records: result.records,
                     frozen: result.frozen,
+                    checked_out: result.checked_out,
                     applied,
                     catalog_origin,
                     catalog_problem,

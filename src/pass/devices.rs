@@ -247,3 +247,205 @@ fn one(
         bootstrap_token,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mdm::Source;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    fn inventory(text: &str) -> Vec<Device> {
+        crate::inventory::parse(text).unwrap_or_else(|p| panic!("{p:?}"))
+    }
+
+    fn enrolled(id: &str, since: &str) -> MdmDevice {
+        MdmDevice::new(id, Enrollment::Enrolled { since: at(since) })
+    }
+
+    fn mdm_fact<T>(value: T, when: &str) -> Option<Fact<T>> {
+        Some(Fact::new(value, Source::Mdm, at(when)))
+    }
+
+    fn reported(id: &str, when: &str, version: &str, board: Option<&str>) -> DeviceRecord {
+        DeviceRecord {
+            enrollment_id: id.into(),
+            status: DeviceStatus {
+                os_version: Some(version.into()),
+                software_update_device_id: board.map(Into::into),
+                ..DeviceStatus::default()
+            },
+            assigned: Vec::new(),
+            last_report: Some(at(when)),
+            assigned_at: None,
+        }
+    }
+
+    const MAC: &str = "- {enrollmentId: M, platform: macOS, model: 'Mac14,2', osVersion: '14.5', supervised: true, enrollmentType: ade}\n";
+
+    #[test]
+    fn the_newer_fact_wins_whichever_source_said_it() {
+        let seed = inventory(MAC);
+        // The MDM (Authenticate, then MachineInfo's board id) after the file; a report before.
+        let mut mdm = enrolled("M", "2026-03-02T00:00:00Z");
+        mdm.os_version = mdm_fact("14.6".into(), "2026-03-02T00:00:00Z");
+        mdm.software_update_device_id = Some(Fact::new(
+            "J413AP".into(),
+            Source::MachineInfo,
+            at("2026-03-02T00:00:00Z"),
+        ));
+        let old_report = reported("M", "2026-02-01T00:00:00Z", "14.4", None);
+        let file_at = at("2026-03-01T00:00:00Z");
+        let merged = merge(
+            &seed,
+            file_at,
+            std::slice::from_ref(&mdm),
+            &[old_report],
+            false,
+        );
+        let mac = &merged.devices[0];
+        assert_eq!(mac.os_version.to_string(), "14.6");
+        // macOS 14.4–14.x reports no board id over DDM: MachineInfo's stands.
+        assert_eq!(mac.catalog_device_id(), Some("J413AP"));
+
+        // A newer report wins over both; its missing board id takes nothing away.
+        let new_report = reported("M", "2026-03-03T00:00:00Z", "15.0", None);
+        let merged = merge(
+            &seed,
+            file_at,
+            std::slice::from_ref(&mdm),
+            &[new_report],
+            false,
+        );
+        assert_eq!(merged.devices[0].os_version.to_string(), "15.0");
+        assert_eq!(merged.devices[0].catalog_device_id(), Some("J413AP"));
+
+        // The file edited after all of them: its facts win.
+        let merged = merge(
+            &seed,
+            at("2026-03-04T00:00:00Z"),
+            std::slice::from_ref(&mdm),
+            &[reported("M", "2026-03-03T00:00:00Z", "15.0", None)],
+            false,
+        );
+        assert_eq!(merged.devices[0].os_version.to_string(), "14.5");
+        assert_eq!(merged.devices[0].catalog_device_id(), Some("J413AP"));
+    }
+
+    #[test]
+    fn a_checked_out_device_is_left_out_and_one_the_mdm_alone_knows_is_resolved() {
+        let seed = inventory(MAC);
+        let gone = MdmDevice::new(
+            "M",
+            Enrollment::CheckedOut {
+                at: at("2026-03-05T00:00:00Z"),
+            },
+        );
+        // Known only from Authenticate: model (ProductName) and OS.
+        let mut phone = enrolled("P", "2026-03-01T00:00:00Z");
+        phone.model = mdm_fact("iPhone15,2".into(), "2026-03-01T00:00:00Z");
+        phone.os_version = mdm_fact("18.6".into(), "2026-03-01T00:00:00Z");
+        phone.build_version = mdm_fact("22G86".into(), "2026-03-01T00:00:00Z");
+        // Nothing said about what it runs yet: not resolved.
+        let silent = enrolled("S", "2026-03-01T00:00:00Z");
+        let records = [reported("M", "2026-03-06T00:00:00Z", "15.0", None)];
+        let merged = merge(
+            &seed,
+            at("2026-03-01T00:00:00Z"),
+            &[gone, phone, silent],
+            &records,
+            true,
+        );
+        let ids: Vec<&str> = merged
+            .devices
+            .iter()
+            .map(|d| d.enrollment_id.as_str())
+            .collect();
+        assert_eq!(ids, ["P"]);
+        assert_eq!(
+            merged.checked_out,
+            [CheckedOut {
+                enrollment_id: "M".into(),
+                at: at("2026-03-05T00:00:00Z"),
+            }]
+        );
+        let phone = &merged.devices[0];
+        assert_eq!(phone.platform, Platform::Ios);
+        assert_eq!(phone.model, "iPhone15,2");
+        assert_eq!(phone.os_version.to_string(), "18.6");
+        assert_eq!(phone.build_version, Some(Build::new("22G86")));
+        assert_eq!(phone.catalog_device_id(), Some("iPhone15,2"));
+    }
+
+    #[test]
+    fn the_mdm_says_whether_a_device_is_supervised_and_assume_supervised_only_fills_silence() {
+        let phone = |id: &str, supervised: Option<bool>| {
+            let mut device = enrolled(id, "2026-03-01T00:00:00Z");
+            device.model = mdm_fact("iPhone15,2".into(), "2026-03-01T00:00:00Z");
+            device.os_version = mdm_fact("18.6".into(), "2026-03-01T00:00:00Z");
+            device.supervised = supervised.and_then(|s| mdm_fact(s, "2026-03-02T00:00:00Z"));
+            device
+        };
+        // The inventory says supervised; the MDM (IsSupervised, older than the file) says not.
+        let seed = inventory(
+            "- {enrollmentId: I, platform: iOS, model: 'iPhone15,2', osVersion: '18.6', supervised: true, enrollmentType: ade}\n- {enrollmentId: J, platform: iOS, model: 'iPhone15,2', osVersion: '18.6', supervised: true}\n",
+        );
+        let mdm = [
+            phone("I", Some(false)),
+            phone("N", Some(false)),
+            phone("Y", Some(true)),
+            phone("U", None),
+        ];
+        let merged = merge(&seed, at("2026-03-09T00:00:00Z"), &mdm, &[], true);
+        let supervised: Vec<(&str, bool)> = merged
+            .devices
+            .iter()
+            .map(|d| (d.enrollment_id.as_str(), d.supervised))
+            .collect();
+        assert_eq!(
+            supervised,
+            [
+                ("I", false),
+                ("J", true),
+                ("N", false),
+                ("U", true),
+                ("Y", true)
+            ]
+        );
+        let without = merge(&seed, at("2026-03-09T00:00:00Z"), &mdm, &[], false);
+        assert!(
+            !without
+                .devices
+                .iter()
+                .any(|d| d.enrollment_id == "U" && d.supervised)
+        );
+    }
+
+    #[test]
+    fn bootstrap_token_facts_merge_newest_first() {
+        let seed = inventory(
+            "- {enrollmentId: M, platform: macOS, model: 'Mac14,2', softwareUpdateDeviceId: J413AP, osVersion: '15.5', supervised: true, appleSilicon: true, bootstrapTokenEscrowed: false}\n",
+        );
+        let file_at = at("2026-03-01T00:00:00Z");
+        let merged = merge(&seed, file_at, &[], &[], false);
+        assert!(merged.devices[0].bootstrap_token.missing());
+        // mdm.SetBootstrapToken after the file was written.
+        let mut escrowed = enrolled("M", "2026-02-01T00:00:00Z");
+        escrowed.bootstrap_token_escrowed = mdm_fact(true, "2026-03-02T00:00:00Z");
+        let merged = merge(&seed, file_at, &[escrowed], &[], false);
+        let token = merged.devices[0].bootstrap_token;
+        assert_eq!(token.escrowed, Some(true));
+        assert_eq!(token.apple_silicon, Some(true));
+        assert!(!token.missing());
+        // SecurityInfo alone (BootstrapTokenRequiredForSoftwareUpdate) says it needs one.
+        let mut required = enrolled("R", "2026-03-01T00:00:00Z");
+        required.model = mdm_fact("Mac15,3".into(), "2026-03-01T00:00:00Z");
+        required.os_version = mdm_fact("15.5".into(), "2026-03-01T00:00:00Z");
+        required.bootstrap_token_required = mdm_fact(true, "2026-03-01T00:00:00Z");
+        let merged = merge(&[], file_at, &[required], &[], false);
+        assert_eq!(merged.devices[0].platform, Platform::MacOs);
+        assert!(merged.devices[0].bootstrap_token.missing());
+    }
+}

@@ -11,7 +11,7 @@ use crate::backend::DeviceRecord;
 use crate::inventory::Device;
 use crate::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::pass::Frozen;
-use crate::resolve::{Plan, Source};
+use crate::resolve::{Plan, Reason, Source};
 use crate::status::DeviceStatus;
 use crate::status::bucket::{Bucket, Standing, bucket};
 
@@ -34,6 +34,8 @@ pub struct WorstDevice {
 pub struct Tally {
     pub counts: BTreeMap<Bucket, u64>,
     pub worst: Vec<WorstDevice>,
+    /// Apple-silicon Macs it enforces that have no escrowed bootstrap token.
+    pub bootstrap_token_missing: u64,
 }
 
 impl Tally {
@@ -149,11 +151,16 @@ pub fn standings(
                 assigned_at: record.and_then(|r| r.assigned_at),
                 now,
             });
-            standings
-                .by_source
-                .entry(source)
-                .or_default()
-                .add(state, device, status);
+            let tally = standings.by_source.entry(source).or_default();
+            tally.add(state, device, status);
+            let token_missing = enforcement.is_some()
+                && outcome
+                    .notes
+                    .iter()
+                    .any(|n| n.source == source && n.reason == Reason::BootstrapTokenMissing);
+            if token_missing {
+                tally.bootstrap_token_missing += 1;
+            }
             // A generated target counts the devices it takes to its version and those already
             // running it (the policy's answer they meet).
             let counted_in = match (source, enforcement) {
@@ -188,6 +195,7 @@ pub fn status(
     let standings = standings(devices, plan, records, now);
     metrics.devices.clear();
     metrics.compliance.clear();
+    metrics.bootstrap_token_missing.clear();
     let section = |source: Source, name: String| -> Value {
         let tally = standings
             .by_source
@@ -210,11 +218,19 @@ pub fn status(
                 source: name.clone(),
             })
             .set(tally.compliance_ratio());
+        metrics
+            .bootstrap_token_missing
+            .get_or_create(&SourceLabels {
+                source: name.clone(),
+            })
+            .set(i64::try_from(tally.bootstrap_token_missing).unwrap_or(i64::MAX));
         json!({
             "name": name,
             "devices": by_state.iter().map(|(b, n)| (b.as_str(), *n)).collect::<BTreeMap<_, _>>(),
             "compliance": tally.compliance(),
             "worst": tally.worst,
+            // Enforced all the same: their users will be asked to authenticate.
+            "bootstrapTokenMissing": tally.bootstrap_token_missing,
         })
     };
     let policies: Vec<Value> = checked
@@ -296,4 +312,33 @@ pub fn status(
         "enforcementTargets": targets,
         "warnings": plan.warnings,
     })
+}
+
+/// Checked-out devices listed in the status document, at most.
+const CHECKED_OUT_LISTED: usize = 100;
+
+/// Adds the devices the MDM says checked out to a status document (`devices.checkedOut`, and
+/// the most recent of them under `checkedOut`) and to the metrics.
+pub fn add_checked_out(
+    status: &mut Value,
+    checked_out: &[super::devices::CheckedOut],
+    metrics: &Metrics,
+) {
+    metrics
+        .devices_checked_out
+        .set(i64::try_from(checked_out.len()).unwrap_or(i64::MAX));
+    let Value::Object(map) = status else {
+        return;
+    };
+    if let Some(Value::Object(devices)) = map.get_mut("devices") {
+        devices.insert("checkedOut".into(), checked_out.len().into());
+    }
+    let mut recent: Vec<&super::devices::CheckedOut> = checked_out.iter().collect();
+    recent.sort_by(|a, b| b.at.cmp(&a.at));
+    recent.truncate(CHECKED_OUT_LISTED);
+    let listed: Vec<Value> = recent
+        .into_iter()
+        .map(|d| json!({"enrollmentId": d.enrollment_id, "state": "checkedOut", "at": d.at.to_string()}))
+        .collect();
+    map.insert("checkedOut".into(), listed.into());
 }

@@ -468,6 +468,11 @@ impl Loop {
             &result.frozen,
         )
         .await;
+        report::add_checked_out(
+            &mut *self.app.status.write().await,
+            &result.checked_out,
+            &self.metrics,
+        );
     }
 
     async fn publish(
