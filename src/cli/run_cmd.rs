@@ -105,8 +105,8 @@ pub struct RunArgs {
     /// How often the manifests folder is checked for changes.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     poll_interval: Duration,
-    /// Take devices learned from DDM reports as supervised (ADE fleets are) unless the
-    /// inventory says otherwise.
+    /// Take devices as supervised (ADE fleets are) when neither the MDM (`IsSupervised`
+    /// through NanoMDM's webhook) nor the inventory has said whether they are.
     #[arg(long)]
     assume_supervised: bool,
     /// Kubernetes mode: namespace of the leader-election Lease (default: the pod's namespace).
