@@ -5,7 +5,9 @@
 //! (every merged state read and parsed), on the same database.
 //!
 //! Run with `cargo bench --bench restart`. `RESTART_DEVICES` (default 100000) and
-//! `RESTART_STATE_KIB` (merged state per device, default 8; the cap is 256) change the fill.
+//! `RESTART_STATE_KIB` (merged state per device, default 8; the cap is 256) change the fill;
+//! `RESTART_STORE=<folder>` keeps the filled store there and reuses it on later runs (a copy
+//! per run, so each run restarts on the same fill).
 //!
 //! "Full" here: every device's summary — what a restart reads — at its 2 KiB cap (long texts,
 //! 16 rejected declarations), history at its 256 MiB total cap (each device's newest report,
@@ -182,7 +184,26 @@ fn main() {
     std::fs::create_dir_all(&empty).expect("mkdir");
     std::fs::create_dir_all(&full).expect("mkdir");
     let database = full.join("ddm.sqlite");
-    let filled = fill(&database, devices, state_bytes);
+    // RESTART_STORE names a folder to keep the filled store in: filled once (minutes for
+    // 100,000 devices), then copied for each run so every run restarts on the same fill.
+    let kept =
+        std::env::var_os("RESTART_STORE").map(|d| std::path::PathBuf::from(d).join("ddm.sqlite"));
+    let reuse = kept.as_ref().is_some_and(|k| k.exists());
+    let filled = match &kept {
+        Some(kept) => {
+            let filled = if reuse {
+                Duration::ZERO
+            } else {
+                if let Some(parent) = kept.parent() {
+                    std::fs::create_dir_all(parent).expect("mkdir");
+                }
+                fill(kept, devices, state_bytes)
+            };
+            std::fs::copy(kept, &database).expect("a copy of the kept store");
+            filled
+        }
+        None => fill(&database, devices, state_bytes),
+    };
     let store = Store::open(&database).expect("store");
     let history = store.history_bytes().expect("history");
     drop(store);
@@ -191,6 +212,9 @@ fn main() {
         .filter_map(|s| std::fs::metadata(format!("{}{s}", database.display())).ok())
         .map(|m| m.len())
         .sum();
+    if reuse && let Some(kept) = &kept {
+        println!("reusing the store filled in {}", kept.display());
+    }
     println!(
         "filled {devices} devices ({} KiB states, {:.0} MiB history) in {:.1} s: {:.0} MiB on disk",
         state_bytes / 1024,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use crate::declarations::Declaration;
-use crate::resolve::{Ledger, RingDeadline, RingKey, Rollout};
+use crate::resolve::{Ledger, RingDeadline, RingKey};
 
 /// What one device should hold: its whole declaration set, by identifier.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub struct Memory {
 /// Changes to `Memory`, per enrollment: its whole new value (an empty map, `None`: forget).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct MemoryChanges {
-    pub rollouts: BTreeMap<String, BTreeMap<String, Rollout>>,
+    pub rollouts: BTreeMap<String, crate::resolve::DeviceRollouts>,
     /// Ring deadlines: the new value, or `None` to forget.
     pub rings: BTreeMap<RingKey, Option<RingDeadline>>,
     pub orphans: BTreeMap<String, Option<Orphan>>,

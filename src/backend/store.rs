@@ -989,7 +989,8 @@ impl Store {
                     .unwrap_or_default(),
                 // An unreadable summary reads as "reported nothing"; the next report rewrites it.
                 status: summary
-                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .and_then(|b| serde_json::from_slice::<DeviceStatus>(&b).ok())
+                    .map(DeviceStatus::resident)
                     .unwrap_or_default(),
                 last_report: last_report.map(timestamp),
                 assigned_at: assigned_at.map(timestamp),
@@ -1197,8 +1198,6 @@ fn served_set(members: &[(&str, &str, &'static str)]) -> ServedSet {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::declarations::{Declaration, ENFORCEMENT_TYPE, activation};
 
@@ -1402,7 +1401,7 @@ mod tests {
             store.remember(&changes).expect("forget a ring");
             // D1's policy moved on, D0 lost one policy: each enrollment's map is replaced.
             let mut changes = MemoryChanges::default();
-            changes.rollouts.insert("D1".into(), BTreeMap::new());
+            changes.rollouts.insert("D1".into(), Default::default());
             changes.rollouts.insert(
                 "D0".into(),
                 [("it/macs".to_string(), rollout("26.6.2"))].into(),

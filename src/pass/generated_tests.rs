@@ -5,8 +5,6 @@ use std::collections::HashMap;
 
 use jiff::civil::{DateTime, date};
 
-use std::collections::BTreeMap;
-
 use super::report::standings;
 use crate::api::validate::Checked;
 use crate::inventory::Device;
@@ -129,7 +127,7 @@ fn a_target_counts_the_devices_it_took_there_and_only_those() {
 
     // What the pass remembers: A is being taken to 26.5 (handed out now), B was (its entry
     // kept as it was), C nothing.
-    let remembered: Vec<BTreeMap<String, Rollout>> = plan
+    let remembered: Vec<DeviceRollouts> = plan
         .devices
         .iter()
         .map(|d| d.rollouts(&checked.policies))
@@ -145,7 +143,7 @@ fn a_target_counts_the_devices_it_took_there_and_only_those() {
         [
             [("it/hold".to_string(), handed_now)].into(),
             taken(&[("B", "26.5", earlier)])["B"].clone(),
-            BTreeMap::new()
+            DeviceRollouts::new()
         ]
     );
 }

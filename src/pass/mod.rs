@@ -74,13 +74,24 @@ pub async fn pass(
     now: jiff::Timestamp,
 ) -> Result<PassResult, BackendError> {
     let checked = resources.live;
-    let records = backend.devices().await?;
+    let mut records = backend.devices().await?;
     let mdm_devices = backend.mdm_devices().await?;
     let devices::Merged {
         devices,
         checked_out,
     } = devices::merge(seed, seed_at, &mdm_devices, &records, assume_supervised);
     drop(mdm_devices);
+    // Room for the records the apply below adds (devices that had no row), made now, before the
+    // plan exists: growing the listing then would hold two copies of it beside the plan.
+    let without_row = devices
+        .iter()
+        .filter(|d| {
+            records
+                .binary_search_by(|r| r.enrollment_id.as_str().cmp(&d.enrollment_id))
+                .is_err()
+        })
+        .count();
+    records.reserve_exact(without_row);
     let memory = backend.memory().await?;
     let plan = resolve::resolve_with(
         Input {
@@ -136,7 +147,9 @@ pub async fn pass(
         .keys()
         .filter(|k| !present.contains(k.as_str()))
     {
-        changes.rollouts.insert(gone.clone(), BTreeMap::new());
+        changes
+            .rollouts
+            .insert(gone.clone(), resolve::DeviceRollouts::new());
     }
     for gone in memory
         .orphans
@@ -193,10 +206,9 @@ pub async fn pass(
     assignments.extend(withdrawn_checked_out(&checked_out, &records));
     let applied = backend.apply(&plan.declarations, &assignments).await;
     let mut records = match &applied {
-        Ok(report) => with_assignments(records, &assignments, &report.changed, now),
+        Ok(report) => with_assignments(records, assignments, &report.changed, now),
         Err(_) => backend.devices().await.unwrap_or(records),
     };
-    drop(assignments);
     // Enrollments no longer known that never reported (removed from the inventory before their
     // first report; rows an old version created on a GET) are forgotten after a grace period:
     // they would otherwise stay forever. One that checks in again gets the bootstrap set.
@@ -318,7 +330,7 @@ fn ring_changes(
 /// again, the most expensive part of a pass).
 fn with_assignments(
     mut records: Vec<DeviceRecord>,
-    assignments: &[Assignment],
+    assignments: Vec<Assignment>,
     changed: &[String],
     now: jiff::Timestamp,
 ) -> Vec<DeviceRecord> {
@@ -336,16 +348,17 @@ fn with_assignments(
             .enumerate()
             .map(|(i, r)| (r.enrollment_id.as_str(), i))
             .collect();
+        // Moved, not copied: the pass has no other use for them.
         for assignment in assignments
-            .iter()
+            .into_iter()
             .filter(|a| changed.contains(a.enrollment_id.as_str()))
         {
-            let mut identifiers = assignment.identifiers.clone();
+            let mut identifiers = assignment.identifiers;
             identifiers.sort_unstable();
             match index.get(assignment.enrollment_id.as_str()) {
                 Some(i) => updated.push((*i, identifiers)),
                 None => added.push(DeviceRecord {
-                    enrollment_id: assignment.enrollment_id.clone(),
+                    enrollment_id: assignment.enrollment_id,
                     status: Default::default(),
                     assigned: identifiers,
                     last_report: None,
@@ -360,8 +373,13 @@ fn with_assignments(
     }
     let sorted = records.is_sorted_by(|a, b| a.enrollment_id <= b.enrollment_id);
     if !added.is_empty() || !sorted {
+        // Exactly (the pass reserved it before resolving): doubling the listing would hold
+        // three listings' worth at once.
+        records.reserve_exact(added.len());
         records.extend(added);
-        records.sort_by(|a, b| a.enrollment_id.cmp(&b.enrollment_id));
+        // In place (ids are unique, so unstable is the same order): a stable sort would take a
+        // buffer of half the records.
+        records.sort_unstable_by(|a, b| a.enrollment_id.cmp(&b.enrollment_id));
     }
     records
 }

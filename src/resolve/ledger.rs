@@ -39,7 +39,131 @@ pub struct Rollout {
 }
 
 /// Enrollment id → policy (`namespace/name`) → its rollout.
-pub type Rollouts = HashMap<String, BTreeMap<String, Rollout>>;
+pub type Rollouts = HashMap<String, DeviceRollouts>;
+
+/// One device's rollouts, policy (`namespace/name`) → rollout, sorted by policy. A device has
+/// one entry per policy applying to it, so a few at most: a sorted vector of exactly that many,
+/// where a `BTreeMap` would allocate a node for eleven (about 1 KiB per device, 100 MiB for
+/// 100,000 devices).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceRollouts(Vec<(String, Rollout)>);
+
+impl DeviceRollouts {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn position(&self, policy: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(p, _)| p.as_str().cmp(policy))
+    }
+
+    pub fn get(&self, policy: &str) -> Option<&Rollout> {
+        self.position(policy).ok().map(|i| &self.0[i].1)
+    }
+
+    pub fn contains_key(&self, policy: &str) -> bool {
+        self.position(policy).is_ok()
+    }
+
+    /// Sets the policy's rollout; returns the one it replaced.
+    pub fn insert(&mut self, policy: String, rollout: Rollout) -> Option<Rollout> {
+        match self.position(&policy) {
+            Ok(i) => Some(std::mem::replace(&mut self.0[i].1, rollout)),
+            Err(i) => {
+                // Exactly as many as held: most devices keep one or two for good.
+                self.0.reserve_exact(1);
+                self.0.insert(i, (policy, rollout));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, policy: &str) -> Option<Rollout> {
+        self.position(policy).ok().map(|i| self.0.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Policy and rollout, sorted by policy.
+    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, (String, Rollout)>, PairRef> {
+        self.0.iter().map(pair_ref as PairRef)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.0.iter().map(|(p, _)| p)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Rollout> {
+        self.0.iter().map(|(_, r)| r)
+    }
+}
+
+/// How [`DeviceRollouts::iter`] lends an entry.
+pub type PairRef = for<'a> fn(&'a (String, Rollout)) -> (&'a String, &'a Rollout);
+
+fn pair_ref((policy, rollout): &(String, Rollout)) -> (&String, &Rollout) {
+    (policy, rollout)
+}
+
+impl FromIterator<(String, Rollout)> for DeviceRollouts {
+    /// The last entry of a policy wins, as with a map.
+    fn from_iter<I: IntoIterator<Item = (String, Rollout)>>(entries: I) -> Self {
+        let mut entries: Vec<(String, Rollout)> = entries.into_iter().collect();
+        // Stable: equal policies keep their order, so the last one is the one kept below.
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut kept: Vec<(String, Rollout)> = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match kept.last_mut() {
+                Some(last) if last.0 == entry.0 => *last = entry,
+                _ => kept.push(entry),
+            }
+        }
+        kept.shrink_to_fit();
+        DeviceRollouts(kept)
+    }
+}
+
+impl<const N: usize> From<[(String, Rollout); N]> for DeviceRollouts {
+    fn from(entries: [(String, Rollout); N]) -> Self {
+        entries.into_iter().collect()
+    }
+}
+
+impl std::ops::Index<&str> for DeviceRollouts {
+    type Output = Rollout;
+
+    /// Panics when the policy has no entry, as a map's index does.
+    fn index(&self, policy: &str) -> &Rollout {
+        match self.get(policy) {
+            Some(rollout) => rollout,
+            None => panic!("no rollout for policy {policy}"),
+        }
+    }
+}
+
+impl<'a> IntoIterator for &'a DeviceRollouts {
+    type Item = (&'a String, &'a Rollout);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, Rollout)>, PairRef>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl IntoIterator for DeviceRollouts {
+    type Item = (String, Rollout);
+    type IntoIter = std::vec::IntoIter<(String, Rollout)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
 
 /// One ring of one rollout: a policy's ring taking one platform to one version.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -314,6 +438,63 @@ mod tests {
             join(&rule(None), ring_at, at("2026-08-30T12:00:00Z")),
             ring_at
         );
+    }
+
+    #[test]
+    fn a_devices_rollouts_behave_as_a_map_sorted_by_policy() {
+        let rollout = |version: &str| Rollout {
+            version: version.into(),
+            deadline: date(2026, 8, 24).at(19, 0, 0, 0),
+            intent: "abc".into(),
+            handed_at: at("2026-08-22T12:00:00Z"),
+        };
+        let mut rollouts: DeviceRollouts = [
+            ("it/b".to_string(), rollout("26.4")),
+            ("it/a".to_string(), rollout("26.5")),
+            ("it/b".to_string(), rollout("26.6")),
+        ]
+        .into();
+        // The last entry of a policy wins; iteration is by policy.
+        assert_eq!(rollouts.len(), 2);
+        assert_eq!(rollouts.keys().collect::<Vec<_>>(), ["it/a", "it/b"]);
+        assert_eq!(rollouts["it/b"].version, "26.6");
+        assert_eq!(
+            rollouts
+                .insert("it/c".into(), rollout("26.1"))
+                .map(|r| r.version),
+            None
+        );
+        assert_eq!(
+            rollouts.insert("it/0".into(), rollout("26.2")),
+            None,
+            "a new first entry"
+        );
+        assert_eq!(
+            rollouts
+                .insert("it/a".into(), rollout("26.7"))
+                .map(|r| r.version),
+            Some("26.5".to_string())
+        );
+        let listed: Vec<(&str, &str)> = rollouts
+            .iter()
+            .map(|(p, r)| (p.as_str(), r.version.as_str()))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                ("it/0", "26.2"),
+                ("it/a", "26.7"),
+                ("it/b", "26.6"),
+                ("it/c", "26.1")
+            ]
+        );
+        assert!(rollouts.contains_key("it/c") && !rollouts.contains_key("it/d"));
+        assert_eq!(
+            rollouts.remove("it/0").map(|r| r.version),
+            Some("26.2".into())
+        );
+        assert_eq!(rollouts.get("it/0"), None);
+        assert_eq!(rollouts.values().count(), 3);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use jiff::civil::DateTime;
 
 pub use deadline::deadline;
 pub use generate::{target_name, target_object};
-pub use ledger::{Ledger, RingDeadline, RingDeadlines, RingKey, Rollout, Rollouts};
+pub use ledger::{DeviceRollouts, Ledger, RingDeadline, RingDeadlines, RingKey, Rollout, Rollouts};
 pub use reason::Reason;
 pub use select::{selects, shard_bucket};
 pub use single::{Required, lowest_at_least, policy_target};
@@ -117,9 +117,19 @@ pub struct DevicePlan {
 }
 
 impl DevicePlan {
+    /// Drops the spare room of its lists: a vector's first push makes room for four, and a plan
+    /// holds one outcome per device (100,000 on a large fleet) for the whole pass.
+    fn shrink_to_fit(&mut self) {
+        self.declarations.shrink_to_fit();
+        self.enforcements.shrink_to_fit();
+        self.notes.shrink_to_fit();
+        self.policies.shrink_to_fit();
+        self.met.shrink_to_fit();
+    }
+
     /// What to remember for the device: the release each policy is taking it to, or took it to
     /// and it still runs (keyed by the policy's `namespace/name`).
-    pub fn rollouts(&self, policies: &[CheckedPolicy]) -> BTreeMap<String, Rollout> {
+    pub fn rollouts(&self, policies: &[CheckedPolicy]) -> DeviceRollouts {
         let key = |p: usize| policies[p].key.to_string();
         self.enforcements
             .iter()
@@ -267,6 +277,7 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
     let rollouts = &ledger.devices;
     let mut plan = Plan {
         members: vec![Vec::new(); input.groups.len()],
+        devices: Vec::with_capacity(input.devices.len()),
         ..Plan::default()
     };
     let group_index: HashMap<&ObjectKey, usize> = input
@@ -597,6 +608,7 @@ pub fn resolve_with(input: Input<'_>, ledger: &Ledger) -> Plan {
             configurations.sort_unstable();
         }
         out.declarations = configurations;
+        out.shrink_to_fit();
         plan.devices.push(out);
     }
 

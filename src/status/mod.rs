@@ -275,6 +275,20 @@ impl DeviceStatus {
         }
     }
 
+    /// What a listing of every device keeps of a summary in memory: what the resolver and the
+    /// status read. Of each rejected declaration only which one it is (its server token and
+    /// reason codes are read from the merged state, never from a listing), and no marketing
+    /// name. A listing holds one per device for a whole pass: these are most of its bytes.
+    pub fn resident(mut self) -> DeviceStatus {
+        for declaration in &mut self.declarations {
+            declaration.server_token = String::new();
+            declaration.reasons = Vec::new();
+        }
+        self.declarations.shrink_to_fit();
+        self.marketing_name = None;
+        self
+    }
+
     fn shorten_texts(&mut self, limit: usize) {
         let cut = |text: &mut Option<String>| {
             if let Some(text) = text {
