@@ -660,20 +660,18 @@ mod tests {
 
     #[test]
     fn a_binary_plist_sharing_one_string_is_refused_by_the_byte_budget() {
-        // One 64 KiB string referenced by every element of a 64-element array, nested 8 deep:
-        // 64^2 uses already exceed the byte budget; a reader expanding it would need 16 GiB+.
+        // One 4 KiB string referenced 4,096 times (the binary writer stores it once): a reader
+        // expanding it would hold 16 MiB from a payload of a few KiB.
         let mut plist = plist::Dictionary::new();
         plist.insert("MessageType".into(), "CheckOut".into());
-        let shared = plist::Value::String("x".repeat(64 * 1024));
-        let mut value = shared;
-        for _ in 0..3 {
-            value = plist::Value::Array(vec![value; 64]);
-        }
-        plist.insert("Bomb".into(), value);
+        let shared = plist::Value::String("x".repeat(4 * 1024));
+        let row = plist::Value::Array(vec![shared; 64]);
+        plist.insert("Bomb".into(), plist::Value::Array(vec![row; 64]));
         let mut bytes = Vec::new();
         plist::Value::Dictionary(plist)
             .to_writer_binary(&mut bytes)
             .expect("binary");
+        assert!(bytes.len() < 64 * 1024, "a bomb: {} bytes", bytes.len());
         let error = parse(&checkin("mdm.CheckOut", &bytes)).expect_err("refused");
         assert_eq!(error.reason(), "plist_bound", "{error}");
     }

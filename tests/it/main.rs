@@ -14,6 +14,7 @@ mod http_limits;
 mod installable;
 mod kubernetes;
 mod ledger;
+mod mdm_webhook;
 mod nanomdm_sync;
 mod plan_examples;
 mod settings_merge;

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 pub mod ddm;
 pub mod devices;
 pub mod nanomdm;
+pub mod nanomdm_webhook;
 pub mod process;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
