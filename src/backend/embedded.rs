@@ -32,6 +32,8 @@ pub struct StatusWriter {
     jobs: mpsc::Sender<Job>,
     limiter: Arc<Mutex<RateLimiter>>,
     clock: crate::clock::Clock,
+    /// Told of DDM check-ins: one after a pushed sync command means the device fetched it.
+    sync: Option<SyncTrigger>,
 }
 
 impl StatusWriter {
@@ -75,6 +77,14 @@ impl StatusWriter {
             jobs,
             limiter: Arc::new(Mutex::new(RateLimiter::default())),
             clock,
+            sync: None,
+        }
+    }
+
+    /// The device checked in over DDM (its `tokens` request).
+    pub fn checked_in(&self, enrollment: &str) {
+        if let Some(sync) = &self.sync {
+            sync.checked_in(enrollment);
         }
     }
 
@@ -115,8 +125,14 @@ pub struct Embedded {
 
 impl Embedded {
     pub fn new(store: Arc<Store>, sync: Option<SyncTrigger>) -> Self {
+        let mut reports = StatusWriter::start(store.clone());
+        if let Some(sync) = &sync {
+            // Sync commands go only to enrollments NanoMDM's webhook reported (this store's).
+            sync.known_from(Arc::new(super::nanomdm::StoreEnrollments(store.clone())));
+            reports.sync = Some(sync.clone());
+        }
         Embedded {
-            reports: StatusWriter::start(store.clone()),
+            reports,
             store,
             sync,
         }

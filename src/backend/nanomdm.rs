@@ -30,7 +30,6 @@ use tokio::sync::mpsc;
 
 pub use reply::{Enqueued, Pushed, ReplyError, parse_enqueue, parse_push};
 
-use crate::backend::Backend;
 use crate::clock::Clock;
 use crate::metrics::Metrics;
 
@@ -166,11 +165,17 @@ pub trait KnownEnrollments: Send + Sync {
     fn enrolled(&self) -> BoxFuture<'_, Result<HashSet<String>, String>>;
 }
 
-/// A backend knows them from [`Backend::mdm_devices`].
-impl<B: Backend> KnownEnrollments for B {
+/// The store's MDM devices (what NanoMDM's webhook reported), enrolled ones only.
+pub struct StoreEnrollments(pub Arc<crate::backend::store::Store>);
+
+impl KnownEnrollments for StoreEnrollments {
     fn enrolled(&self) -> BoxFuture<'_, Result<HashSet<String>, String>> {
+        let store = self.0.clone();
         Box::pin(async move {
-            let devices = self.mdm_devices().await.map_err(|e| e.to_string())?;
+            let devices = tokio::task::spawn_blocking(move || store.mdm_devices())
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
             Ok(devices
                 .into_iter()
                 .filter(|device| device.enrollment.is_enrolled())

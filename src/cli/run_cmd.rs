@@ -97,6 +97,12 @@ pub struct RunArgs {
     /// File with NanoMDM's API key.
     #[arg(long, value_name = "FILE", requires = "nanomdm_url")]
     nanomdm_api_key_file: Option<PathBuf>,
+    /// Send the sync command to every device whose set changed, enrolled in NanoMDM or not: for
+    /// a NanoMDM without `-webhook-url`. Without it only enrollments NanoMDM's webhook reported
+    /// (Authenticate/TokenUpdate, no CheckOut since) get one; NanoMDM keeps commands for ids it
+    /// does not know.
+    #[arg(long, requires = "nanomdm_url")]
+    nanomdm_enqueue_unknown: bool,
     /// At most this many SecurityInfo/DeviceInformation commands enqueued per minute (Macs'
     /// bootstrap-token needs, unknown supervision or board ids). They go out only with
     /// --nanomdm-url and NanoMDM's webhook (answers arrive only through it).
@@ -205,10 +211,13 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         &args.nanomdm_url,
         read_key(args.nanomdm_api_key_file.as_ref())?,
     ) {
-        (Some(url), key) => Some(NanoMdmConfig::new(
-            url.clone(),
-            String::from_utf8_lossy(&key.unwrap_or_default()),
-        )),
+        (Some(url), key) => Some(NanoMdmConfig {
+            enqueue_unknown: args.nanomdm_enqueue_unknown,
+            ..NanoMdmConfig::new(
+                url.clone(),
+                String::from_utf8_lossy(&key.unwrap_or_default()),
+            )
+        }),
         (None, _) => None,
     };
     let config = RunConfig {

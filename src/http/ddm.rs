@@ -148,6 +148,7 @@ async fn tokens(State(state): State<Arc<DdmState>>, headers: HeaderMap) -> Respo
         Ok(e) => e,
         Err((code, why)) => return problem(&state, code, "tokens", why),
     };
+    state.reports.checked_in(&enrollment);
     let Some(set) = served_set(&state, &enrollment) else {
         return problem(
             &state,

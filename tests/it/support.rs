@@ -1,6 +1,7 @@
 //! What several integration tests share: paths into the repository and file helpers, simulated
-//! devices ([`devices`]), the DDM endpoints on loopback ([`ddm`]), child processes and metrics
-//! ([`process`]). One copy here instead of one per test file.
+//! devices ([`devices`]), the DDM endpoints on loopback ([`ddm`]), a NanoMDM API fake
+//! ([`nanomdm`]), child processes and metrics ([`process`]). One copy here instead of one per
+//! test file.
 
 use std::path::{Path, PathBuf};
 
