@@ -116,14 +116,16 @@ impl Device {
 }
 
 /// When an inventory file's facts were true, for comparing them with the MDM's and the devices'
-/// own: its modification time, but never later than `loaded` (the operator's clock, which
-/// tests and simulations set back; an unreadable time is `loaded`).
+/// own: its modification time (a restart does not make them newer). A file without one, or
+/// modified after `loaded` on the operator's clock (a virtual clock, as tests and simulations
+/// set back), counts as older than anything else said.
 pub fn file_time(path: &std::path::Path, loaded: jiff::Timestamp) -> jiff::Timestamp {
     std::fs::metadata(path)
         .and_then(|m| m.modified())
         .ok()
         .and_then(|t| jiff::Timestamp::try_from(t).ok())
-        .map_or(loaded, |modified| modified.min(loaded))
+        .filter(|modified| *modified <= loaded)
+        .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 /// Reads YAML (JSON is YAML, but read by serde_json when it is JSON: much faster) with a budget
@@ -311,6 +313,45 @@ mod tests {
             parse("- {enrollmentId: M, platform: macOS, model: 'Mac14,2', osVersion: '14.2'}")
                 .expect("valid");
         assert_eq!(devices[0].catalog_device_id(), None);
+    }
+
+    #[test]
+    fn the_file_time_is_its_modification_unless_the_clock_is_behind_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("inventory.yaml");
+        std::fs::write(&path, "[]").expect("write");
+        let modified = jiff::Timestamp::try_from(
+            std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .expect("mtime"),
+        )
+        .expect("a timestamp");
+        let later = modified
+            .checked_add(jiff::SignedDuration::from_hours(1))
+            .expect("a timestamp");
+        assert_eq!(file_time(&path, later), modified);
+        let behind: jiff::Timestamp = "2026-01-01T00:00:00Z".parse().expect("a timestamp");
+        if modified > behind {
+            assert_eq!(file_time(&path, behind), jiff::Timestamp::UNIX_EPOCH);
+        }
+        assert_eq!(
+            file_time(&dir.path().join("missing.yaml"), later),
+            jiff::Timestamp::UNIX_EPOCH
+        );
+    }
+
+    #[test]
+    fn macs_alone_carry_bootstrap_token_fields() {
+        let mac = parse(
+            "- {enrollmentId: M, platform: macOS, model: 'Mac14,2', osVersion: '15.5', appleSilicon: true, bootstrapTokenEscrowed: false}",
+        )
+        .expect("valid");
+        assert!(mac[0].bootstrap_token.missing());
+        let problems = parse(
+            "- {enrollmentId: P, platform: iOS, model: 'iPhone15,2', osVersion: '18.5', bootstrapTokenEscrowed: true}",
+        )
+        .expect_err("not a Mac");
+        assert!(problems[0].contains("are for Macs"), "{problems:?}");
     }
 
     #[test]
