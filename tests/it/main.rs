@@ -15,6 +15,7 @@ mod installable;
 mod kubernetes;
 mod ledger;
 mod mdm_commands;
+mod mdm_devices;
 mod mdm_webhook;
 mod nanomdm_sync;
 mod plan_examples;
