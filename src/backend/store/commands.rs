@@ -161,7 +161,10 @@ mod tests {
                 .expect("stored");
         }
         let store = Store::open(&path).expect("reopen");
-        assert_eq!(store.mdm_commands().expect("read"), [record.clone()]);
+        assert_eq!(
+            store.mdm_commands().expect("read"),
+            std::slice::from_ref(&record)
+        );
 
         // NotNow: still outstanding; an answer to another command of ours: nothing.
         let later = at("2026-12-07T10:05:00Z");
