@@ -965,37 +965,67 @@ impl Store {
     /// (bounded per device), never the merged states.
     pub fn devices(&self) -> Result<Vec<DeviceRecord>, BackendError> {
         let connection = relock(self.connection.lock());
-        let mut statement = connection.prepare(
-            "SELECT ids.enrollment_id, s.summary, s.last_report, e.assigned_at
-               FROM (SELECT enrollment_id FROM enrollments
-                     UNION SELECT enrollment_id FROM device_summary) AS ids
-               LEFT JOIN enrollments e ON e.enrollment_id = ids.enrollment_id
-               LEFT JOIN device_summary s ON s.enrollment_id = ids.enrollment_id
-              ORDER BY ids.enrollment_id",
+        // Both tables are keyed by enrollment id, so each is read in key order and the two are
+        // merged here: no union to sort and no lookup per device (at 100,000 devices the
+        // union's sorter and the lookups were most of a restart's time). SQLite compares text
+        // bytewise, as `str` does.
+        let mut summaries = connection.prepare(
+            "SELECT enrollment_id, summary, last_report FROM device_summary ORDER BY enrollment_id",
         )?;
+        let mut enrollments = connection
+            .prepare("SELECT enrollment_id, assigned_at FROM enrollments ORDER BY enrollment_id")?;
         let cache = relock(self.cache.read());
         let mut records = Vec::new();
-        let mut rows = statement.query([])?;
-        while let Some(row) = rows.next()? {
-            let enrollment_id: String = row.get(0)?;
-            let summary: Option<Vec<u8>> = row.get(1)?;
-            let last_report: Option<i64> = row.get(2)?;
-            let assigned_at: Option<i64> = row.get(3)?;
-            records.push(DeviceRecord {
-                assigned: cache
-                    .enrollments
-                    .get(&enrollment_id)
-                    .map(|(s, _)| s.members.iter().cloned().collect())
-                    .unwrap_or_default(),
+        let mut summary_rows = summaries.query([])?;
+        let mut enrollment_rows = enrollments.query([])?;
+        let mut next_summary = summary_rows.next()?;
+        let mut next_enrollment = enrollment_rows.next()?;
+        loop {
+            let summary_id = next_summary
+                .map(|row| row.get_ref(0).map(|v| v.as_str().unwrap_or_default()))
+                .transpose()?;
+            let enrollment_id = next_enrollment
+                .map(|row| row.get_ref(0).map(|v| v.as_str().unwrap_or_default()))
+                .transpose()?;
+            let (take_summary, take_enrollment) = match (summary_id, enrollment_id) {
+                (None, None) => break,
+                (Some(_), None) => (true, false),
+                (None, Some(_)) => (false, true),
+                (Some(s), Some(e)) => (s <= e, e <= s),
+            };
+            let mut record = DeviceRecord {
+                enrollment_id: String::new(),
+                status: DeviceStatus::default(),
+                assigned: Vec::new(),
+                last_report: None,
+                assigned_at: None,
+            };
+            if take_summary && let Some(row) = next_summary {
+                record.enrollment_id = row.get(0)?;
                 // An unreadable summary reads as "reported nothing"; the next report rewrites it.
-                status: summary
-                    .and_then(|b| serde_json::from_slice::<DeviceStatus>(&b).ok())
+                record.status = row
+                    .get_ref(1)?
+                    .as_bytes()
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<DeviceStatus>(b).ok())
                     .map(DeviceStatus::resident)
-                    .unwrap_or_default(),
-                last_report: last_report.map(timestamp),
-                assigned_at: assigned_at.map(timestamp),
-                enrollment_id,
-            });
+                    .unwrap_or_default();
+                record.last_report = Some(timestamp(row.get(2)?));
+                next_summary = summary_rows.next()?;
+            }
+            if take_enrollment && let Some(row) = next_enrollment {
+                if !take_summary {
+                    record.enrollment_id = row.get(0)?;
+                }
+                record.assigned_at = row.get::<_, Option<i64>>(1)?.map(timestamp);
+                next_enrollment = enrollment_rows.next()?;
+            }
+            record.assigned = cache
+                .enrollments
+                .get(&record.enrollment_id)
+                .map(|(s, _)| s.members.iter().cloned().collect())
+                .unwrap_or_default();
+            records.push(record);
         }
         // Held through the whole pass: without the slack of the last doubling.
         records.shrink_to_fit();
