@@ -334,7 +334,7 @@ pub fn add_checked_out(
         devices.insert("checkedOut".into(), checked_out.len().into());
     }
     let mut recent: Vec<&super::devices::CheckedOut> = checked_out.iter().collect();
-    recent.sort_by(|a, b| b.at.cmp(&a.at));
+    recent.sort_by_key(|d| std::cmp::Reverse(d.at));
     recent.truncate(CHECKED_OUT_LISTED);
     let listed: Vec<Value> = recent
         .into_iter()
