@@ -576,3 +576,91 @@ async fn ten_thousand_events_in_a_burst_are_all_applied_in_bounded_memory() {
     );
     assert!(elapsed < Duration::from_secs(120), "{elapsed:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gates_software_update_device_id_joins_the_device_the_webhook_names() {
+    use ddm_update_operator::http::enroll::EnrollConfig;
+    let server = webhook_server(WebhookAuth::Key(KEY.to_vec())).await;
+    // The enrollment gate over the same store, taking plain MachineInfo (a proxy verified it).
+    let (_gate, view) = tokio::sync::watch::channel(std::sync::Arc::new(
+        ddm_update_operator::enroll::GateView::unavailable("no pass in this test"),
+    ));
+    let metrics = std::sync::Arc::new(ddm_update_operator::metrics::Metrics::new());
+    let config = EnrollConfig {
+        allow_unsigned: true,
+        ..EnrollConfig::default()
+    };
+    let mut state = config
+        .state(view, Default::default(), metrics)
+        .expect("gate state");
+    state.device_ids = Some(server.store.clone());
+    let router = ddm_update_operator::http::enroll::router("/enroll", std::sync::Arc::new(state));
+    // Apple's MachineInfo keys (other/machineinfo.yaml) of a Mac on macOS 14.5.
+    let mut info = plist::Dictionary::new();
+    for (key, value) in [
+        ("UDID", UDID),
+        ("SERIAL", "C02ZX1ABMD6T"),
+        ("PRODUCT", "Mac14,2"),
+        ("VERSION", "23F79"),
+        ("OS_VERSION", "14.5"),
+        ("SOFTWARE_UPDATE_DEVICE_ID", "J413AP"),
+    ] {
+        info.insert(key.into(), plist::Value::String(value.into()));
+    }
+    let mut body = Vec::new();
+    plist::Value::Dictionary(info)
+        .to_writer_xml(&mut body)
+        .expect("plist");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(ddm_update_operator::http::serve::serve(
+        listener,
+        router,
+        ddm_update_operator::http::serve::Limits::local(),
+        ddm_update_operator::http::serve::Side::Device,
+        server.metrics.clone(),
+        std::future::pending(),
+    ));
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("http://{address}/enroll"))
+        .header("content-type", "application/x-apple-aspen-deviceinfo")
+        .body(body)
+        .send()
+        .await
+        .expect("answered");
+    // No pass yet: the gate cannot decide, but the device id is a fact all the same.
+    assert_eq!(answer.status().as_u16(), 503);
+    let token_update = checkin_event(
+        "mdm.TokenUpdate",
+        UDID,
+        at(0),
+        "e1",
+        &token_update_plist(UDID),
+    );
+    assert_eq!(
+        post(&client, &server.url, token_update, Some(KEY)).await.0,
+        200
+    );
+    let mut known = None;
+    for _ in 0..100 {
+        known = server
+            .store
+            .mdm_devices()
+            .expect("read")
+            .into_iter()
+            .next()
+            .and_then(|d| d.software_update_device_id);
+        if known.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let known = known.expect("the gate's device id joined the MDM device");
+    assert_eq!(
+        (known.value.as_str(), known.source),
+        ("J413AP", Source::MachineInfo)
+    );
+}
