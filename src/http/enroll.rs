@@ -181,6 +181,9 @@ async fn gate(
                 .into_response();
         }
     };
+    // Trusted MachineInfo is a fact about the device whatever the gate decides (or whether it
+    // can decide yet).
+    keep_device_id(&state, &info, jiff::Timestamp::now());
     let view = state.view.borrow().clone();
     if !view.is_ready() {
         state.metrics.ddm_request("enroll", 503);
@@ -192,7 +195,6 @@ async fn gate(
             .into_response();
     }
     let now = jiff::Timestamp::now();
-    keep_device_id(&state, &info, now);
     let decision = decide(&view, &info, now);
     state.tally.record(&decision, now);
     let policy = decision
