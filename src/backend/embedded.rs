@@ -138,6 +138,12 @@ impl Embedded {
         }
     }
 
+    /// The sync trigger, if NanoMDM's API is configured: the webhook tells it which commands
+    /// devices answered.
+    pub fn sync(&self) -> Option<&SyncTrigger> {
+        self.sync.as_ref()
+    }
+
     fn notify(&self, report: &ApplyReport) {
         if let Some(sync) = &self.sync {
             sync.notify(&report.changed);

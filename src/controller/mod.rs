@@ -176,7 +176,7 @@ pub async fn start(
     let sync = config
         .nanomdm
         .clone()
-        .map(|c| SyncTrigger::start_with_metrics(c, http_client, Some(metrics.clone())));
+        .map(|c| SyncTrigger::start_with_metrics(c, http_client.clone(), Some(metrics.clone())));
     let backend = Embedded::new(store.clone(), sync);
 
     // Device reports feed the resolver's trigger channel.
@@ -220,15 +220,19 @@ pub async fn start(
     let mut enroll_state = enroll_state;
     enroll_state.device_ids = Some(store.clone());
     // NanoMDM's webhook: what it learns triggers a pass like a report does.
-    let webhook = Arc::new(crate::http::webhook::WebhookState::new(
-        store.clone(),
-        crate::http::webhook::WebhookAuth::new(
-            config.webhook_key.clone(),
-            config.receive_key.is_some(),
-        ),
-        metrics.clone(),
-        Some(reported_tx),
-    ));
+    let webhook = Arc::new(
+        crate::http::webhook::WebhookState::new(
+            store.clone(),
+            crate::http::webhook::WebhookAuth::new(
+                config.webhook_key.clone(),
+                config.receive_key.is_some(),
+            ),
+            metrics.clone(),
+            Some(reported_tx),
+        )
+        .with_sync(backend.sync().cloned()),
+    );
+    let webhook_auth = webhook.auth.clone();
     let device_router = crate::http::device_router(&config.base_path, ddm_state)
         .merge(crate::http::enroll::router(
             &config.enroll.route(),
@@ -289,6 +293,15 @@ pub async fn start(
         .map_err(|e| format!("cannot record the leadership epoch in the store: {e}"))?;
     metrics.leadership(Some(epoch));
     tracing::info!(identity = %settings.identity, epoch, "leading");
+    // SecurityInfo/DeviceInformation go out from the leader alone (stopped with the other
+    // tasks when it steps down), so two replicas never ask a device twice.
+    tasks.extend(crate::backend::nanomdm_commands::start_if_wired(
+        &config,
+        &webhook_auth,
+        &store,
+        http_client,
+        &metrics,
+    ));
 
     let catalog = Arc::new(tokio::sync::RwLock::new(
         crate::operator::load_catalog(&config, &metrics).await,

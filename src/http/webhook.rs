@@ -69,6 +69,9 @@ pub struct WebhookState {
     pub metrics: Arc<Metrics>,
     /// Tells the resolver loop an enrollment's MDM facts changed (the pass reads them).
     pub learned: Option<mpsc::UnboundedSender<String>>,
+    /// Told of answered commands, so a device's pending `DeclarativeManagement` command ends
+    /// when it answers it (not only at its next DDM check-in).
+    pub sync: Option<crate::backend::nanomdm::SyncTrigger>,
 }
 
 impl WebhookState {
@@ -95,7 +98,13 @@ impl WebhookState {
             auth,
             metrics,
             learned,
+            sync: None,
         }
+    }
+
+    pub fn with_sync(mut self, sync: Option<crate::backend::nanomdm::SyncTrigger>) -> Self {
+        self.sync = sync;
+        self
     }
 }
 
@@ -267,6 +276,17 @@ async fn receive(
     let topic = event.topic.as_str();
     let enrollment = event.enrollment().to_string();
     crate::backend::nanomdm_commands::answered(&state.store, &state.metrics, &event);
+    if let (
+        Some(sync),
+        webhook::Message::Acknowledge {
+            status,
+            command_uuid: Some(uuid),
+            ..
+        },
+    ) = (&state.sync, &event.message)
+    {
+        sync.acknowledged(&enrollment, uuid, status);
+    }
     match state.writer.record(event).await {
         Ok(MdmOutcome::Applied { left, .. }) => {
             if left {

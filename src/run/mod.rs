@@ -107,15 +107,18 @@ impl Engine {
         let mut enroll_state = enroll_state;
         enroll_state.device_ids = Some(store.clone());
         // NanoMDM's webhook: what it learns triggers a pass like a report does.
-        let webhook = Arc::new(crate::http::webhook::WebhookState::new(
-            store.clone(),
-            crate::http::webhook::WebhookAuth::new(
-                config.webhook_key.clone(),
-                config.receive_key.is_some(),
-            ),
-            metrics.clone(),
-            Some(reported_tx),
-        ));
+        let webhook = Arc::new(
+            crate::http::webhook::WebhookState::new(
+                store.clone(),
+                crate::http::webhook::WebhookAuth::new(
+                    config.webhook_key.clone(),
+                    config.receive_key.is_some(),
+                ),
+                metrics.clone(),
+                Some(reported_tx),
+            )
+            .with_sync(backend.sync().cloned()),
+        );
         let commands_task = crate::backend::nanomdm_commands::start_if_wired(
             &config,
             &webhook.auth,
