@@ -396,6 +396,41 @@ struct Seen {
     body: Bytes,
 }
 
+/// What the API endpoints read of a request: method, the ids in the path, the raw query, the
+/// headers and the body.
+type Call = (Method, Path<String>, RawQuery, HeaderMap, Bytes);
+
+impl Seen {
+    /// The request as seen by `endpoint`, checked against the API key the fake was started
+    /// with, and the fake's state, locked: an unauthorized request is recorded with its 401 and
+    /// refused here, so each handler goes on only with an authorized one.
+    fn checked<'a>(
+        shared: &'a Shared,
+        endpoint: &'static str,
+        (method, Path(ids), RawQuery(query), headers, body): Call,
+    ) -> Result<(std::sync::MutexGuard<'a, Inner>, Self), Response> {
+        let mut inner = lock(shared);
+        let key = inner
+            .options
+            .as_ref()
+            .map(|o| o.api_key.clone())
+            .unwrap_or_default();
+        let seen = Self {
+            method,
+            endpoint,
+            ids: split_ids(&ids),
+            query,
+            authorized: authorized(&headers, &key),
+            body,
+        };
+        if !seen.authorized {
+            record(&mut inner, seen, 401, Value::Null);
+            return Err(unauthorized());
+        }
+        Ok((inner, seen))
+    }
+}
+
 fn record(inner: &mut Inner, seen: Seen, status: u16, reply: Value) {
     inner.requests.push(Request {
         method: seen.method.to_string(),
@@ -409,33 +444,29 @@ fn record(inner: &mut Inner, seen: Seen, status: u16, reply: Value) {
     });
 }
 
-/// `/v1/enqueue/{ids}[?nopush=1]` (facts:90-104).
-async fn enqueue(
-    State(shared): State<Shared>,
-    method: Method,
-    Path(ids): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
+/// The reply with the per-id `status` when there is any, recorded and sent with the code it
+/// earns.
+fn answer(
+    inner: &mut Inner,
+    seen: Seen,
+    mut reply: Map<String, Value>,
+    status: Map<String, Value>,
 ) -> Response {
-    let mut inner = lock(&shared);
-    let key = inner
-        .options
-        .as_ref()
-        .map(|o| o.api_key.clone())
-        .unwrap_or_default();
-    let seen = Seen {
-        method,
-        endpoint: "enqueue",
-        ids: split_ids(&ids),
-        query: query.clone(),
-        authorized: authorized(&headers, &key),
-        body,
-    };
-    if !seen.authorized {
-        record(&mut inner, seen, 401, Value::Null);
-        return unauthorized();
+    if !status.is_empty() {
+        reply.insert("status".into(), Value::Object(status));
     }
+    let code = status_code(&reply, seen.ids.len());
+    let reply = Value::Object(reply);
+    record(inner, seen, code, reply.clone());
+    json_reply(code, &reply)
+}
+
+/// `/v1/enqueue/{ids}[?nopush=1]` (facts:90-104).
+async fn enqueue(State(shared): State<Shared>, call: Call) -> Response {
+    let (mut inner, seen) = match Seen::checked(&shared, "enqueue", call) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
+    };
     let (uuid, request_type) = match decode_command(&seen.body) {
         Ok(decoded) => decoded,
         Err(error) => {
@@ -449,7 +480,7 @@ async fn enqueue(
     reply.insert("command_uuid".into(), json!(uuid));
     reply.insert("request_type".into(), json!(request_type));
     // `nopush` = any non-empty value (facts:94-95).
-    let no_push = query.as_deref().is_some_and(|q| {
+    let no_push = seen.query.as_deref().is_some_and(|q| {
         q.split('&')
             .any(|pair| pair.strip_prefix("nopush=").is_some_and(|v| !v.is_empty()))
     });
@@ -487,55 +518,22 @@ async fn enqueue(
     if !no_push && let Some(error) = push_ids(&mut inner, &seen.ids, &mut status) {
         reply.insert("push_error".into(), json!(error));
     }
-    if !status.is_empty() {
-        reply.insert("status".into(), Value::Object(status));
-    }
-    let code = status_code(&reply, seen.ids.len());
-    let reply = Value::Object(reply);
-    record(&mut inner, seen, code, reply.clone());
-    json_reply(code, &reply)
+    answer(&mut inner, seen, reply, status)
 }
 
 /// `/v1/push/{ids}`: a push only; without a push cert 500 `push_error` (facts:105-107).
-async fn push(
-    State(shared): State<Shared>,
-    method: Method,
-    Path(ids): Path<String>,
-    RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let mut inner = lock(&shared);
-    let key = inner
-        .options
-        .as_ref()
-        .map(|o| o.api_key.clone())
-        .unwrap_or_default();
-    let seen = Seen {
-        method,
-        endpoint: "push",
-        ids: split_ids(&ids),
-        query,
-        authorized: authorized(&headers, &key),
-        body,
+async fn push(State(shared): State<Shared>, call: Call) -> Response {
+    let (mut inner, seen) = match Seen::checked(&shared, "push", call) {
+        Ok(checked) => checked,
+        Err(refused) => return refused,
     };
-    if !seen.authorized {
-        record(&mut inner, seen, 401, Value::Null);
-        return unauthorized();
-    }
     let mut reply = Map::new();
     let mut status = Map::new();
     if let Some(error) = push_ids(&mut inner, &seen.ids, &mut status) {
         // The reply seen without a push cert: only `push_error` (facts:192-193).
         reply.insert("push_error".into(), json!(error));
     }
-    if !status.is_empty() {
-        reply.insert("status".into(), Value::Object(status));
-    }
-    let code = status_code(&reply, seen.ids.len());
-    let reply = Value::Object(reply);
-    record(&mut inner, seen, code, reply.clone());
-    json_reply(code, &reply)
+    answer(&mut inner, seen, reply, status)
 }
 
 /// `/version`, no auth (facts:109).
