@@ -33,6 +33,29 @@ fn at(seconds: i64) -> Timestamp {
         + SignedDuration::from_secs(seconds)
 }
 
+/// NanoMDM's `mdm.Authenticate` event for [`UDID`], a Mac ([`DeviceFacts::mac`]), `seconds`
+/// after [`at`]'s start.
+fn authenticate_event(seconds: i64, event_id: &str) -> Vec<u8> {
+    checkin_event(
+        "mdm.Authenticate",
+        UDID,
+        at(seconds),
+        event_id,
+        &authenticate_plist(&DeviceFacts::mac(UDID)),
+    )
+}
+
+/// NanoMDM's `mdm.TokenUpdate` event for [`UDID`], `seconds` after [`at`]'s start.
+fn token_update_event(seconds: i64, event_id: &str) -> Vec<u8> {
+    checkin_event(
+        "mdm.TokenUpdate",
+        UDID,
+        at(seconds),
+        event_id,
+        &token_update_plist(UDID),
+    )
+}
+
 /// `webhook_events_total` for one topic and outcome.
 fn counted(metrics: &ddm_update_operator::metrics::Metrics, topic: &str, outcome: &str) -> f64 {
     let text = metrics.encode();
@@ -49,21 +72,8 @@ fn counted(metrics: &ddm_update_operator::metrics::Metrics, topic: &str, outcome
 async fn an_enrollment_makes_the_device_known_with_its_authenticate_facts() {
     let mut server = webhook_server(WebhookAuth::Key(KEY.to_vec())).await;
     let client = reqwest::Client::new();
-    let device = DeviceFacts::mac(UDID);
-    let authenticate = checkin_event(
-        "mdm.Authenticate",
-        UDID,
-        at(0),
-        "15dd6ab21ebb0081",
-        &authenticate_plist(&device),
-    );
-    let token_update = checkin_event(
-        "mdm.TokenUpdate",
-        UDID,
-        at(1),
-        "15dd6ab21ebb0082",
-        &token_update_plist(UDID),
-    );
+    let authenticate = authenticate_event(0, "15dd6ab21ebb0081");
+    let token_update = token_update_event(1, "15dd6ab21ebb0082");
     let escrow = checkin_event(
         "mdm.SetBootstrapToken",
         UDID,
@@ -95,22 +105,18 @@ async fn an_enrollment_makes_the_device_known_with_its_authenticate_facts() {
     let fact = |f: &Option<ddm_update_operator::mdm::Fact<String>>| {
         f.as_ref().map(|f| (f.value.clone(), f.source, f.at))
     };
-    assert_eq!(
-        fact(&known.serial_number),
-        Some(("C02ZX1ABMD6T".into(), Source::Mdm, at(0)))
-    );
-    assert_eq!(
-        fact(&known.model),
-        Some(("Mac14,2".into(), Source::Mdm, at(0)))
-    );
-    assert_eq!(
-        fact(&known.os_version),
-        Some(("15.6".into(), Source::Mdm, at(0)))
-    );
-    assert_eq!(
-        fact(&known.build_version),
-        Some(("24G84".into(), Source::Mdm, at(0)))
-    );
+    for (name, stored, said) in [
+        ("serial number", &known.serial_number, "C02ZX1ABMD6T"),
+        ("model", &known.model, "Mac14,2"),
+        ("OS version", &known.os_version, "15.6"),
+        ("build version", &known.build_version, "24G84"),
+    ] {
+        assert_eq!(
+            fact(stored),
+            Some((said.into(), Source::Mdm, at(0))),
+            "{name}"
+        );
+    }
     assert_eq!(
         known.bootstrap_token_escrowed.as_ref().map(|f| f.value),
         Some(true)
@@ -143,13 +149,7 @@ async fn a_checkout_withdraws_the_set_at_once_and_a_late_authenticate_does_not_r
             }],
         )
         .expect("assigned");
-    let token_update = checkin_event(
-        "mdm.TokenUpdate",
-        UDID,
-        at(1),
-        "e1",
-        &token_update_plist(UDID),
-    );
+    let token_update = token_update_event(1, "e1");
     assert_eq!(
         post(&client, &server.url, token_update, Some(KEY)).await.0,
         200
@@ -174,14 +174,7 @@ async fn a_checkout_withdraws_the_set_at_once_and_a_late_authenticate_does_not_r
     assert_eq!(left.enrollment, Enrollment::CheckedOut { at: at(10) });
 
     // NanoMDM delivers asynchronously: the Authenticate from before the check-out arrives now.
-    let device = DeviceFacts::mac(UDID);
-    let late = checkin_event(
-        "mdm.Authenticate",
-        UDID,
-        at(5),
-        "e3",
-        &authenticate_plist(&device),
-    );
+    let late = authenticate_event(5, "e3");
     assert_eq!(post(&client, &server.url, late, Some(KEY)).await.0, 200);
     let still = server.store.mdm_device(UDID).expect("read").expect("known");
     assert_eq!(
@@ -224,13 +217,7 @@ async fn a_checkout_withdraws_the_set_at_once_and_a_late_authenticate_does_not_r
 async fn a_bad_signature_is_refused_and_nothing_is_learned() {
     let server = webhook_server(WebhookAuth::Key(KEY.to_vec())).await;
     let client = reqwest::Client::new();
-    let body = checkin_event(
-        "mdm.TokenUpdate",
-        UDID,
-        at(0),
-        "e1",
-        &token_update_plist(UDID),
-    );
+    let body = token_update_event(0, "e1");
     // Signed with another key, unsigned, a signature that is not base64, and the right
     // signature of another body.
     assert_eq!(
@@ -264,13 +251,7 @@ async fn a_bad_signature_is_refused_and_nothing_is_learned() {
 
     // No webhook key while DDM requests are authenticated: refused even when unsigned.
     let keyless = webhook_server(WebhookAuth::new(None, true)).await;
-    let body = checkin_event(
-        "mdm.TokenUpdate",
-        UDID,
-        at(0),
-        "e1",
-        &token_update_plist(UDID),
-    );
+    let body = token_update_event(0, "e1");
     let (code, why) = post(&client, &keyless.url, body, None).await;
     assert_eq!(code, 401);
     assert!(why.contains("--webhook-hmac-key-file"), "{why}");
@@ -611,18 +592,8 @@ async fn the_gates_software_update_device_id_joins_the_device_the_webhook_names(
     plist::Value::Dictionary(info)
         .to_writer_xml(&mut body)
         .expect("plist");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(ddm_update_operator::http::serve::serve(
-        listener,
-        router,
-        ddm_update_operator::http::serve::Limits::local(),
-        ddm_update_operator::http::serve::Side::Device,
-        server.metrics.clone(),
-        std::future::pending(),
-    ));
+    let (address, _serving) =
+        crate::support::ddm::serve_device(router, server.metrics.clone()).await;
     let client = reqwest::Client::new();
     let answer = client
         .post(format!("http://{address}/enroll"))
@@ -633,13 +604,7 @@ async fn the_gates_software_update_device_id_joins_the_device_the_webhook_names(
         .expect("answered");
     // No pass yet: the gate cannot decide, but the device id is a fact all the same.
     assert_eq!(answer.status().as_u16(), 503);
-    let token_update = checkin_event(
-        "mdm.TokenUpdate",
-        UDID,
-        at(0),
-        "e1",
-        &token_update_plist(UDID),
-    );
+    let token_update = token_update_event(0, "e1");
     assert_eq!(
         post(&client, &server.url, token_update, Some(KEY)).await.0,
         200

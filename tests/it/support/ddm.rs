@@ -49,18 +49,7 @@ pub async fn ddm_server(
         metrics: metrics.clone(),
         claims: Default::default(),
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let task = tokio::spawn(serve::serve(
-        listener,
-        device_router("/ddm/", state),
-        serve::Limits::local(),
-        serve::Side::Device,
-        metrics.clone(),
-        std::future::pending(),
-    ));
+    let (address, task) = serve_device(device_router("/ddm/", state), metrics.clone()).await;
     DdmServer {
         base: format!("http://{address}/ddm/"),
         store,
@@ -71,6 +60,27 @@ pub async fn ddm_server(
         _dir: dir,
         _task: task,
     }
+}
+
+/// Serves `router` as the operator's device listener (its HTTP limits, `Side::Device`) on a
+/// free loopback port until the test ends; the address and the serving task.
+pub async fn serve_device(
+    router: axum::Router,
+    metrics: Arc<Metrics>,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let task = tokio::spawn(serve::serve(
+        listener,
+        router,
+        serve::Limits::local(),
+        serve::Side::Device,
+        metrics,
+        std::future::pending(),
+    ));
+    (address, task)
 }
 
 /// NanoMDM's `X-Hmac-Signature`: base64 of HMAC-SHA256(key, body).

@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use ddm_update_operator::backend::store::Store;
-use ddm_update_operator::http::{serve, webhook};
+use ddm_update_operator::http::webhook;
 use ddm_update_operator::metrics::Metrics;
 use jiff::Timestamp;
 use serde_json::json;
 
+use crate::support::ddm::serve_device;
 pub use crate::support::ddm::sign;
 
 /// The APNs topic of the sample's enrollment profile.
@@ -175,18 +176,7 @@ pub async fn webhook_server(auth: webhook::WebhookAuth) -> WebhookServer {
         metrics.clone(),
         Some(learned_tx),
     ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("address");
-    let task = tokio::spawn(serve::serve(
-        listener,
-        webhook::router(state),
-        serve::Limits::local(),
-        serve::Side::Device,
-        metrics.clone(),
-        std::future::pending(),
-    ));
+    let (address, task) = serve_device(webhook::router(state), metrics.clone()).await;
     WebhookServer {
         url: format!("http://{address}{}", webhook::PATH),
         store,
