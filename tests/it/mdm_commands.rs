@@ -142,6 +142,15 @@ impl Rig {
             .count()
     }
 
+    /// What the store holds for a device the webhook has told about.
+    fn stored(&self, udid: &str) -> ddm_update_operator::mdm::MdmDevice {
+        self.hook
+            .store
+            .mdm_device(udid)
+            .expect("read")
+            .expect("known")
+    }
+
     fn metric(&self, name: &str, labels: &str) -> f64 {
         let text = self.hook.metrics.encode();
         text.lines()
@@ -244,12 +253,7 @@ async fn a_mac_gets_security_info_once_a_day_and_its_answer_is_stored() {
     assert_eq!(status, 200, "{text}");
     rig.mdm.acknowledge(MAC, &command_uuid);
 
-    let device = rig
-        .hook
-        .store
-        .mdm_device(MAC)
-        .expect("read")
-        .expect("known");
+    let device = rig.stored(MAC);
     let required = device.bootstrap_token_required.expect("the fact is stored");
     assert_eq!(
         (required.value, required.source, required.at),
@@ -376,12 +380,7 @@ async fn bad_reports_are_ignored_and_counted_never_a_panic() {
         2.0,
         "the Status and the key"
     );
-    let device = rig
-        .hook
-        .store
-        .mdm_device(MAC)
-        .expect("read")
-        .expect("known");
+    let device = rig.stored(MAC);
     assert_eq!(device.bootstrap_token_required, None);
     assert_eq!(
         device.apple_silicon.map(|f| (f.value, f.at)),
