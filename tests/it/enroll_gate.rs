@@ -29,6 +29,8 @@ use ddm_update_operator::run::Engine;
 use ddm_update_operator::sim::enroll::{DeviceIdentity, machine_info_plist};
 use serde_json::Value;
 
+use crate::support::manifests;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -715,38 +717,30 @@ impl TestCa {
     }
 }
 
-const HTTP_MANIFESTS: &str = r#"
-apiVersion: updates.ddm.dev/v1alpha1
-kind: FleetGroup
-metadata: {name: phones, namespace: fleet}
-spec: {platforms: [iOS]}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: FleetGroup
-metadata: {name: macs, namespace: fleet}
-spec: {platforms: [macOS]}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: UpdatePolicy
-metadata: {name: phones, namespace: fleet}
-spec:
-  fleetGroups: [phones]
-  target: {strategy: latest}
-  deadline: {daysAfterPosting: 7}
-  enrollment: {minimumVersion: Target, failurePolicy: Open}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: UpdatePolicy
-metadata: {name: macs, namespace: fleet}
-spec:
-  fleetGroups: [macs]
-  target: {strategy: latest}
-  deadline: {daysAfterPosting: 7}
-  enrollment:
-    minimumVersion: "15.0"
+/// Phones on the latest iOS (enrollment at the target, open on failure) and Macs on the latest
+/// macOS (enrollment from 15.0, closed on failure, with a beta program).
+fn http_manifests() -> String {
+    manifests::stream(&[
+        manifests::group("phones", "iOS"),
+        manifests::group("macs", "macOS"),
+        manifests::latest_policy(
+            "phones",
+            "phones",
+            7,
+            "  enrollment: {minimumVersion: Target, failurePolicy: Open}\n",
+        ),
+        manifests::latest_policy(
+            "macs",
+            "macs",
+            7,
+            "  enrollment:
+    minimumVersion: \"15.0\"
     failurePolicy: Closed
-    betaProgram: {description: "IT seed program"}
-"#;
+    betaProgram: {description: \"IT seed program\"}
+",
+        ),
+    ])
+}
 
 struct Gate {
     url: String,
@@ -760,7 +754,7 @@ async fn start_gate(catalog: CatalogSource, enroll: EnrollConfig) -> Gate {
     let work = tempfile::tempdir().expect("temp dir");
     let manifests = work.path().join("gitops");
     std::fs::create_dir_all(&manifests).expect("manifests folder");
-    std::fs::write(manifests.join("fleet.yaml"), HTTP_MANIFESTS).expect("manifests");
+    std::fs::write(manifests.join("fleet.yaml"), http_manifests()).expect("manifests");
     let config = RunConfig {
         enroll,
         ..RunConfig::local(manifests, catalog, work.path())

@@ -7,7 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ddm_update_operator::catalog::{OsVersion, Platform};
 use ddm_update_operator::declarations::{STATUS_ITEMS, status_items_for_device};
@@ -16,6 +15,7 @@ use ddm_update_operator::inventory::{Device, EnrollmentType};
 use serde_json::Value;
 
 use crate::apple_schema::{self, Target};
+use crate::support::process::plan_json;
 
 const MANIFEST_DIR: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -300,23 +300,7 @@ fn plan(snapshot: &str, at: &str, lines: &[&str]) -> Value {
     let inventory_path = work.path().join("inventory.yaml");
     std::fs::write(&inventory_path, inventory(&lines)).expect("inventory");
     let catalog = Path::new(MANIFEST_DIR).join(format!("tests/fixtures/gdmf/pmv-{snapshot}.json"));
-    let output = Command::new(env!("CARGO_BIN_EXE_ddm-update-operator"))
-        .args(["plan", "-f"])
-        .arg(&manifests)
-        .arg("--inventory")
-        .arg(&inventory_path)
-        .arg("--catalog")
-        .arg(&catalog)
-        .args(["--at", at, "--output", "json"])
-        .output()
-        .expect("run plan");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let plan: Value = serde_json::from_slice(&output.stdout).expect("plan JSON");
+    let plan = plan_json(&manifests, &inventory_path, &catalog, at);
     // Every declaration each device gets validates against Apple's schemas for that device's
     // OS, version and enrollment, and the activation names exactly its configurations.
     for (l, json) in lines

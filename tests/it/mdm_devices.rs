@@ -6,7 +6,6 @@
 //! returns them (`Backend::mdm_devices`), the way the store holds what NanoMDM's webhook said.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
@@ -26,7 +25,8 @@ use ddm_update_operator::mdm::{Enrollment, Fact, MdmDevice, Source};
 use ddm_update_operator::metrics::Metrics;
 use ddm_update_operator::pass::{self, PassResult, report};
 
-use crate::support::ROOT;
+use crate::support::process::plan_json;
+use crate::support::{ROOT, manifests};
 
 /// The embedded backend, with what the MDM told handed over as given.
 struct WithMdm {
@@ -73,19 +73,12 @@ impl Backend for WithMdm {
 }
 
 /// Every Mac on Apple's latest macOS, 14 days after posting.
-const MACS: &str = "apiVersion: updates.ddm.dev/v1alpha1
-kind: FleetGroup
-metadata: {name: macs, namespace: fleet}
-spec: {platforms: [macOS]}
----
-apiVersion: updates.ddm.dev/v1alpha1
-kind: UpdatePolicy
-metadata: {name: macs, namespace: fleet}
-spec:
-  fleetGroups: [macs]
-  target: {strategy: latest}
-  deadline: {daysAfterPosting: 14}
-";
+fn macs() -> String {
+    manifests::stream(&[
+        manifests::group("macs", "macOS"),
+        manifests::latest_policy("macs", "macs", 14, ""),
+    ])
+}
 
 fn at(s: &str) -> Timestamp {
     s.parse().expect("a timestamp")
@@ -99,7 +92,8 @@ fn catalog() -> Catalog {
 }
 
 fn checked() -> Checked {
-    ddm_update_operator::manifests::check_str("macs.yaml", MACS).unwrap_or_else(|p| panic!("{p:?}"))
+    ddm_update_operator::manifests::check_str("macs.yaml", &macs())
+        .unwrap_or_else(|p| panic!("{p:?}"))
 }
 
 /// An Apple-silicon Mac (`Mac14,2`, board `J413AP`) on macOS 15.5 as `mdm.Authenticate` and
@@ -314,7 +308,7 @@ async fn a_mac_without_an_escrowed_bootstrap_token_is_enforced_and_shown_as_miss
 fn plan_shows_bootstrap_token_missing_from_the_inventory_and_warns() {
     let work = tempfile::tempdir().expect("tempdir");
     let manifests = work.path().join("macs.yaml");
-    std::fs::write(&manifests, MACS).expect("manifests");
+    std::fs::write(&manifests, macs()).expect("manifests");
     let inventory = work.path().join("inventory.yaml");
     std::fs::write(
         &inventory,
@@ -324,23 +318,12 @@ fn plan_shows_bootstrap_token_missing_from_the_inventory_and_warns() {
 ",
     )
     .expect("inventory");
-    let output = Command::new(env!("CARGO_BIN_EXE_ddm-update-operator"))
-        .args(["plan", "-f"])
-        .arg(&manifests)
-        .arg("--inventory")
-        .arg(&inventory)
-        .arg("--catalog")
-        .arg(std::path::Path::new(ROOT).join("tests/fixtures/gdmf/pmv-2026-08-22.json"))
-        .args(["--at", "2026-08-22T12:00:00Z", "--output", "json"])
-        .output()
-        .expect("run plan");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let plan = plan_json(
+        &manifests,
+        &inventory,
+        &std::path::Path::new(ROOT).join("tests/fixtures/gdmf/pmv-2026-08-22.json"),
+        "2026-08-22T12:00:00Z",
     );
-    let plan: Value = serde_json::from_slice(&output.stdout).expect("plan JSON");
     let by_id = |id: &str| -> Vec<String> {
         let device = plan["devices"]
             .as_array()

@@ -1,12 +1,13 @@
 //! What several integration tests share: paths into the repository and file helpers, simulated
-//! devices ([`devices`]), the DDM endpoints on loopback ([`ddm`]), a NanoMDM API fake
-//! ([`nanomdm`]), child processes and metrics ([`process`]). One copy here instead of one per
-//! test file.
+//! devices ([`devices`]), fleet manifests ([`manifests`]), the DDM endpoints on loopback
+//! ([`ddm`]), a NanoMDM API fake ([`nanomdm`]), child processes and metrics ([`process`]). One
+//! copy here instead of one per test file.
 
 use std::path::{Path, PathBuf};
 
 pub mod ddm;
 pub mod devices;
+pub mod manifests;
 pub mod nanomdm;
 pub mod nanomdm_webhook;
 pub mod process;

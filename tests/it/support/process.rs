@@ -3,6 +3,33 @@
 
 use std::process::Child;
 
+/// `plan -f <manifests> --inventory <inventory> --catalog <catalog> --at <at> --output json`
+/// run by the operator binary: it must exit 0 (its stderr otherwise), and its JSON.
+pub fn plan_json(
+    manifests: &std::path::Path,
+    inventory: &std::path::Path,
+    catalog: &std::path::Path,
+    at: &str,
+) -> serde_json::Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ddm-update-operator"))
+        .args(["plan", "-f"])
+        .arg(manifests)
+        .arg("--inventory")
+        .arg(inventory)
+        .arg("--catalog")
+        .arg(catalog)
+        .args(["--at", at, "--output", "json"])
+        .output()
+        .expect("run plan");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("plan JSON")
+}
+
 /// Distinct loopback ports free right now (held together while chosen, so never the same
 /// twice): the operator's device and admin listeners, say. Another process may still take one
 /// before it is bound.
