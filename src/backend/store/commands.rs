@@ -30,15 +30,9 @@ impl Store {
             "SELECT enrollment_id, kind, command_uuid, sent_at, state, answered_at
                FROM mdm_commands",
         )?;
+        // rusqlite reads a row into a tuple, column by column in the SELECT's order.
         let rows = statement.query_map([], |row| {
-            Ok((
-                row.get::<_, String>(0)?,
-                row.get::<_, String>(1)?,
-                row.get::<_, String>(2)?,
-                row.get::<_, i64>(3)?,
-                row.get::<_, String>(4)?,
-                row.get::<_, Option<i64>>(5)?,
-            ))
+            <(String, String, String, i64, String, Option<i64>)>::try_from(row)
         })?;
         let mut records = Vec::new();
         for row in rows {
