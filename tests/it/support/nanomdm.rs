@@ -402,13 +402,13 @@ type Call = (Method, Path<String>, RawQuery, HeaderMap, Bytes);
 
 impl Seen {
     /// The request as seen by `endpoint`, checked against the API key the fake was started
-    /// with, and the fake's state, locked: an unauthorized request is recorded with its 401 and
-    /// refused here, so each handler goes on only with an authorized one.
+    /// with, and the fake's state, locked; `None` for an unauthorized request, recorded here
+    /// with its 401, so each handler goes on only with an authorized one.
     fn checked<'a>(
         shared: &'a Shared,
         endpoint: &'static str,
         (method, Path(ids), RawQuery(query), headers, body): Call,
-    ) -> Result<(std::sync::MutexGuard<'a, Inner>, Self), Response> {
+    ) -> Option<(std::sync::MutexGuard<'a, Inner>, Self)> {
         let mut inner = lock(shared);
         let key = inner
             .options
@@ -425,9 +425,9 @@ impl Seen {
         };
         if !seen.authorized {
             record(&mut inner, seen, 401, Value::Null);
-            return Err(unauthorized());
+            return None;
         }
-        Ok((inner, seen))
+        Some((inner, seen))
     }
 }
 
@@ -463,9 +463,8 @@ fn answer(
 
 /// `/v1/enqueue/{ids}[?nopush=1]` (facts:90-104).
 async fn enqueue(State(shared): State<Shared>, call: Call) -> Response {
-    let (mut inner, seen) = match Seen::checked(&shared, "enqueue", call) {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
+    let Some((mut inner, seen)) = Seen::checked(&shared, "enqueue", call) else {
+        return unauthorized();
     };
     let (uuid, request_type) = match decode_command(&seen.body) {
         Ok(decoded) => decoded,
@@ -523,9 +522,8 @@ async fn enqueue(State(shared): State<Shared>, call: Call) -> Response {
 
 /// `/v1/push/{ids}`: a push only; without a push cert 500 `push_error` (facts:105-107).
 async fn push(State(shared): State<Shared>, call: Call) -> Response {
-    let (mut inner, seen) = match Seen::checked(&shared, "push", call) {
-        Ok(checked) => checked,
-        Err(refused) => return refused,
+    let Some((mut inner, seen)) = Seen::checked(&shared, "push", call) else {
+        return unauthorized();
     };
     let mut reply = Map::new();
     let mut status = Map::new();
