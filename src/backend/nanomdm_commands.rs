@@ -186,6 +186,12 @@ pub fn start_if_wired(
     metrics: &Arc<Metrics>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let nanomdm = config.nanomdm.as_ref()?;
+    if !nanomdm.enqueue_unknown && *webhook == crate::http::webhook::WebhookAuth::NoKey {
+        // The sync trigger sends only to enrollments the webhook reported, and it reports none.
+        tracing::warn!(
+            "no device will get a DeclarativeManagement sync command: NanoMDM's webhook refuses every event without --webhook-hmac-key-file, and without --nanomdm-enqueue-unknown only enrollments it reported get one"
+        );
+    }
     if nanomdm.enqueue_unknown || *webhook == crate::http::webhook::WebhookAuth::NoKey {
         tracing::info!(
             "SecurityInfo/DeviceInformation commands are off: their answers come only through NanoMDM's webhook"

@@ -2554,7 +2554,8 @@ fn chart_on_a_real_api_server() {
     ]);
     let values = json!({
         "ddm": {"hmacSecret": {"name": "nanomdm-dm-hmac"}},
-        "nanomdm": {"url": format!("http://127.0.0.1:{}", nanomdm.port), "apiKeySecret": {"name": "nanomdm-api"}},
+        // No NanoMDM webhook in this install: every changed device gets the sync command.
+        "nanomdm": {"url": format!("http://127.0.0.1:{}", nanomdm.port), "apiKeySecret": {"name": "nanomdm-api"}, "enqueueUnknown": true},
         "catalog": {"roots": {"configMapName": "catalog-roots"}},
         "inventory": {"configMapName": "fleet-inventory"},
         "enrollment": {

@@ -212,6 +212,11 @@ impl Operator {
     /// `run --manifests … --catalog <fixture>` on free loopback ports, `--assume-supervised`,
     /// a fast manifest poll; waits for `/readyz`.
     async fn start(work: &Path, manifests: &Path, poll: &str) -> Operator {
+        Self::start_with(work, manifests, poll, &[]).await
+    }
+
+    /// The same with more flags.
+    async fn start_with(work: &Path, manifests: &Path, poll: &str, extra: &[&str]) -> Operator {
         let data = work.join("data");
         let log = work.join("operator.log");
         let stderr = std::fs::File::create(&log).expect("log file");
@@ -231,6 +236,7 @@ impl Operator {
                 .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
                 .args(["--poll-interval", poll])
                 .arg("--assume-supervised")
+                .args(extra)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(stderr.try_clone().expect("log file handle"))
@@ -1582,4 +1588,207 @@ async fn sigterm_stops_the_operator_cleanly() {
     // The next start finds the same store.
     let again = Operator::start(work.path(), &manifests, "1s").await;
     assert_eq!(again.status().await["ready"], true);
+}
+
+/// The MDM around the operator, end to end through the binary: NanoMDM's webhook makes a Mac
+/// known (Authenticate, TokenUpdate) and its DeviceInformation answer gives its board id, chip
+/// and supervision; the Mac is then resolved and served an enforcement, NanoMDM is asked once to
+/// sync it, the status counts it as lacking a bootstrap token; its answer to that command ends
+/// the pending one; its CheckOut withdraws the set, is counted, and brings no new command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mac_learned_from_nanomdm_is_served_flagged_and_withdrawn_at_checkout() {
+    use crate::support::nanomdm::{NanoMdmFake, Options};
+    use crate::support::nanomdm_webhook::{
+        DeviceFacts, authenticate_plist, checkin_event, checkout_plist, event, post,
+        token_update_plist,
+    };
+
+    const MAC: &str = "0000FE00-5A5A5A5A5A5A5A5A";
+    let mdm = NanoMdmFake::start(Options::default()).await;
+    let (work, manifests) = work_with_manifests(MOBILE);
+    let key_file = work.path().join("nanomdm-api-key");
+    std::fs::write(&key_file, mdm.api_key()).expect("key file");
+    let key_path = key_file.to_str().expect("a UTF-8 path");
+    let operator = Operator::start_with(
+        work.path(),
+        &manifests,
+        "1s",
+        &[
+            "--nanomdm-url",
+            mdm.url(),
+            "--nanomdm-api-key-file",
+            key_path,
+        ],
+    )
+    .await;
+    let webhook = format!("{}/webhook/nanomdm", operator.root);
+    let webhook = webhook.as_str();
+    let client = &operator.client;
+    let send = |body: Vec<u8>| async move {
+        let (status, text) = post(client, webhook, body, None).await;
+        assert_eq!(status, 200, "{text}");
+    };
+    let now = jiff::Timestamp::now();
+    let second = jiff::SignedDuration::from_secs(1);
+    let checkin = |topic: &str, plist: &[u8], at: jiff::Timestamp| {
+        checkin_event(topic, MAC, at, &format!("{topic}-{at}"), plist)
+    };
+    send(checkin(
+        "mdm.Authenticate",
+        &authenticate_plist(&DeviceFacts::mac(MAC)),
+        now,
+    ))
+    .await;
+    send(checkin(
+        "mdm.TokenUpdate",
+        &token_update_plist(MAC),
+        now + second,
+    ))
+    .await;
+    // The operator's DeviceInformation, answered (Apple's QueryResponses keys).
+    let mut answers = plist::Dictionary::new();
+    answers.insert("IsSupervised".into(), plist::Value::Boolean(true));
+    answers.insert("IsAppleSilicon".into(), plist::Value::Boolean(true));
+    answers.insert("SoftwareUpdateDeviceID".into(), "J413AP".into());
+    answers.insert("ProductName".into(), "Mac14,2".into());
+    let mut report = plist::Dictionary::new();
+    let uuid = "ddm-update-operator.DeviceInformation.0123456789abcdef";
+    report.insert("CommandUUID".into(), uuid.into());
+    report.insert("QueryResponses".into(), plist::Value::Dictionary(answers));
+    report.insert("Status".into(), "Acknowledged".into());
+    report.insert("UDID".into(), MAC.into());
+    let connect = |uuid: &str, raw: &[u8], at: jiff::Timestamp| {
+        use base64::Engine as _;
+        let inner = json!({
+            "ids": {"id": MAC, "type": "Device"},
+            "udid": MAC,
+            "status": "Acknowledged",
+            "command_uuid": uuid,
+            "raw_payload": base64::engine::general_purpose::STANDARD.encode(raw),
+        });
+        event(
+            "mdm.Connect",
+            at,
+            &format!("connect-{uuid}"),
+            "acknowledge_event",
+            inner,
+        )
+    };
+    let mut raw = Vec::new();
+    plist::Value::Dictionary(report)
+        .to_writer_xml(&mut raw)
+        .expect("a plist");
+    send(connect(uuid, &raw, now + second * 2)).await;
+
+    // Served: the set names an enforcement.
+    let items = |operator: &Operator| {
+        let request = operator
+            .client
+            .get(format!("{}/ddm/declaration-items", operator.root))
+            .header("x-enrollment-id", MAC);
+        async move {
+            let response = request.send().await.expect("declaration-items answers");
+            let text = response.text().await.unwrap_or_default();
+            text.contains("\"ddm.enforce.")
+        }
+    };
+    let started = Instant::now();
+    while !items(&operator).await {
+        assert!(
+            started.elapsed() < SETTLE_CAP,
+            "the Mac learned from NanoMDM got no enforcement:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // NanoMDM is asked once to sync it.
+    let started = Instant::now();
+    while mdm.count(MAC, "DeclarativeManagement") == 0 {
+        assert!(
+            started.elapsed() < SETTLE_CAP,
+            "no sync command:\n{}",
+            operator.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let macs_missing = |status: &Value| {
+        status["updatePolicies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.ends_with("/macs")))
+            .filter_map(|p| p["bootstrapTokenMissing"].as_u64())
+            .sum::<u64>()
+    };
+    let started = Instant::now();
+    while macs_missing(&operator.status().await) != 1 {
+        assert!(
+            started.elapsed() < SETTLE_CAP,
+            "an Apple-silicon Mac without an escrowed token is not counted: {}",
+            operator.status().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its answer to the sync command ends the pending one (NanoMDM's mdm.Connect).
+    let queued = mdm.queue(MAC);
+    let sync = queued
+        .iter()
+        .find(|c| c.request_type == "DeclarativeManagement")
+        .expect("the sync command is queued");
+    let mut ack = plist::Dictionary::new();
+    ack.insert("CommandUUID".into(), sync.command_uuid.clone().into());
+    ack.insert("Status".into(), "Acknowledged".into());
+    ack.insert("UDID".into(), MAC.into());
+    let mut raw = Vec::new();
+    plist::Value::Dictionary(ack)
+        .to_writer_xml(&mut raw)
+        .expect("a plist");
+    send(connect(&sync.command_uuid, &raw, now + second * 3)).await;
+    let started = Instant::now();
+    while operator
+        .metric("ddm_update_operator_nanomdm_pending_commands")
+        .await
+        != 0.0
+    {
+        assert!(
+            started.elapsed() < SETTLE_CAP,
+            "the answered command is still pending"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let commands_before = mdm.count(MAC, "DeclarativeManagement");
+
+    // CheckOut: withdrawn, counted, and no command for a device that left.
+    send(checkin(
+        "mdm.CheckOut",
+        &checkout_plist(MAC),
+        now + second * 4,
+    ))
+    .await;
+    assert!(
+        !items(&operator).await,
+        "a checked-out Mac keeps its enforcement"
+    );
+    let started = Instant::now();
+    loop {
+        let status = operator.status().await;
+        if status["devices"]["checkedOut"] == 1 && macs_missing(&status) == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < SETTLE_CAP,
+            "checkout not in the status: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(QUIET + Duration::from_secs(2)).await;
+    assert!(
+        !items(&operator).await,
+        "a later pass served the checked-out Mac again"
+    );
+    assert_eq!(
+        mdm.count(MAC, "DeclarativeManagement"),
+        commands_before,
+        "NanoMDM was asked to sync a device that left"
+    );
 }
