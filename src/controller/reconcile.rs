@@ -428,6 +428,21 @@ pub async fn update_policy(object: Arc<UpdatePolicy>, ctx: Arc<Context>) -> Resu
         if !suspended && let Some(p) = index {
             sync_generated_targets(&ctx, &snapshot, p, object.as_ref()).await?;
         }
+        if let Some(p) = index
+            && let Some(left) = snapshot
+                .checked_out_by_policy
+                .get(&snapshot.partial.checked.policies[p].key.to_string())
+        {
+            ctx.publish_event(
+                object.as_ref(),
+                EventType::Normal,
+                "DevicesCheckedOut",
+                &format!(
+                    "{left} device(s) checked out of the MDM (mdm.CheckOut): their declarations are withdrawn and they are no longer counted"
+                ),
+            )
+            .await;
+        }
         let generated: Vec<&crate::resolve::GeneratedTarget> = snapshot
             .plan
             .generated

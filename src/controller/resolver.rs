@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub frozen: pass::Frozen,
     /// Devices the MDM says checked out: left out, their sets withdrawn.
     pub checked_out: Vec<pass::devices::CheckedOut>,
+    /// Per policy (`namespace/name`), devices whose check-out this pass first saw.
+    pub checked_out_by_policy: std::collections::BTreeMap<String, usize>,
     /// `Ok(changed enrollments)` or why the backend write failed.
     pub applied: Result<usize, String>,
     /// The catalog's origin and any problem fetching it.
@@ -55,6 +57,7 @@ impl Default for Snapshot {
             standings: Standings::default(),
             frozen: pass::Frozen::default(),
             checked_out: Vec::new(),
+            checked_out_by_policy: Default::default(),
             applied: Err("no pass has run yet".into()),
             catalog_origin: String::new(),
             catalog_problem: None,
@@ -288,6 +291,7 @@ impl Resolver {
                     records: result.records,
                     frozen: result.frozen,
                     checked_out: result.checked_out,
+                    checked_out_by_policy: result.checked_out_by_policy,
                     applied,
                     catalog_origin,
                     catalog_problem,

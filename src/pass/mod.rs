@@ -62,6 +62,9 @@ pub struct PassResult {
     pub corrupt_ledger_rows: u64,
     /// Devices the MDM says checked out: not resolved, their sets withdrawn.
     pub checked_out: Vec<devices::CheckedOut>,
+    /// Per policy (`namespace/name`), the devices it was taking somewhere whose check-out this
+    /// pass was the first to see (their ledger entries are forgotten now): what an event says.
+    pub checked_out_by_policy: BTreeMap<String, usize>,
 }
 
 pub async fn pass(
@@ -141,12 +144,22 @@ pub async fn pass(
     // Forget devices no longer known at all (removed from the inventory before they ever
     // reported): their memory would otherwise stay forever, and freeze them if they came back.
     let present: HashSet<&str> = devices.iter().map(|d| d.enrollment_id.as_str()).collect();
-    for gone in memory
+    let left: HashSet<&str> = checked_out
+        .iter()
+        .map(|c| c.enrollment_id.as_str())
+        .collect();
+    let mut checked_out_by_policy: BTreeMap<String, usize> = BTreeMap::new();
+    for (gone, rollouts) in memory
         .ledger
         .devices
-        .keys()
-        .filter(|k| !present.contains(k.as_str()))
+        .iter()
+        .filter(|(k, _)| !present.contains(k.as_str()))
     {
+        if left.contains(gone.as_str()) {
+            for policy in rollouts.keys() {
+                *checked_out_by_policy.entry(policy.clone()).or_default() += 1;
+            }
+        }
         changes
             .rollouts
             .insert(gone.clone(), resolve::DeviceRollouts::new());
@@ -177,6 +190,7 @@ pub async fn pass(
             applied: Err(error),
             corrupt_ledger_rows,
             checked_out,
+            checked_out_by_policy,
         });
     }
     let with_row: HashSet<&str> = records.iter().map(|r| r.enrollment_id.as_str()).collect();
@@ -244,6 +258,7 @@ pub async fn pass(
         applied,
         corrupt_ledger_rows,
         checked_out,
+        checked_out_by_policy,
     })
 }
 

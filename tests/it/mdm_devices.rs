@@ -220,6 +220,14 @@ async fn a_checked_out_device_loses_its_set_and_stays_without_one_across_passes(
     );
     assert_eq!(fixture.set("MAC-A"), Some(Vec::new()), "withdrawn");
     assert!(fixture.set("MAC-B").is_some_and(|s| !s.is_empty()));
+    // The policy that was taking it there hears of it once (its Kubernetes event).
+    assert_eq!(
+        second.checked_out_by_policy.values().sum::<usize>(),
+        1,
+        "{:?}",
+        second.checked_out_by_policy
+    );
+    assert!(first.checked_out_by_policy.is_empty());
     let (status, metrics) = fixture.status(&second, "2026-08-22T14:00:00Z");
     assert_eq!(status["devices"]["checkedOut"], 1);
     assert_eq!(status["devices"]["total"], 1);
@@ -250,6 +258,7 @@ async fn a_checked_out_device_loses_its_set_and_stays_without_one_across_passes(
         let changed = later.applied.as_ref().map(|r| r.changed.clone()).ok();
         assert_eq!(changed, Some(Vec::new()), "{now}");
         assert_eq!(later.checked_out.len(), 1);
+        assert!(later.checked_out_by_policy.is_empty(), "told once: {now}");
     }
 }
 
