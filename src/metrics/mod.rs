@@ -128,6 +128,8 @@ pub struct Metrics {
     pub compliance: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// Apple-silicon Macs a resource enforces that have no escrowed bootstrap token.
     pub bootstrap_token_missing: Family<SourceLabels, Gauge>,
+    /// The earliest deadline a resource still enforces, as Unix seconds.
+    pub next_deadline: Family<SourceLabels, Gauge>,
     /// Devices the MDM says checked out (left out of every pass).
     pub devices_checked_out: Gauge,
     backend_requests: Family<BackendLabels, Counter>,
@@ -238,6 +240,12 @@ impl Metrics {
             "bootstrap_token_missing",
             "Apple-silicon Macs a resource enforces without an escrowed bootstrap token (their users will be asked to authenticate)",
             bootstrap_token_missing.clone(),
+        );
+        let next_deadline = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "next_deadline_timestamp_seconds",
+            "The earliest deadline a resource still enforces on some device, as Unix seconds (an UpdatePolicy's read in its deadline.timeZone, an EnforcementTarget's as UTC); absent when it enforces nothing",
+            next_deadline.clone(),
         );
         let devices_checked_out = Gauge::default();
         registry.register(
@@ -444,6 +452,7 @@ impl Metrics {
             catalog_held,
             compliance,
             bootstrap_token_missing,
+            next_deadline,
             devices_checked_out,
             backend_requests,
             backend_request_seconds,

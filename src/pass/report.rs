@@ -11,7 +11,7 @@ use crate::backend::DeviceRecord;
 use crate::inventory::Device;
 use crate::metrics::{Metrics, SourceLabels, StateLabels};
 use crate::pass::Frozen;
-use crate::resolve::{Plan, Reason, Source};
+use crate::resolve::{DevicePlan, Enforcement, Plan, Reason, Source};
 use crate::status::DeviceStatus;
 use crate::status::bucket::{Bucket, Standing, bucket};
 
@@ -119,38 +119,10 @@ pub fn standings(
             )
         })
         .collect();
-    let empty = DeviceStatus::default();
     for (device, outcome) in devices.iter().zip(&plan.devices) {
-        let record = records.get(device.enrollment_id.as_str());
+        let record = records.get(device.enrollment_id.as_str()).copied();
         let status = record.map(|r| &r.status);
-        let sources = outcome
-            .enforcements
-            .iter()
-            .map(|e| e.source)
-            .chain(outcome.notes.iter().map(|n| n.source));
-        let mut seen = Vec::new();
-        for source in sources {
-            if seen.contains(&source) {
-                continue;
-            }
-            seen.push(source);
-            let enforcement = outcome.enforcements.iter().find(|e| e.source == source);
-            let note = outcome
-                .notes
-                .iter()
-                .find(|n| n.source == source && enforcement.is_none());
-            let state = bucket(Standing {
-                enforcement: enforcement.map(|e| {
-                    plan.declarations[e.declaration as usize]
-                        .identifier
-                        .as_str()
-                }),
-                reason: note.map(|n| n.reason),
-                status: status.unwrap_or(&empty),
-                last_report: record.and_then(|r| r.last_report),
-                assigned_at: record.and_then(|r| r.assigned_at),
-                now,
-            });
+        each_source(plan, outcome, record, now, |source, state, enforcement| {
             let tally = standings.by_source.entry(source).or_default();
             tally.add(state, device, status);
             let token_missing = enforcement.is_some()
@@ -178,9 +150,52 @@ pub fn standings(
             {
                 standings.by_generated[*g].add(state, device, status);
             }
-        }
+        });
     }
     standings
+}
+
+/// Where one device stands against each source that applies to it (each once, enforcements'
+/// sources first): its state bucket and the enforcement the source gives it, if any.
+pub fn each_source<'p>(
+    plan: &'p Plan,
+    outcome: &'p DevicePlan,
+    record: Option<&DeviceRecord>,
+    now: Timestamp,
+    mut each: impl FnMut(Source, Bucket, Option<&'p Enforcement>),
+) {
+    let empty = DeviceStatus::default();
+    let status = record.map(|r| &r.status);
+    let sources = outcome
+        .enforcements
+        .iter()
+        .map(|e| e.source)
+        .chain(outcome.notes.iter().map(|n| n.source));
+    let mut seen: Vec<Source> = Vec::new();
+    for source in sources {
+        if seen.contains(&source) {
+            continue;
+        }
+        seen.push(source);
+        let enforcement = outcome.enforcements.iter().find(|e| e.source == source);
+        let note = outcome
+            .notes
+            .iter()
+            .find(|n| n.source == source && enforcement.is_none());
+        let state = bucket(Standing {
+            enforcement: enforcement.map(|e| {
+                plan.declarations[e.declaration as usize]
+                    .identifier
+                    .as_str()
+            }),
+            reason: note.map(|n| n.reason),
+            status: status.unwrap_or(&empty),
+            last_report: record.and_then(|r| r.last_report),
+            assigned_at: record.and_then(|r| r.assigned_at),
+            now,
+        });
+        each(source, state, enforcement);
+    }
 }
 
 pub fn status(
@@ -196,6 +211,7 @@ pub fn status(
     metrics.devices.clear();
     metrics.compliance.clear();
     metrics.bootstrap_token_missing.clear();
+    metrics.next_deadline.clear();
     let section = |source: Source, name: String| -> Value {
         let tally = standings
             .by_source
@@ -238,7 +254,17 @@ pub fn status(
         .iter()
         .enumerate()
         .map(|(p, policy)| {
-            let mut value = section(Source::Policy(p), format!("UpdatePolicy {}", policy.key));
+            let name = format!("UpdatePolicy {}", policy.key);
+            let mut value = section(Source::Policy(p), name.clone());
+            // As `status.nextDeadline`: a target only counting devices already there enforces
+            // nothing.
+            let next = plan
+                .generated
+                .iter()
+                .filter(|t| t.policy == p && !t.compliant_only())
+                .map(|t| t.deadline)
+                .min();
+            set_next_deadline(metrics, name, next, &policy.deadline.time_zone);
             let targets: Vec<Value> = plan
                 .generated
                 .iter()
@@ -269,10 +295,15 @@ pub fn status(
         .enumerate()
         .filter(|(_, t)| !t.generated)
         .map(|(t, target)| {
-            let mut value = section(
-                Source::Target(t),
-                format!("EnforcementTarget {}", target.key),
-            );
+            let name = format!("EnforcementTarget {}", target.key);
+            let mut value = section(Source::Target(t), name.clone());
+            let tally = standings.by_source.get(&Source::Target(t));
+            let unmet = tally.is_some_and(|tally| {
+                tally.total() > tally.count(Bucket::NotApplicable) + tally.count(Bucket::Compliant)
+            });
+            // Device-local, with no zone of its own: read as UTC.
+            let next = unmet.then_some(target.deadline);
+            set_next_deadline(metrics, name, next, &jiff::tz::TimeZone::UTC);
             value["version"] = target.version.to_string().into();
             value["deadline"] = target
                 .deadline
@@ -314,6 +345,22 @@ pub fn status(
     })
 }
 
+/// One resource's `next_deadline_timestamp_seconds`: the deadline read in `zone`, or no series
+/// when it enforces nothing (or the time does not exist there).
+fn set_next_deadline(
+    metrics: &Metrics,
+    source: String,
+    deadline: Option<jiff::civil::DateTime>,
+    zone: &jiff::tz::TimeZone,
+) {
+    if let Some(at) = deadline.and_then(|d| d.to_zoned(zone.clone()).ok()) {
+        metrics
+            .next_deadline
+            .get_or_create(&SourceLabels { source })
+            .set(at.timestamp().as_second());
+    }
+}
+
 /// Checked-out devices listed in the status document, at most.
 const CHECKED_OUT_LISTED: usize = 100;
 
@@ -341,4 +388,95 @@ pub fn add_checked_out(
         .map(|d| json!({"enrollmentId": d.enrollment_id, "state": "checkedOut", "at": d.at.to_string()}))
         .collect();
     map.insert("checkedOut".into(), listed.into());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resolve::{Input, Ledger, resolve_with};
+    use crate::test_support::{catalog_2026_08_22, checked, inventory};
+
+    /// A policy due two days after hand-out at 19:00 Berlin time, and a hand-written target.
+    const MANIFESTS: &str = "apiVersion: updates.ddm.dev/v1alpha1
+kind: FleetGroup
+metadata: {name: phones, namespace: it}
+spec: {platforms: [iOS]}
+---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: UpdatePolicy
+metadata: {name: hold, namespace: it}
+spec:
+  fleetGroups: [phones]
+  target: {strategy: 'pinned:26.5'}
+  deadline: {daysAfterPosting: 21, localTime: '19:00', timeZone: Europe/Berlin, minimumLeadTime: 48h}
+---
+apiVersion: updates.ddm.dev/v1alpha1
+kind: EnforcementTarget
+metadata: {name: urgent, namespace: it}
+spec:
+  fleetGroups: [phones]
+  platform: iOS
+  targetOSVersion: '26.5'
+  targetLocalDateTime: '2026-08-26T12:00:00'
+";
+
+    fn next_deadlines(versions: &[&str]) -> Vec<String> {
+        let checked = checked(MANIFESTS);
+        let text: String = versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                format!(
+                    "- {{enrollmentId: D{i}, platform: iOS, model: 'iPhone15,2', osVersion: '{v}', supervised: true, enrollmentType: ade}}\n"
+                )
+            })
+            .collect();
+        let devices = inventory(&text);
+        let now: Timestamp = "2026-08-22T12:00:00Z".parse().expect("a timestamp");
+        let catalog = catalog_2026_08_22();
+        let plan = resolve_with(
+            Input {
+                groups: &checked.groups,
+                policies: &checked.policies,
+                targets: &checked.targets,
+                devices: &devices,
+                catalog: &catalog,
+                now,
+            },
+            &Ledger::default(),
+        );
+        let metrics = Metrics::new();
+        status(
+            &checked,
+            &devices,
+            &plan,
+            &HashMap::new(),
+            &Frozen::default(),
+            now,
+            &metrics,
+        );
+        metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("ddm_update_operator_next_deadline_timestamp_seconds{"))
+            .map(str::to_string)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn next_deadline_is_the_earliest_one_still_enforced_in_its_zone() {
+        // Handed out 2026-08-22 12:00 UTC, 48 hours' lead: 2026-08-24 19:00 Berlin (CEST) is
+        // 17:00 UTC, 1787590800. The target's 2026-08-26 12:00 is read as UTC: 1787745600.
+        assert_eq!(
+            next_deadlines(&["26.0", "26.5"]),
+            [
+                "ddm_update_operator_next_deadline_timestamp_seconds{source=\"EnforcementTarget it/urgent\"} 1787745600",
+                "ddm_update_operator_next_deadline_timestamp_seconds{source=\"UpdatePolicy it/hold\"} 1787590800",
+            ]
+        );
+        // Every device there already: nothing is due, no series.
+        assert_eq!(next_deadlines(&["26.5", "26.5"]), Vec::<String>::new());
+    }
 }
