@@ -11,6 +11,7 @@ pub mod declarations;
 pub mod enroll;
 pub mod http;
 pub mod inventory;
+pub mod logging;
 pub mod manifests;
 pub mod mdm;
 pub mod metrics;

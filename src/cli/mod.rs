@@ -64,17 +64,11 @@ impl CliError {
 }
 
 pub fn main(cli: Cli) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new(match &cli.command {
-                    Command::Run(_) => "info",
-                    _ => "warn",
-                })
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (log_format, default_filter) = match &cli.command {
+        Command::Run(args) => (args.log_format, "info"),
+        _ => (crate::logging::LogFormat::Text, "warn"),
+    };
+    crate::logging::init(log_format, default_filter);
     let result = match cli.command {
         Command::Catalog(command) => catalog_cmd::run(command),
         Command::Plan(args) => plan_cmd::run(args),

@@ -11,6 +11,7 @@ use super::CliError;
 use crate::backend::nanomdm::NanoMdmConfig;
 use crate::catalog::fetch::DEFAULT_URL;
 use crate::http::enroll::EnrollConfig;
+use crate::logging::LogFormat;
 use crate::operator::{CatalogSource, RunConfig};
 
 #[derive(Debug, Args)]
@@ -149,6 +150,11 @@ pub struct RunArgs {
     /// asks for a beta program.
     #[arg(long, value_name = "FILE")]
     enroll_beta_token_file: Option<PathBuf>,
+    /// The log on stderr: `text` for people (coloured only when stderr is a terminal), or
+    /// `json`, one object per line with each event's fields (`enrollment_id`, `resource`, …)
+    /// as top-level keys, for a log pipeline.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub(super) log_format: LogFormat,
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
