@@ -71,7 +71,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -83,11 +83,11 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
+use crate::support::helm::{CHART, helm};
 use crate::support::process::free_ports;
 use crate::support::yaml_files;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-const CHART: &str = "charts/ddm-update-operator";
 const BINARY: &str = env!("CARGO_BIN_EXE_ddm-update-operator");
 const RELEASE: &str = "ddm-update-operator";
 const NAMESPACE: &str = "ddm-system";
@@ -99,64 +99,6 @@ const CATALOG: &str = "tests/fixtures/gdmf/pmv-2026-08-22.json";
 // ---------------------------------------------------------------------------------------------
 // Helm's engine
 // ---------------------------------------------------------------------------------------------
-
-/// The venv's python with helm-python-sdk (made once by tests/helm/setup.sh).
-fn helm_python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let started = Instant::now();
-        let output = Command::new("bash")
-            .arg("tests/helm/setup.sh")
-            .current_dir(ROOT)
-            .output()
-            .expect("bash runs tests/helm/setup.sh");
-        assert!(
-            output.status.success(),
-            "tests/helm/setup.sh could not provide helm-python-sdk ({}):\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let python = stdout
-            .lines()
-            .last()
-            .expect("setup.sh prints the venv's python")
-            .trim()
-            .to_string();
-        eprintln!(
-            "[helm] helm-python-sdk ready in {:.1} s: {python}",
-            started.elapsed().as_secs_f64()
-        );
-        PathBuf::from(python)
-    })
-}
-
-/// One batch of requests to tests/helm/helm.py; one result per request.
-fn helm(requests: Vec<Value>) -> Vec<Value> {
-    let job = json!({"chart": Path::new(ROOT).join(CHART), "requests": requests});
-    let mut child = Command::new(helm_python())
-        .arg(Path::new(ROOT).join("tests/helm/helm.py"))
-        .current_dir(ROOT)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the venv's python runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(job.to_string().as_bytes())
-        .expect("writing the requests");
-    let output = child.wait_with_output().expect("helm.py finishes");
-    assert!(
-        output.status.success(),
-        "tests/helm/helm.py failed ({}):\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("helm.py answers JSON")
-}
 
 /// The objects of one rendering.
 struct Rendered {

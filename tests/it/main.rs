@@ -19,6 +19,7 @@ mod mdm_devices;
 mod mdm_webhook;
 mod nanomdm_sync;
 mod plan_examples;
+mod prometheus_rules;
 mod settings_merge;
 mod standalone_e2e;
 mod support;

@@ -1,16 +1,19 @@
 //! What several integration tests share: paths into the repository and file helpers, simulated
 //! devices ([`devices`]), fleet manifests ([`manifests`]), the DDM endpoints on loopback
-//! ([`ddm`]), a NanoMDM API fake ([`nanomdm`]), child processes and metrics ([`process`]). One
-//! copy here instead of one per test file.
+//! ([`ddm`]), a NanoMDM API fake ([`nanomdm`]), child processes and metrics ([`process`]), Helm's
+//! engine for the chart ([`helm`]), Prometheus's tools ([`prometheus`]). One copy here instead
+//! of one per test file.
 
 use std::path::{Path, PathBuf};
 
 pub mod ddm;
 pub mod devices;
+pub mod helm;
 pub mod manifests;
 pub mod nanomdm;
 pub mod nanomdm_webhook;
 pub mod process;
+pub mod prometheus;
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
