@@ -499,14 +499,14 @@ async fn enqueue_until_queued(shared: &Shared, ids: &[String]) -> Vec<String> {
                             pushed += 1;
                         }
                         Enqueued::QueuedNotPushed { push_error } => {
-                            tracing::debug!(%id, %push_error, "queued, push failed");
+                            tracing::debug!(enrollment_id = %id, %push_error, "queued, push failed");
                             pending.queued(&id, &uuid, false, now);
                             not_pushed.push(id);
                             queued += 1;
                             push_failed += 1;
                         }
                         Enqueued::NotQueued { command_error } => {
-                            tracing::debug!(%id, %command_error, "not queued");
+                            tracing::debug!(enrollment_id = %id, %command_error, "not queued");
                             retry.push(id);
                         }
                     }

@@ -88,11 +88,11 @@ impl CommandSender {
                 // In the queue: the device fetches it at its next poll (the DDM sync trigger's
                 // push, or its own). Enqueuing again would queue it twice.
                 Enqueued::QueuedNotPushed { push_error } => {
-                    tracing::debug!(enrollment = %wanted.enrollment_id, %push_error, "command queued, not pushed");
+                    tracing::debug!(enrollment_id = %wanted.enrollment_id, %push_error, "command queued, not pushed");
                     (CommandState::Outstanding, "queued_not_pushed")
                 }
                 Enqueued::NotQueued { command_error } => {
-                    tracing::warn!(enrollment = %wanted.enrollment_id, kind = wanted.kind.as_str(), %command_error, "NanoMDM did not queue the command");
+                    tracing::warn!(enrollment_id = %wanted.enrollment_id, kind = wanted.kind.as_str(), %command_error, "NanoMDM did not queue the command");
                     (CommandState::NotQueued, "not_queued")
                 }
             };
@@ -159,17 +159,17 @@ pub fn answered(store: &Store, metrics: &Metrics, event: &WebhookEvent) {
         Ok(Some(report)) => {
             metrics.mdm_command_result(report.kind.as_str(), report.status.as_str());
             for key in &report.ignored_keys {
-                tracing::warn!(enrollment = event.enrollment(), %key, "a command report key of the wrong type is ignored");
+                tracing::warn!(enrollment_id = event.enrollment(), %key, "a command report key of the wrong type is ignored");
                 metrics.mdm_command_report_ignored("wrong_type");
             }
             if let Err(error) =
                 store.record_mdm_command_answer(event.enrollment(), &report, event.created_at)
             {
-                tracing::error!(%error, enrollment = event.enrollment(), "cannot record a command answer");
+                tracing::error!(%error, enrollment_id = event.enrollment(), "cannot record a command answer");
             }
         }
         Err(error) => {
-            tracing::warn!(enrollment = event.enrollment(), %error, "a command report is ignored");
+            tracing::warn!(enrollment_id = event.enrollment(), %error, "a command report is ignored");
             metrics.mdm_command_report_ignored(error.reason());
         }
     }

@@ -431,7 +431,7 @@ impl Store {
             let (enrollment, policy, version, deadline, intent, handed_at) = row?;
             // A row this version cannot read is not fatal: that device is handed out anew.
             let Ok(deadline) = deadline.parse::<jiff::civil::DateTime>() else {
-                tracing::error!(%enrollment, %policy, %deadline, "unreadable ledger row (deadline); the device is handed out anew");
+                tracing::error!(enrollment_id = %enrollment, %policy, %deadline, "unreadable ledger row (deadline); the device is handed out anew");
                 memory.corrupt_rows += 1;
                 continue;
             };
@@ -896,7 +896,7 @@ impl Store {
                 }
                 Ok(Err(refusal)) => outcomes.push(Err(refusal)),
                 Err(error) => {
-                    tracing::error!(%error, enrollment, "cannot store a status report");
+                    tracing::error!(%error, enrollment_id = enrollment, "cannot store a status report");
                     outcomes.push(Err(Refusal::Unavailable(error.to_string())));
                 }
             }
@@ -1088,7 +1088,7 @@ fn record_one(
         // A state over the cap (stored before there was one) starts again from this report.
         Some((bytes, count)) if bytes.len() > MAX_STATE_BYTES => {
             tracing::warn!(
-                enrollment,
+                enrollment_id = enrollment,
                 bytes = bytes.len(),
                 "a stored state over the cap is dropped; the device's next reports rebuild it"
             );

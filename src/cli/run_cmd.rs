@@ -204,7 +204,7 @@ pub fn run(args: RunArgs) -> Result<String, CliError> {
         args.manifests.as_ref()?;
         let beside = manifests.parent()?.join("inventory.yaml");
         beside.is_file().then(|| {
-            eprintln!("seeding devices from {}", beside.display());
+            tracing::info!(path = %beside.display(), "seeding devices from the inventory beside the manifests folder");
             beside
         })
     });

@@ -131,7 +131,7 @@ where
                             .copied()
                             .unwrap_or(0);
                         tracing::info!(
-                            object = %object_key,
+                            resource = %format!("{kind} {object_key}"),
                             devices,
                             "deleted with deletionPolicy Orphan: its devices keep their declarations"
                         );
@@ -744,8 +744,17 @@ pub async fn enforcement_target(
 
 /// Retries with a short back-off; an object the resolver has not caught up with yet is retried
 /// sooner.
-pub fn error_policy<K>(_object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, reason = error.reason(), "reconcile failed");
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    tracing::warn!(
+        resource = %format!("{} {}", K::kind(&()), ObjectKey::of(object.as_ref())),
+        %error,
+        reason = error.reason(),
+        "reconcile failed"
+    );
     let _ = &ctx;
     match error {
         Error::ResolverBehind => Action::requeue(Duration::from_secs(2)),

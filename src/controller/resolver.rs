@@ -218,7 +218,7 @@ impl Resolver {
             }
         }
         for (object, held) in &substituted.invalid {
-            tracing::debug!(%object, problem = %held.message(), "invalid spec");
+            tracing::debug!(resource = %object, problem = %held.message(), "invalid spec");
         }
         // Objects being deleted are left out: that is what withdraws their declarations; the
         // devices of those deleted with deletionPolicy Orphan are frozen instead.

@@ -255,7 +255,7 @@ async fn status(State(state): State<Arc<DdmState>>, headers: HeaderMap, body: By
         let stored = stored.map(|items| crate::status::DeviceStatus::from_items(&items));
         let reported = crate::status::DeviceStatus::from_items(&report.status_items);
         if let Err(implausible) = check.check(&enrollment, &reported, stored.as_ref()) {
-            tracing::warn!(enrollment, %implausible, "status report refused");
+            tracing::warn!(enrollment_id = enrollment, %implausible, "status report refused");
             state.metrics.status_claim_refused(implausible.reason());
             let code = StatusCode::UNPROCESSABLE_ENTITY;
             return problem(&state, code, "status", &implausible.to_string());

@@ -207,13 +207,20 @@ async fn gate(
         decision.verdict.as_str(),
         started.elapsed().as_secs_f64(),
     );
+    // What the gate's lines name: the device (UDID, its enrollment id once enrolled, and
+    // serial) and the UpdatePolicy that decided.
+    let resource = decision
+        .policy
+        .as_ref()
+        .map(|key| format!("UpdatePolicy {key}"));
     tracing::info!(
         serial = %info.serial,
+        enrollment_id = info.udid.as_deref(),
         product = %info.product,
         running = decision.running.as_deref().unwrap_or("unknown"),
         can_update = info.can_request_update,
         decision = decision.verdict.as_str(),
-        %policy,
+        resource = resource.as_deref(),
         "enrollment"
     );
     match &decision.verdict {
@@ -225,7 +232,7 @@ async fn gate(
                 (Some(description), Some(token), _) => Some((description.as_str(), token.as_str())),
                 (Some(_), None, Some(key)) => {
                     let why = "the policy asks for a beta program but the operator has no --enroll-beta-token-file; RequireBetaProgram left out".to_string();
-                    tracing::error!(%policy, "{why}");
+                    tracing::error!(resource = %format!("UpdatePolicy {key}"), "{why}");
                     state.tally.problem(key, now, why);
                     None
                 }
@@ -253,7 +260,7 @@ async fn gate(
                 .into_response()
         }
         Verdict::FailedClosed(why) => {
-            tracing::warn!(serial = %info.serial, %policy, %why, "enrollment held: the gate cannot decide and fails closed");
+            tracing::warn!(serial = %info.serial, enrollment_id = info.udid.as_deref(), resource = resource.as_deref(), %why, "enrollment held: the gate cannot decide and fails closed");
             state.metrics.ddm_request("enroll", 503);
             (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -263,7 +270,7 @@ async fn gate(
                 .into_response()
         }
         Verdict::FailedOpen(why) => {
-            tracing::warn!(serial = %info.serial, %policy, %why, "enrollment let through: the gate cannot decide and fails open");
+            tracing::warn!(serial = %info.serial, enrollment_id = info.udid.as_deref(), resource = resource.as_deref(), %why, "enrollment let through: the gate cannot decide and fails open");
             forward(&state, method, query, headers, body).await
         }
         Verdict::Ungated | Verdict::Allowed | Verdict::CannotUpdate => {
@@ -286,7 +293,7 @@ fn keep_device_id(state: &EnrollState, info: &crate::enroll::MachineInfo, now: j
     let fact = crate::mdm::Fact::new(id, crate::mdm::Source::MachineInfo, now);
     tokio::task::spawn_blocking(move || {
         if let Err(error) = store.record_machine_info_device_id(&udid, fact) {
-            tracing::warn!(%udid, %error, "cannot keep the MachineInfo's SOFTWARE_UPDATE_DEVICE_ID");
+            tracing::warn!(enrollment_id = %udid, %error, "cannot keep the MachineInfo's SOFTWARE_UPDATE_DEVICE_ID");
         }
     });
 }

@@ -333,15 +333,18 @@ async fn withdraw(state: &WebhookState, enrollment: &str) {
     }
     let (store, ids) = (state.store.clone(), vec![enrollment.to_string()]);
     match tokio::task::spawn_blocking(move || store.withdraw(&ids)).await {
-        Ok(Ok(_)) => tracing::info!(enrollment, "checked out of the MDM: its set is withdrawn"),
+        Ok(Ok(_)) => tracing::info!(
+            enrollment_id = enrollment,
+            "checked out of the MDM: its set is withdrawn"
+        ),
         Ok(Err(BackendError::Fenced(why))) => tracing::warn!(
-            enrollment,
+            enrollment_id = enrollment,
             %why,
             "checked out of the MDM; this replica may not write sets, the leader's pass withdraws it"
         ),
         Ok(Err(error)) => {
-            tracing::error!(enrollment, %error, "checked out of the MDM, but its set could not be withdrawn; the next pass does")
+            tracing::error!(enrollment_id = enrollment, %error, "checked out of the MDM, but its set could not be withdrawn; the next pass does")
         }
-        Err(error) => tracing::error!(enrollment, %error, "withdraw task failed"),
+        Err(error) => tracing::error!(enrollment_id = enrollment, %error, "withdraw task failed"),
     }
 }

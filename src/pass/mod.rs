@@ -283,7 +283,7 @@ fn withdrawn_checked_out(
                 .is_some_and(|r| !r.assigned.is_empty() || r.assigned_at.is_none())
         })
         .map(|gone| {
-            tracing::info!(enrollment = %gone.enrollment_id, checked_out_at = %gone.at, "the device checked out of the MDM: its set is withdrawn");
+            tracing::info!(enrollment_id = %gone.enrollment_id, checked_out_at = %gone.at, "the device checked out of the MDM: its set is withdrawn");
             Assignment {
                 enrollment_id: gone.enrollment_id.clone(),
                 identifiers: Vec::new(),
@@ -426,7 +426,7 @@ fn bootstrap_rejected(devices: &[Device], records: &[DeviceRecord]) -> Vec<Assig
                     .any(|d| d.valid == "invalid" && served.contains(&d.identifier))
         })
         .map(|r| {
-            tracing::info!(enrollment = %r.enrollment_id, "an unknown enrollment rejected its bootstrap set; it gets nothing until it is known");
+            tracing::info!(enrollment_id = %r.enrollment_id, "an unknown enrollment rejected its bootstrap set; it gets nothing until it is known");
             Assignment {
                 enrollment_id: r.enrollment_id.clone(),
                 identifiers: Vec::new(),
@@ -515,7 +515,7 @@ fn orphans(
             // A resource it kept is gone: a Withdraw must withdraw. It is resolved normally,
             // unless a resource being deleted with Orphan freezes it again just below.
             tracing::info!(
-                enrollment = %device.enrollment_id,
+                enrollment_id = %device.enrollment_id,
                 orphaned_by = %orphan.by,
                 source = %gone,
                 "a resource an orphaned device kept is gone: it is resolved normally"
@@ -526,7 +526,7 @@ fn orphans(
         known.insert(index);
         if let Some(new) = sources.iter().find(|s| !orphan.sources.contains(*s)) {
             tracing::info!(
-                enrollment = %device.enrollment_id,
+                enrollment_id = %device.enrollment_id,
                 orphaned_by = %orphan.by,
                 source = %new,
                 "a resource applies to an orphaned device again: it is resolved normally"

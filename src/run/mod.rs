@@ -379,22 +379,24 @@ impl Loop {
         )
         .with_invalid(substituted.invalid);
         let mut problems = each.unattributed;
+        for problem in &problems {
+            tracing::error!(%problem, "manifests");
+        }
         for (object, list) in &partial.problems {
             let held = partial.invalid.get(object).map_or(0, |h| h.problems.len());
             for (index, problem) in list.iter().enumerate() {
                 // The loader's problems name their file and object already.
-                problems.push(if index < held {
+                let problem = if index < held {
                     problem.clone()
                 } else {
                     format!("{object}: {problem}")
-                });
+                };
+                tracing::error!(resource = %object, %problem, "manifests");
+                problems.push(problem);
             }
         }
-        for problem in &problems {
-            tracing::error!(%problem, "manifests");
-        }
         for (object, held) in &partial.invalid {
-            tracing::error!(%object, in_force = held.in_force.is_some(), "invalid: {}", held.message());
+            tracing::error!(resource = %object, in_force = held.in_force.is_some(), "invalid: {}", held.message());
         }
         if let Some(before) = &self.checked {
             removed_orphans(before, &partial.checked, &mut self.orphaning);

@@ -32,6 +32,8 @@
 //!   persistence, ServiceMonitor and NetworkPolicy, `ddm.insecureNoHmac`); every file flag
 //!   points into a mounted Secret or ConfigMap item; `--insecure-no-hmac` only where asked for,
 //!   and then no Secret mounted.
+//! * `the_log_format_is_json_by_default_and_text_on_request`: `--log-format=json` unless
+//!   `logFormat: text`.
 //! * `every_rendered_flag_is_one_the_binary_accepts`: the flags of every case against
 //!   `ddm-update-operator run --help`.
 //! * `invalid_values_fail_with_a_clear_message`: the schema (and the template's own checks)
@@ -554,6 +556,7 @@ fn default_values_render_one_locked_down_replica() {
             "--listen=0.0.0.0:8080",
             "--admin-listen=0.0.0.0:9090",
             "--data-dir=/var/lib/ddm-update-operator",
+            "--log-format=json",
             "--base-path=/ddm/",
             "--catalog=https://gdmf.apple.com/v2/pmv",
             "--catalog-refresh=24h",
@@ -1068,6 +1071,16 @@ fn overrides_render_their_flags_and_mounts() {
     assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "5Gi");
 }
 
+/// A log pipeline reads the operator's log by default: `--log-format=json` unless `logFormat`
+/// says `text`.
+#[test]
+fn the_log_format_is_json_by_default_and_text_on_request() {
+    let defaults = render("defaults", &with_hmac(json!({})));
+    assert_eq!(defaults.flag("log-format").as_deref(), Some("json"));
+    let text = render("text log", &with_hmac(json!({"logFormat": "text"})));
+    assert_eq!(text.flag("log-format").as_deref(), Some("text"));
+}
+
 #[test]
 fn every_rendered_flag_is_one_the_binary_accepts() {
     let output = Command::new(BINARY)
@@ -1108,6 +1121,10 @@ fn invalid_values_fail_with_a_clear_message() {
         (
             json!({"image": {"pullPolicy": "Sometimes"}}),
             "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent', 'Never'",
+        ),
+        (
+            json!({"logFormat": "xml"}),
+            "at '/logFormat': value must be one of 'json', 'text'",
         ),
         (
             json!({"replicas": 1}),

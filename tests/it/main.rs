@@ -14,6 +14,7 @@ mod http_limits;
 mod installable;
 mod kubernetes;
 mod ledger;
+mod logs;
 mod mdm_commands;
 mod mdm_devices;
 mod mdm_webhook;

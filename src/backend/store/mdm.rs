@@ -53,7 +53,7 @@ impl Store {
                     outcomes.push(outcome);
                 }
                 Err(error) => {
-                    tracing::error!(%error, enrollment = event.enrollment(), "cannot store a webhook event");
+                    tracing::error!(%error, enrollment_id = event.enrollment(), "cannot store a webhook event");
                     outcomes.push(MdmOutcome::Refused(error.to_string()));
                 }
             }
@@ -107,7 +107,7 @@ impl Store {
             let device: Vec<u8> = row.get(1)?;
             let machine_info: Option<Vec<u8>> = row.get(2)?;
             let Ok(mut device) = serde_json::from_slice::<MdmDevice>(&device) else {
-                tracing::warn!(%enrollment, "an unreadable MDM device row is skipped");
+                tracing::warn!(enrollment_id = %enrollment, "an unreadable MDM device row is skipped");
                 continue;
             };
             if let Some(Some(fact)) = machine_info
@@ -163,7 +163,7 @@ fn apply_one(
     let known = device.and_then(|bytes| match serde_json::from_slice::<MdmDevice>(&bytes) {
         Ok(device) => Some(device),
         Err(error) => {
-            tracing::warn!(enrollment = event.enrollment(), %error, "an unreadable MDM device row is written anew");
+            tracing::warn!(enrollment_id = event.enrollment(), %error, "an unreadable MDM device row is written anew");
             None
         }
     });
