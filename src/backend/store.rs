@@ -21,6 +21,7 @@ use crate::status::{
 };
 
 mod commands;
+mod device_view;
 mod fence;
 mod last_valid;
 pub mod mdm;

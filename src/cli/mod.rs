@@ -3,6 +3,7 @@
 
 mod catalog_cmd;
 mod crds_cmd;
+mod devices_cmd;
 mod plan_cmd;
 mod run_cmd;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Crds(crds_cmd::CrdsArgs),
     /// Run the operator: serve devices and keep their declarations current.
     Run(Box<run_cmd::RunArgs>),
+    /// Ask a running operator about devices: why is this one not updated? Which are failing?
+    #[command(subcommand)]
+    Devices(devices_cmd::DevicesCommand),
 }
 
 #[derive(Debug, Clone, Copy, Default, ValueEnum)]
@@ -74,6 +78,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Plan(args) => plan_cmd::run(args),
         Command::Crds(args) => crds_cmd::run(args),
         Command::Run(args) => run_cmd::run(*args),
+        Command::Devices(command) => devices_cmd::run(command),
     };
     match result {
         Ok(output) => {

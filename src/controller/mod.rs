@@ -196,6 +196,7 @@ pub async fn start(
         status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
         enrollment: tally.clone(),
         ledger: Some(store.clone()),
+        devices: std::sync::RwLock::new(None),
     });
     let (gate, gate_view) = watch::channel(Arc::new(GateView::unavailable(
         "this replica is not the leader or has not resolved yet",
@@ -368,7 +369,7 @@ pub async fn start(
             .map_or(jiff::Timestamp::UNIX_EPOCH, |path| {
                 crate::inventory::file_time(path, config.clock.now())
             }),
-        seed,
+        seed: Arc::new(seed),
         assume_supervised: config.assume_supervised,
         metrics: metrics.clone(),
         publish,
@@ -424,6 +425,9 @@ pub async fn start(
                 &status_metrics,
             );
             *status_app.status.write().await = status;
+            if let Some(index) = &snapshot.device_index {
+                status_app.publish_devices(index.clone());
+            }
         }
     }));
 

@@ -26,8 +26,10 @@ pub struct Snapshot {
     /// Counts passes; 0 before the first.
     pub pass: u64,
     pub partial: Partial,
-    pub plan: Plan,
+    pub plan: Arc<Plan>,
     pub devices: Arc<Vec<Device>>,
+    /// The pass's devices for `/api/v1/devices` (`None` when the pass could not run).
+    pub device_index: Option<Arc<crate::view::DeviceIndex>>,
     pub records: Vec<DeviceRecord>,
     pub standings: Standings,
     /// Devices the pass left as they were.
@@ -51,8 +53,9 @@ impl Default for Snapshot {
         Snapshot {
             pass: 0,
             partial: Partial::default(),
-            plan: Plan::default(),
+            plan: Arc::default(),
             devices: Arc::default(),
+            device_index: None,
             records: Vec::new(),
             standings: Standings::default(),
             frozen: pass::Frozen::default(),
@@ -81,7 +84,7 @@ pub struct Resolver {
     pub targets: Store<EnforcementTarget>,
     pub backend: Embedded,
     pub catalog: Arc<tokio::sync::RwLock<crate::operator::CatalogState>>,
-    pub seed: Vec<Device>,
+    pub seed: Arc<Vec<Device>>,
     /// When the inventory's facts were true (`inventory::file_time`).
     pub seed_at: jiff::Timestamp,
     pub assume_supervised: bool,
@@ -282,11 +285,25 @@ impl Resolver {
                     devices.clone(),
                     gate_catalog,
                 )));
+                let plan = Arc::new(result.plan);
+                let device_index = crate::view::DeviceIndex::new(
+                    crate::view::PassOutput {
+                        at: now,
+                        checked: Arc::new(partial.checked.clone()),
+                        devices: devices.clone(),
+                        plan: plan.clone(),
+                        seed: self.seed.clone(),
+                        seed_at: self.seed_at,
+                        assume_supervised: self.assume_supervised,
+                    },
+                    &result.records,
+                );
                 Snapshot {
                     pass: number,
                     partial,
                     standings,
-                    plan: result.plan,
+                    plan,
+                    device_index: Some(Arc::new(device_index)),
                     devices,
                     records: result.records,
                     frozen: result.frozen,
@@ -307,7 +324,7 @@ impl Resolver {
                 self.gate.send_replace(Arc::new(GateView::new(
                     &partial.checked.groups,
                     &partial.checked.policies,
-                    Arc::new(self.seed.clone()),
+                    self.seed.clone(),
                     gate_catalog,
                 )));
                 Snapshot {

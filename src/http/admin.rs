@@ -11,7 +11,7 @@
 //!
 //! `/metrics`, `/healthz` and `/readyz` are not behind this.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -110,6 +110,47 @@ impl AdminAuth {
         }
     }
 }
+
+impl AdminAuth {
+    /// What a request may see of the devices (`/api/v1/devices`): everything when the token may
+    /// read UpdatePolicy status where the rest of the API requires; otherwise (Kubernetes mode)
+    /// the devices governed by resources in those of `namespaces` where it may. `Err`: the
+    /// verdict to answer with (no namespace at all: the first refusal).
+    pub async fn scope(
+        &self,
+        headers: &HeaderMap,
+        namespaces: &BTreeSet<String>,
+    ) -> Result<crate::view::Scope, Verdict> {
+        let verdict = self.check(headers).await;
+        let (AdminAuth::Reviewed(reviews), Verdict::Forbidden(_)) = (self, &verdict) else {
+            return match verdict {
+                Verdict::Allowed => Ok(crate::view::Scope::All),
+                refused => Err(refused),
+            };
+        };
+        let Some(token) = bearer_token(headers) else {
+            return Err(verdict);
+        };
+        let mut allowed = BTreeSet::new();
+        for namespace in namespaces.iter().take(MAX_SCOPE_NAMESPACES) {
+            match reviews.check_in(token, namespace, Instant::now()).await {
+                Verdict::Allowed => {
+                    allowed.insert(namespace.clone());
+                }
+                Verdict::Unavailable(why) => return Err(Verdict::Unavailable(why)),
+                Verdict::Forbidden(_) | Verdict::Unauthenticated(_) => {}
+            }
+        }
+        if allowed.is_empty() {
+            Err(verdict)
+        } else {
+            Ok(crate::view::Scope::Namespaces(allowed))
+        }
+    }
+}
+
+/// Namespaces a token is checked in, at most, for one request's device scope.
+pub const MAX_SCOPE_NAMESPACES: usize = 64;
 
 /// The token of an `Authorization: Bearer <token>` header (scheme case-insensitive).
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
@@ -228,6 +269,9 @@ impl TokenFile {
 /// status (SubjectAccessReview).
 pub trait Reviewer: Send + Sync {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Verdict>;
+    /// The same right in one namespace: what a token that may not read cluster-wide (or the
+    /// watched namespace) may still see of the devices (`/api/v1/devices`).
+    fn review_in<'a>(&'a self, token: &'a str, namespace: &'a str) -> BoxFuture<'a, Verdict>;
 }
 
 /// The Kubernetes API server as the reviewer.
@@ -239,20 +283,28 @@ pub struct KubeReviewer {
 
 impl Reviewer for KubeReviewer {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Verdict> {
-        Box::pin(async move {
-            match self.ask(token).await {
-                Ok(verdict) => verdict,
-                Err(error) => {
-                    tracing::warn!(%error, "cannot review an admin API token");
-                    Verdict::Unavailable("cannot check the token with the Kubernetes API now")
-                }
-            }
-        })
+        Box::pin(async move { Self::answer(self.ask(token, self.namespace.as_deref()).await) })
+    }
+
+    fn review_in<'a>(&'a self, token: &'a str, namespace: &'a str) -> BoxFuture<'a, Verdict> {
+        Box::pin(async move { Self::answer(self.ask(token, Some(namespace)).await) })
     }
 }
 
 impl KubeReviewer {
-    async fn ask(&self, token: &str) -> Result<Verdict, kube::Error> {
+    fn answer(asked: Result<Verdict, kube::Error>) -> Verdict {
+        match asked {
+            Ok(verdict) => verdict,
+            Err(error) => {
+                tracing::warn!(%error, "cannot review an admin API token");
+                Verdict::Unavailable("cannot check the token with the Kubernetes API now")
+            }
+        }
+    }
+
+    /// Who the token is, and whether they may read UpdatePolicy status in `namespace`
+    /// (cluster-wide when `None`).
+    async fn ask(&self, token: &str, namespace: Option<&str>) -> Result<Verdict, kube::Error> {
         use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
         use k8s_openapi::api::authorization::v1::{
             ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
@@ -285,7 +337,7 @@ impl KubeReviewer {
                     resource: Some(REVIEW_RESOURCE.into()),
                     subresource: Some(REVIEW_SUBRESOURCE.into()),
                     verb: Some("get".into()),
-                    namespace: self.namespace.clone(),
+                    namespace: namespace.map(str::to_string),
                     ..Default::default()
                 }),
                 non_resource_attributes: None,
@@ -302,11 +354,9 @@ impl KubeReviewer {
         } else {
             Verdict::Forbidden(format!(
                 "{username} may not get {REVIEW_RESOURCE}/{REVIEW_SUBRESOURCE} in {REVIEW_GROUP}{}",
-                self.namespace
-                    .as_deref()
-                    .map_or(" cluster-wide".to_string(), |n| format!(
-                        " in namespace {n}"
-                    ))
+                namespace.map_or(" cluster-wide".to_string(), |n| format!(
+                    " in namespace {n}"
+                ))
             ))
         })
     }
@@ -345,12 +395,22 @@ impl CachedReviews {
     /// The verdict on `token` as of `now`: cached if decided less than the TTL ago.
     pub async fn check(&self, token: &str, now: Instant) -> Verdict {
         let key = digest(token.as_bytes());
+        self.decide(key, now, || self.reviewer.review(token)).await
+    }
+
+    /// The cached decision under `key`, or `ask`'s (kept unless the API server was unavailable).
+    async fn decide<'a>(
+        &'a self,
+        key: [u8; 32],
+        now: Instant,
+        ask: impl FnOnce() -> BoxFuture<'a, Verdict>,
+    ) -> Verdict {
         if let Some((verdict, until)) = self.entries().get(&key)
             && now < *until
         {
             return verdict.clone();
         }
-        let verdict = self.reviewer.review(token).await;
+        let verdict = ask().await;
         if !matches!(verdict, Verdict::Unavailable(_)) {
             let mut entries = self.entries();
             if entries.len() >= self.capacity && !entries.contains_key(&key) {
@@ -369,6 +429,18 @@ impl CachedReviews {
             entries.insert(key, (verdict.clone(), now + self.ttl));
         }
         verdict
+    }
+
+    /// The verdict on `token` in one namespace, cached as `check` is.
+    pub async fn check_in(&self, token: &str, namespace: &str, now: Instant) -> Verdict {
+        let key: [u8; 32] = Sha256::new()
+            .chain_update(token.as_bytes())
+            .chain_update([0u8])
+            .chain_update(namespace.as_bytes())
+            .finalize()
+            .into();
+        self.decide(key, now, || self.reviewer.review_in(token, namespace))
+            .await
     }
 
     /// Decisions held now (for tests and figures).
@@ -398,12 +470,24 @@ mod tests {
             Box::pin(async move {
                 if token.starts_with("ok") {
                     Verdict::Allowed
-                } else if token.starts_with("no") {
+                } else if token.starts_with("no") || token.starts_with("ns-") {
                     Verdict::Forbidden("no".into())
                 } else if token.starts_with("down") {
                     Verdict::Unavailable("down")
                 } else {
                     Verdict::Unauthenticated("the token is not valid")
+                }
+            })
+        }
+
+        /// "ns-<namespace>…" tokens may read that one namespace only.
+        fn review_in<'a>(&'a self, token: &'a str, namespace: &'a str) -> BoxFuture<'a, Verdict> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if token.starts_with(&format!("ns-{namespace}")) || token.starts_with("ok") {
+                    Verdict::Allowed
+                } else {
+                    Verdict::Forbidden("not there".into())
                 }
             })
         }
@@ -480,6 +564,48 @@ mod tests {
         cache
             .check("made-up-99", t0 + Duration::from_millis(100))
             .await;
+        assert_eq!(fake.calls.load(Ordering::SeqCst), calls);
+    }
+
+    #[tokio::test]
+    async fn a_token_allowed_in_some_namespaces_sees_those_only() {
+        let fake = Arc::new(Fake::default());
+        let auth = AdminAuth::Reviewed(CachedReviews::with_limits(
+            fake.clone(),
+            Duration::from_secs(30),
+            64,
+        ));
+        let namespaces: BTreeSet<String> = ["fleet-a", "fleet-b"].map(String::from).into();
+        assert_eq!(
+            auth.scope(&headers("Bearer ok-1"), &namespaces).await,
+            Ok(crate::view::Scope::All)
+        );
+        assert_eq!(
+            auth.scope(&headers("Bearer ns-fleet-b-1"), &namespaces)
+                .await,
+            Ok(crate::view::Scope::Namespaces(
+                ["fleet-b".to_string()].into()
+            ))
+        );
+        // Allowed nowhere: the first refusal, and nothing of what exists.
+        assert!(matches!(
+            auth.scope(&headers("Bearer ns-elsewhere"), &namespaces)
+                .await,
+            Err(Verdict::Forbidden(_))
+        ));
+        assert!(matches!(
+            auth.scope(&headers("Bearer made-up"), &namespaces).await,
+            Err(Verdict::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            auth.scope(&HeaderMap::new(), &namespaces).await,
+            Err(Verdict::Unauthenticated(_))
+        ));
+        // Per-namespace decisions are cached like the others.
+        let calls = fake.calls.load(Ordering::SeqCst);
+        auth.scope(&headers("Bearer ns-fleet-b-1"), &namespaces)
+            .await
+            .ok();
         assert_eq!(fake.calls.load(Ordering::SeqCst), calls);
     }
 

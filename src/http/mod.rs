@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod ddm;
+pub mod devices;
 pub mod enroll;
 pub mod serve;
 pub mod webhook;
@@ -28,8 +29,30 @@ pub struct AppState {
     pub status: RwLock<serde_json::Value>,
     /// Enrollment gate decisions, added live to the status.
     pub enrollment: Arc<crate::enroll::tally::Tally>,
-    /// The store whose rollout ledger `GET /api/v1/rollouts` exports.
+    /// The store whose rollout ledger `GET /api/v1/rollouts` exports (and whose devices
+    /// `/api/v1/devices/{id}` reads).
     pub ledger: Option<Arc<crate::backend::store::Store>>,
+    /// The last pass's devices, for `/api/v1/devices` (`None` before the first pass).
+    pub devices: std::sync::RwLock<Option<Arc<crate::view::DeviceIndex>>>,
+}
+
+impl AppState {
+    /// The last pass's device index.
+    pub fn device_index(&self) -> Option<Arc<crate::view::DeviceIndex>> {
+        match self.devices.read() {
+            Ok(index) => index.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the device index with a new pass's.
+    pub fn publish_devices(&self, index: Arc<crate::view::DeviceIndex>) {
+        let index = Some(index);
+        match self.devices.write() {
+            Ok(mut slot) => *slot = index,
+            Err(poisoned) => *poisoned.into_inner() = index,
+        }
+    }
 }
 
 /// The device side: DDM under `base_path` (such as `/ddm`). The enrollment gate
@@ -50,7 +73,7 @@ pub fn admin_router(app: Arc<AppState>, auth: Arc<admin::AdminAuth>) -> Router {
         .route("/api/v1/status", get(status_json))
         .route("/api/v1/rollouts", get(rollouts_json))
         .route_layer(axum::middleware::from_fn_with_state(
-            auth,
+            auth.clone(),
             admin::require_token,
         ));
     Router::new()
@@ -58,7 +81,8 @@ pub fn admin_router(app: Arc<AppState>, auth: Arc<admin::AdminAuth>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(api)
-        .with_state(app)
+        .with_state(app.clone())
+        .merge(devices::router(app, auth))
 }
 
 /// The rollout ledger (what `plan --ledger` reads): every handed-out deadline, per device and

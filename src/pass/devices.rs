@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::DeviceRecord;
 use crate::catalog::{Build, OsVersion, Platform};
 use crate::inventory::{BootstrapToken, Device, EnrollmentType};
-use crate::mdm::{Enrollment, Fact, MdmDevice};
+use crate::mdm::{Enrollment, Fact, MdmDevice, Source};
 use crate::status::DeviceStatus;
 
 /// A device the MDM says left (`mdm.CheckOut`): not resolved, its set withdrawn.
@@ -86,23 +86,67 @@ pub fn merge(
     merged
 }
 
-/// The newest of the candidates (on a tie, the later one: inventory, then MDM, then report).
-fn newest<T>(candidates: impl IntoIterator<Item = Option<(T, Timestamp)>>) -> Option<T> {
-    let mut best: Option<(T, Timestamp)> = None;
-    for (value, at) in candidates.into_iter().flatten() {
-        if best.as_ref().is_none_or(|(_, best_at)| at >= *best_at) {
-            best = Some((value, at));
+/// Where a merged fact came from and when it was true: what `devices show` tells of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Said {
+    pub source: Source,
+    pub at: Timestamp,
+}
+
+/// Where each of a merged device's facts came from (`None`: no source said it; supervision
+/// then is `--assume-supervised`, the enrollment type a device enrollment).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Provenance {
+    pub platform: Option<Said>,
+    pub model: Option<Said>,
+    pub software_update_device_id: Option<Said>,
+    pub serial_number: Option<Said>,
+    pub os_version: Option<Said>,
+    pub supervised: Option<Said>,
+    pub enrollment_type: Option<Said>,
+    pub apple_silicon: Option<Said>,
+    pub bootstrap_token_required: Option<Said>,
+    pub bootstrap_token_escrowed: Option<Said>,
+}
+
+/// A candidate value and who said it when.
+type Candidate<T> = Option<(T, Said)>;
+
+/// The newest of the candidates (on a tie, the later one: inventory, then MDM, then report),
+/// and who said it.
+fn newest<T>(candidates: impl IntoIterator<Item = Candidate<T>>) -> Candidate<T> {
+    let mut best: Candidate<T> = None;
+    for (value, said) in candidates.into_iter().flatten() {
+        if best.as_ref().is_none_or(|(_, best)| said.at >= best.at) {
+            best = Some((value, said));
         }
     }
-    best.map(|(value, _)| value)
+    best
 }
 
-fn as_of<T>(at: Timestamp, value: Option<T>) -> Option<(T, Timestamp)> {
-    value.map(|v| (v, at))
+fn as_of<T>(source: Source, at: Timestamp, value: Option<T>) -> Candidate<T> {
+    value.map(|v| (v, Said { source, at }))
 }
 
-fn fact<T: Clone>(fact: &Option<Fact<T>>) -> Option<(T, Timestamp)> {
-    fact.as_ref().map(|f| (f.value.clone(), f.at))
+fn fact<T: Clone>(fact: &Option<Fact<T>>) -> Candidate<T> {
+    fact.as_ref().map(|f| {
+        (
+            f.value.clone(),
+            Said {
+                source: f.source,
+                at: f.at,
+            },
+        )
+    })
+}
+
+/// Splits a candidate into its value and who said it.
+fn split<T>(candidate: Candidate<T>, said: &mut Option<Said>) -> Option<T> {
+    candidate.map(|(value, by)| {
+        *said = Some(by);
+        value
+    })
 }
 
 fn reported_version(status: &DeviceStatus) -> Option<OsVersion> {
@@ -149,6 +193,34 @@ fn one(
     seed_at: Timestamp,
     assume_supervised: bool,
 ) -> Option<Device> {
+    one_explained(id, sources, seed_at, assume_supervised).map(|(device, _)| device)
+}
+
+/// One enrollment merged from what each source says now, with where each fact came from:
+/// what `devices show` explains. `None` while no source has said what it is and what it runs.
+pub fn explain(
+    id: &str,
+    inventory: Option<&Device>,
+    seed_at: Timestamp,
+    mdm: Option<&MdmDevice>,
+    record: Option<&DeviceRecord>,
+    assume_supervised: bool,
+) -> Option<(Device, Provenance)> {
+    let sources = Sources {
+        inventory,
+        mdm,
+        record,
+    };
+    one_explained(id, &sources, seed_at, assume_supervised)
+}
+
+fn one_explained(
+    id: &str,
+    sources: &Sources<'_>,
+    seed_at: Timestamp,
+    assume_supervised: bool,
+) -> Option<(Device, Provenance)> {
+    use Source::{DdmReport, Inventory, Mdm};
     let inventory = sources.inventory;
     let mdm = sources.mdm;
     let status = sources.record.map(|r| &r.status);
@@ -156,10 +228,12 @@ fn one(
         .record
         .and_then(|r| r.last_report)
         .unwrap_or(Timestamp::MIN);
+    let mut said = Provenance::default();
 
     // The OS version and build go together: a build belongs to the version it came with.
     let os = newest([
         as_of(
+            Inventory,
             seed_at,
             inventory.map(|d| (d.os_version.clone(), d.build_version.clone())),
         ),
@@ -167,9 +241,16 @@ fn one(
             let version = m.os_version.as_ref()?;
             let parsed: OsVersion = version.value.parse().ok()?;
             let build = m.build_version.as_ref().map(|b| Build::new(&b.value));
-            Some(((parsed, build), version.at))
+            Some((
+                (parsed, build),
+                Said {
+                    source: version.source,
+                    at: version.at,
+                },
+            ))
         }),
         as_of(
+            DdmReport,
             reported_at,
             status.and_then(|s| {
                 let version = reported_version(s)?;
@@ -177,63 +258,138 @@ fn one(
             }),
         ),
     ]);
+    let os = split(os, &mut said.os_version);
     let model = newest([
-        as_of(seed_at, inventory.map(|d| d.model.clone())),
+        as_of(Inventory, seed_at, inventory.map(|d| d.model.clone())),
         mdm.and_then(|m| fact(&m.model)),
-        as_of(reported_at, status.and_then(|s| s.model_identifier.clone())),
+        as_of(
+            DdmReport,
+            reported_at,
+            status.and_then(|s| s.model_identifier.clone()),
+        ),
     ]);
+    let model = split(model, &mut said.model);
     let software_update_device_id = newest([
         as_of(
+            Inventory,
             seed_at,
             inventory.and_then(|d| d.software_update_device_id.clone()),
         ),
         mdm.and_then(|m| fact(&m.software_update_device_id)),
         as_of(
+            DdmReport,
             reported_at,
             status.and_then(|s| s.software_update_device_id.clone()),
         ),
     ]);
+    let software_update_device_id = split(
+        software_update_device_id,
+        &mut said.software_update_device_id,
+    );
     let serial_number = newest([
-        as_of(seed_at, inventory.and_then(|d| d.serial_number.clone())),
+        as_of(
+            Inventory,
+            seed_at,
+            inventory.and_then(|d| d.serial_number.clone()),
+        ),
         mdm.and_then(|m| fact(&m.serial_number)),
-        as_of(reported_at, status.and_then(|s| s.serial_number.clone())),
+        as_of(
+            DdmReport,
+            reported_at,
+            status.and_then(|s| s.serial_number.clone()),
+        ),
     ]);
+    let serial_number = split(serial_number, &mut said.serial_number);
     let platform = match inventory {
-        Some(device) => device.platform,
-        None => status
-            .and_then(reported_platform)
-            .or_else(|| model.as_deref().and_then(model_platform))?,
+        Some(device) => {
+            said.platform = Some(Said {
+                source: Inventory,
+                at: seed_at,
+            });
+            device.platform
+        }
+        None => match status.and_then(reported_platform) {
+            Some(platform) => {
+                said.platform = Some(Said {
+                    source: DdmReport,
+                    at: reported_at,
+                });
+                platform
+            }
+            None => {
+                said.platform = said.model;
+                model.as_deref().and_then(model_platform)?
+            }
+        },
     };
     let (os_version, build_version) = os?;
     let supervised = match (mdm.and_then(|m| m.supervised.as_ref()), inventory) {
-        (Some(said), _) => said.value,
-        (None, Some(device)) => device.supervised,
+        (Some(fact), _) => {
+            said.supervised = Some(Said {
+                source: fact.source,
+                at: fact.at,
+            });
+            fact.value
+        }
+        (None, Some(device)) => {
+            said.supervised = Some(Said {
+                source: Inventory,
+                at: seed_at,
+            });
+            device.supervised
+        }
         (None, None) => assume_supervised,
     };
     // NanoMDM tells a User Enrollment from a device enrollment, not ADE: the inventory's
     // `ade` stands unless the MDM says it is a User Enrollment.
+    let from_mdm = mdm.map(|m| Said {
+        source: Mdm,
+        at: m.enrollment.at(),
+    });
+    let from_inventory = Some(Said {
+        source: Inventory,
+        at: seed_at,
+    });
     let enrollment_type = match (mdm.and_then(|m| m.enrollment_type), inventory) {
-        (Some(EnrollmentType::User), _) => EnrollmentType::User,
-        (_, Some(device)) => device.enrollment_type,
-        (Some(said), None) => said,
+        (Some(EnrollmentType::User), _) => {
+            said.enrollment_type = from_mdm;
+            EnrollmentType::User
+        }
+        (_, Some(device)) => {
+            said.enrollment_type = from_inventory;
+            device.enrollment_type
+        }
+        (Some(type_said), None) => {
+            said.enrollment_type = from_mdm;
+            type_said
+        }
         (None, None) => EnrollmentType::Device,
     };
     let known = inventory.map(|d| d.bootstrap_token).unwrap_or_default();
     let bootstrap_token = BootstrapToken {
-        apple_silicon: newest([
-            as_of(seed_at, known.apple_silicon),
-            mdm.and_then(|m| fact(&m.apple_silicon)),
-        ]),
-        required: newest([
-            as_of(seed_at, known.required),
-            mdm.and_then(|m| fact(&m.bootstrap_token_required)),
-        ]),
-        escrowed: newest([
-            as_of(seed_at, known.escrowed),
-            mdm.and_then(|m| fact(&m.bootstrap_token_escrowed)),
-        ]),
+        apple_silicon: split(
+            newest([
+                as_of(Inventory, seed_at, known.apple_silicon),
+                mdm.and_then(|m| fact(&m.apple_silicon)),
+            ]),
+            &mut said.apple_silicon,
+        ),
+        required: split(
+            newest([
+                as_of(Inventory, seed_at, known.required),
+                mdm.and_then(|m| fact(&m.bootstrap_token_required)),
+            ]),
+            &mut said.bootstrap_token_required,
+        ),
+        escrowed: split(
+            newest([
+                as_of(Inventory, seed_at, known.escrowed),
+                mdm.and_then(|m| fact(&m.bootstrap_token_escrowed)),
+            ]),
+            &mut said.bootstrap_token_escrowed,
+        ),
     };
-    Some(Device {
+    let device = Device {
         enrollment_id: id.to_string(),
         serial_number,
         platform,
@@ -245,13 +401,13 @@ fn one(
         enrollment_type,
         labels: inventory.map(|d| d.labels.clone()).unwrap_or_default(),
         bootstrap_token,
-    })
+    };
+    Some((device, said))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mdm::Source;
 
     fn at(s: &str) -> Timestamp {
         s.parse().expect("timestamp")

@@ -13,7 +13,7 @@ use crate::test_support::checked as check;
 
 /// The issue's own example: `pinned:26.5`, 21 days after posting, 48 h of lead time, for
 /// iPhone15,2s on 26.0; a second ring five days later.
-const HOLD: &str = "apiVersion: updates.ddm.dev/v1alpha1
+pub(crate) const HOLD: &str = "apiVersion: updates.ddm.dev/v1alpha1
 kind: FleetGroup
 metadata: {name: phones, namespace: it}
 spec: {platforms: [iOS], selector: {matchLabels: {ring: canary}}}
@@ -33,7 +33,7 @@ spec:
   deadline: {daysAfterPosting: 21, localTime: '19:00', timeZone: UTC, minimumLeadTime: 48h}
 ";
 
-fn phone(id: &str, ring: &str) -> String {
+pub(crate) fn phone(id: &str, ring: &str) -> String {
     format!(
         "- {{enrollmentId: {id}, platform: iOS, model: 'iPhone15,2', osVersion: '26.0', supervised: true, enrollmentType: ade, labels: {{ring: {ring}}}}}\n"
     )
@@ -47,15 +47,15 @@ fn local(s: &str) -> DateTime {
     s.parse().expect("a local time")
 }
 
-struct Harness {
+pub(crate) struct Harness {
     _dir: tempfile::TempDir,
     path: std::path::PathBuf,
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     catalog: Catalog,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("ddm.sqlite");
         let store = Arc::new(Store::open(&path).expect("store"));
@@ -73,7 +73,12 @@ impl Harness {
     }
 
     /// One pass at `now`; each device's policy deadline, by enrollment id.
-    async fn pass(&self, live: &Checked, inventory: &str, now: &str) -> (PassResult, Deadlines) {
+    pub(crate) async fn pass(
+        &self,
+        live: &Checked,
+        inventory: &str,
+        now: &str,
+    ) -> (PassResult, Deadlines) {
         let seed = crate::test_support::inventory(inventory);
         let backend = Embedded::new(self.store.clone(), None);
         let result = pass(
@@ -104,7 +109,7 @@ impl Harness {
     }
 }
 
-type Deadlines = std::collections::BTreeMap<String, DateTime>;
+pub(crate) type Deadlines = std::collections::BTreeMap<String, DateTime>;
 
 fn generated_deadlines(result: &PassResult) -> Vec<(String, DateTime, u64)> {
     result

@@ -10,7 +10,7 @@ pub mod devices;
 #[cfg(test)]
 mod generated_tests;
 #[cfg(test)]
-mod ledger_tests;
+pub(crate) mod ledger_tests;
 pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};

@@ -21,7 +21,7 @@ pub use deadline::deadline;
 pub use generate::{target_name, target_object};
 pub use ledger::{DeviceRollouts, Ledger, RingDeadline, RingDeadlines, RingKey, Rollout, Rollouts};
 pub use reason::Reason;
-pub use select::{selects, shard_bucket};
+pub use select::{Term, explain as explain_selection, selects, shard_bucket};
 pub use single::{Required, lowest_at_least, policy_target};
 
 use crate::api::validate::{CheckedGroup, CheckedPolicy, CheckedTarget, ObjectKey};

@@ -97,6 +97,7 @@ impl Engine {
             status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
             enrollment: tally.clone(),
             ledger: Some(store.clone()),
+            devices: std::sync::RwLock::new(None),
         });
         let (gate, gate_view) =
             watch::channel(Arc::new(GateView::unavailable("no resolver pass yet")));
@@ -163,7 +164,7 @@ impl Engine {
             manifest_problems: Vec::new(),
             notices: Vec::new(),
             fingerprint: 0,
-            seed: Vec::new(),
+            seed: Arc::default(),
             seed_at: jiff::Timestamp::UNIX_EPOCH,
         };
         engine_loop.reload_inventory();
@@ -248,7 +249,7 @@ struct Loop {
     notices: Vec<String>,
     fingerprint: u64,
     /// Devices from the inventory file.
-    seed: Vec<Device>,
+    seed: Arc<Vec<Device>>,
     /// When the inventory's facts were true (`inventory::file_time`).
     seed_at: jiff::Timestamp,
 }
@@ -305,7 +306,7 @@ impl Loop {
             .and_then(|t| crate::inventory::parse(&t))
         {
             Ok(devices) => {
-                self.seed = devices;
+                self.seed = Arc::new(devices);
                 self.seed_at = crate::inventory::file_time(path, self.config.clock.now());
             }
             Err(problems) => {
@@ -414,6 +415,7 @@ impl Loop {
             self.publish(None, &[], &[], &pass::Frozen::default()).await;
             return;
         };
+        let pass_at = self.config.clock.now();
         let result = pass::pass(
             &self.backend,
             pass::Resources {
@@ -424,7 +426,7 @@ impl Loop {
             self.seed_at,
             &self.catalog.catalog,
             self.config.assume_supervised,
-            self.config.clock.now(),
+            pass_at,
         )
         .await;
         let mut result = match result {
@@ -437,7 +439,7 @@ impl Loop {
                 publish_gate(
                     &self.gate,
                     checked,
-                    Arc::new(self.seed.clone()),
+                    self.seed.clone(),
                     &self.catalog,
                 );
                 return;
@@ -478,6 +480,19 @@ impl Loop {
             &result.checked_out,
             &self.metrics,
         );
+        let index = crate::view::DeviceIndex::new(
+            crate::view::PassOutput {
+                at: pass_at,
+                checked: Arc::new(checked.clone()),
+                devices,
+                plan: Arc::new(result.plan),
+                seed: self.seed.clone(),
+                seed_at: self.seed_at,
+                assume_supervised: self.config.assume_supervised,
+            },
+            &result.records,
+        );
+        self.app.publish_devices(Arc::new(index));
     }
 
     async fn publish(

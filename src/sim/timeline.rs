@@ -769,6 +769,7 @@ impl World {
             status: tokio::sync::RwLock::new(serde_json::json!({"ready": false})),
             enrollment: Default::default(),
             ledger: Some(store.clone()),
+            devices: std::sync::RwLock::new(None),
         });
         // The operator's two listeners: devices check in on one, status and metrics are read
         // from the other (the admin API open, as on loopback without a token file).
