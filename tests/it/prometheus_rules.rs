@@ -21,7 +21,8 @@
 //!   what would not work, naming the key.
 //! * `alerts_and_values_that_drifted_apart_are_refused`: an alert of alerts.yaml without values, a
 //!   value no `${placeholder}` uses, a placeholder no value fills: the chart does not render.
-//! * `the_rule_lints_clean`, `readme_lists_every_alert`.
+//! * `the_rule_lints_clean`; `readme_lists_every_alert`, and its `helm template` command gives a
+//!   rules file promtool takes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -515,4 +516,60 @@ fn readme_lists_every_alert() {
         readme.contains("metrics.prometheusRule.enabled"),
         "README.md says how to turn the rule on"
     );
+
+    // Its `helm template ... --show-only templates/prometheusrule.yaml | yq '.spec'` gives a rules
+    // file promtool takes.
+    let command = readme_command(&readme, "helm template ");
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert!(
+        Path::new(ROOT).join(words[3]).join("Chart.yaml").is_file(),
+        "{command}: the chart path"
+    );
+    let option = |name: &str| -> Vec<String> {
+        words
+            .windows(2)
+            .filter(|w| w[0] == name)
+            .map(|w| w[1].to_string())
+            .collect()
+    };
+    let show_only = option("--show-only");
+    assert_eq!(show_only, ["templates/prometheusrule.yaml"], "{command}");
+    assert!(
+        command.ends_with("| yq '.spec' > ddm-update-operator-rules.yaml"),
+        "{command}"
+    );
+    let parsed = helm(vec![json!({"op": "parse_set", "set": option("--set")})]).remove(0);
+    let result = helm(vec![json!({
+        "op": "render", "values": parsed["values"],
+        "release": words[2], "namespace": "default",
+    })])
+    .remove(0);
+    assert_eq!(result["ok"], true, "{command}: {result}");
+    let shown: Vec<&Value> = result["objects"]
+        .as_array()
+        .expect("objects")
+        .iter()
+        .filter(|o| o["source"] == format!("ddm-update-operator/{}", show_only[0]))
+        .collect();
+    assert_eq!(shown.len(), 1, "{command}: one object shown");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    check_rules(dir.path(), &shown[0]["object"]["spec"]).unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// The README's shell command starting with `start`, its continuation lines joined.
+fn readme_command(readme: &str, start: &str) -> String {
+    let mut lines = readme.lines().skip_while(|l| !l.starts_with(start));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        command.push_str(line.trim().trim_end_matches('\\').trim_end());
+        if !line.ends_with('\\') {
+            break;
+        }
+        command.push(' ');
+    }
+    assert!(
+        !command.is_empty(),
+        "README.md has a command starting with {start}"
+    );
+    command
 }
