@@ -13,7 +13,6 @@ use super::BackendError;
 use super::nanomdm::{Enqueued, NanoMdmConfig, enqueue_command};
 use super::store::Store;
 use crate::clock::Clock;
-use crate::mdm::command_results::parse_report;
 use crate::mdm::commands::{
     CommandKind, CommandRecord, CommandState, Schedule, command_plist, command_uuid, due,
 };
@@ -137,15 +136,16 @@ impl CommandSender {
     }
 }
 
-/// The webhook's hook for an `mdm.Connect` event (after the event itself was stored, which
-/// applies the facts to the device, see `MdmDevice::apply`): counts the answer to one of the
-/// operator's commands and ends it in the store (NotNow leaves it outstanding). A report that
-/// cannot be read is counted and otherwise ignored; reports for other commands and `Idle`
-/// are not the operator's.
+/// The webhook's hook for an `mdm.Connect` event (its report read once by the webhook's parser,
+/// which `MdmDevice::apply` also takes its facts from): ends the answered command in the store
+/// (NotNow leaves it outstanding) and counts the answer, once: an answer the store already has
+/// (NanoMDM's webhook event delivered again, a device sending its report again) changes
+/// nothing and is not counted again. A report that cannot be read is counted and otherwise
+/// ignored; reports for other commands and `Idle` are not the operator's.
 pub fn answered(store: &Store, metrics: &Metrics, event: &WebhookEvent) {
-    // Only answers to the operator's own commands are read (Idle and others cost nothing).
     let Message::Acknowledge {
         command_uuid: Some(uuid),
+        report,
         ..
     } = &event.message
     else {
@@ -154,18 +154,24 @@ pub fn answered(store: &Store, metrics: &Metrics, event: &WebhookEvent) {
     if CommandKind::of_command_uuid(uuid).is_none() {
         return;
     }
-    match parse_report(&event.payload) {
+    match report {
         Ok(None) => {}
         Ok(Some(report)) => {
+            match store.record_mdm_command_answer(event.enrollment(), report, event.created_at) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(enrollment_id = event.enrollment(), command_uuid = %report.command_uuid, "an answer the store already has, or to a command no longer outstanding: not counted");
+                    return;
+                }
+                Err(error) => {
+                    tracing::error!(%error, enrollment_id = event.enrollment(), "cannot record a command answer");
+                    return;
+                }
+            }
             metrics.mdm_command_result(report.kind.as_str(), report.status.as_str());
             for key in &report.ignored_keys {
                 tracing::warn!(enrollment_id = event.enrollment(), %key, "a command report key of the wrong type is ignored");
                 metrics.mdm_command_report_ignored("wrong_type");
-            }
-            if let Err(error) =
-                store.record_mdm_command_answer(event.enrollment(), &report, event.created_at)
-            {
-                tracing::error!(%error, enrollment_id = event.enrollment(), "cannot record a command answer");
             }
         }
         Err(error) => {

@@ -24,6 +24,9 @@ const MAX_EVENTS: usize = 16_384;
 const MAX_DEPTH: usize = 16;
 /// Longest string value kept.
 const MAX_STRING: usize = 256;
+/// At most this many bytes of strings and data read (a binary plist can share one long string
+/// many times: each use counts), the webhook's bound for a whole payload.
+const MAX_BYTES: usize = super::webhook::MAX_PLIST_BYTES;
 
 /// How the device answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,7 +87,9 @@ pub struct CommandReport {
 pub enum ReportError {
     #[error("not a plist: {0}")]
     NotPlist(String),
-    #[error("more than {MAX_EVENTS} plist elements or deeper than {MAX_DEPTH} levels")]
+    #[error(
+        "more than {MAX_EVENTS} plist elements, {MAX_BYTES} bytes of strings and data, or {MAX_DEPTH} levels"
+    )]
     TooLarge,
     #[error("the top level is not a dictionary")]
     NotADictionary,
@@ -97,6 +102,15 @@ pub enum ReportError {
 }
 
 impl ReportError {
+    /// Whether the bytes are not a bounded plist dictionary at all (the webhook refuses such an
+    /// event as malformed), rather than a readable report with a bad or missing key.
+    pub fn unreadable(&self) -> bool {
+        matches!(
+            self,
+            ReportError::NotPlist(_) | ReportError::TooLarge | ReportError::NotADictionary
+        )
+    }
+
     /// The fixed reason, for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -117,15 +131,23 @@ type Next<'a> = dyn FnMut() -> Result<Option<Event<'static>>, ReportError> + 'a;
 pub fn parse_report(bytes: &[u8]) -> Result<Option<CommandReport>, ReportError> {
     let mut events = Reader::new(Cursor::new(bytes));
     let mut budget = MAX_EVENTS;
+    let mut bytes_left = MAX_BYTES;
     let mut next = move || -> Result<Option<Event<'static>>, ReportError> {
         if budget == 0 {
             return Err(ReportError::TooLarge);
         }
         budget -= 1;
-        events
+        let event = events
             .next()
             .transpose()
-            .map_err(|e| ReportError::NotPlist(e.to_string()))
+            .map_err(|e| ReportError::NotPlist(e.to_string()))?;
+        let size = match &event {
+            Some(Event::String(s)) => s.len(),
+            Some(Event::Data(d)) => d.len(),
+            _ => 0,
+        };
+        bytes_left = bytes_left.checked_sub(size).ok_or(ReportError::TooLarge)?;
+        Ok(event)
     };
     match next()? {
         Some(Event::StartDictionary(_)) => {}
@@ -328,17 +350,6 @@ fn skip(first: Event<'static>, next: &mut Next<'_>) -> Result<(), ReportError> {
         }
     }
     Ok(())
-}
-
-/// What an `mdm.Connect` event's report plist (`payload`) tells about `device`, applied as facts
-/// from the MDM true at `at`: only an acknowledged answer to one of the operator's commands
-/// carries any; anything else (Idle, other commands, an unreadable report, counted by the
-/// webhook's hook) changes nothing. Returns whether anything changed.
-pub fn apply_report(device: &mut MdmDevice, payload: &[u8], at: Timestamp) -> bool {
-    match parse_report(payload) {
-        Ok(Some(report)) => report.apply(device, at),
-        Ok(None) | Err(_) => false,
-    }
 }
 
 impl CommandReport {

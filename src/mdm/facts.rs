@@ -227,9 +227,15 @@ impl MdmDevice {
                     Fact::new(*escrowed, Source::Mdm, at),
                 );
             }
-            Message::Acknowledge { .. } => {
-                changed |= super::command_results::apply_report(self, &event.payload, at);
+            // Only an acknowledged answer to one of the operator's commands carries facts; the
+            // report was read once, by the webhook's parser.
+            Message::Acknowledge {
+                report: Ok(Some(report)),
+                ..
+            } => {
+                changed |= report.apply(self, at);
             }
+            Message::Acknowledge { .. } => {}
         }
         changed
     }

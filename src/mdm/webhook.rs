@@ -13,6 +13,8 @@ use jiff::Timestamp;
 use plist::stream::{Event, Reader};
 use serde::Deserialize;
 
+use super::command_results::{CommandReport, ReportError, parse_report};
+
 /// At most this many plist elements in one `raw_payload`: check-ins are flat dictionaries of
 /// about a dozen keys; command reports (DeviceInformation, SecurityInfo) a few hundred.
 pub const MAX_PLIST_EVENTS: usize = 16_384;
@@ -98,13 +100,17 @@ pub enum Message {
     /// `mdm.SetBootstrapToken`: `escrowed` when the plist carries a non-empty `BootstrapToken`
     /// (absent or empty: the device removed it, and the MDM should forget it).
     SetBootstrapToken { escrowed: bool },
-    /// `mdm.Connect`: a command report (`Idle` included). The report plist is handed on whole:
-    /// command results (SecurityInfo, DeviceInformation) are read from it by `mdm::commands`.
+    /// `mdm.Connect`: a command report (`Idle` included), read once here: the device's facts
+    /// (`MdmDevice::apply`) and the command's answer (`nanomdm_commands::answered`) both come
+    /// from `report`.
     Acknowledge {
         /// `Acknowledged`, `Error`, `CommandFormatError`, `NotNow` or `Idle`.
         status: String,
         command_uuid: Option<String>,
-        report: plist::Dictionary,
+        /// The answer to one of the operator's commands (`Ok(None)`: Idle or another
+        /// command's); `Err`: a plist whose keys could not be read as a report (counted and
+        /// otherwise ignored).
+        report: Result<Option<CommandReport>, ReportError>,
     },
 }
 
@@ -355,6 +361,31 @@ pub fn parse(body: &[u8]) -> Result<Parsed, WebhookError> {
             field: "raw_payload",
         });
     }
+    if topic == Topic::Connect {
+        // A command report is read once, within the same bounds as a check-in.
+        let report = match parse_report(&payload) {
+            Err(ReportError::TooLarge) => {
+                return Err(WebhookError::Bomb(ReportError::TooLarge.to_string()));
+            }
+            Err(error) if error.unreadable() => return Err(WebhookError::Plist(error.to_string())),
+            read => read,
+        };
+        let message = Message::Acknowledge {
+            status: required(inner.status, "status", MAX_FACT)?,
+            command_uuid: bounded(inner.command_uuid, "command_uuid", MAX_ID)?,
+            report,
+        };
+        return Ok(Parsed::Event(Box::new(WebhookEvent {
+            topic,
+            created_at,
+            event_id,
+            ids,
+            udid,
+            enrollment_id,
+            payload,
+            message,
+        })));
+    }
     let plist = read_dictionary(&payload)?;
     let message = match topic {
         Topic::Authenticate => Message::Authenticate(Identity {
@@ -380,13 +411,9 @@ pub fn parse(body: &[u8]) -> Result<Parsed, WebhookError> {
                 }
             },
         },
-        Topic::Connect => Message::Acknowledge {
-            status: required(inner.status, "status", MAX_FACT)?,
-            command_uuid: bounded(inner.command_uuid, "command_uuid", MAX_ID)?,
-            report: plist,
-        },
-        // Returned above as ignored.
-        Topic::DeclarativeManagement
+        // Returned above: an event of its own, or ignored.
+        Topic::Connect
+        | Topic::DeclarativeManagement
         | Topic::GetBootstrapToken
         | Topic::UserAuthenticate
         | Topic::GetToken => {

@@ -6,8 +6,8 @@
 //!
 //! The events: an UpdatePolicy naming a FleetGroup that does not exist (a problem logged at the
 //! first read of the manifests, about that policy), and a device's answer to one of the
-//! operator's DeviceInformation commands with a key of the wrong type, posted to the webhook as
-//! NanoMDM does (a warning about that device).
+//! operator's DeviceInformation commands with a `Status` Apple does not define, posted to the
+//! webhook as NanoMDM does (a warning about that device: the report is ignored).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -137,16 +137,15 @@ impl Logged {
     }
 
     /// NanoMDM's `mdm.Connect` for the Mac's answer to a DeviceInformation the operator sent,
-    /// with `IsSupervised` as a string (Apple's schema: a boolean).
-    async fn post_answer_with_a_wrong_typed_key(&self) {
+    /// with a `Status` that is none of Apple's.
+    async fn post_unreadable_answer(&self) {
         let mut answers = plist::Dictionary::new();
-        answers.insert("IsSupervised".into(), "yes".into());
         answers.insert("ProductName".into(), "Mac14,2".into());
         let uuid = "ddm-update-operator.DeviceInformation.0123456789abcdef";
         let mut report = plist::Dictionary::new();
         report.insert("CommandUUID".into(), uuid.into());
         report.insert("QueryResponses".into(), plist::Value::Dictionary(answers));
-        report.insert("Status".into(), "Acknowledged".into());
+        report.insert("Status".into(), "Perhaps".into());
         report.insert("UDID".into(), MAC.into());
         let mut raw = Vec::new();
         plist::Value::Dictionary(report)
@@ -186,7 +185,7 @@ fn json_lines(lines: &[String]) -> Vec<serde_json::Map<String, Value>> {
 async fn json_log_lines_are_objects_naming_the_resource_and_the_device_in_fields() {
     let mut operator = Logged::start(&["--log-format", "json"], &[]);
     operator.wait_ready().await;
-    operator.post_answer_with_a_wrong_typed_key().await;
+    operator.post_unreadable_answer().await;
     operator
         .wait_for_line("about the Mac", |line| line.contains(MAC))
         .await;
@@ -229,7 +228,7 @@ async fn json_log_lines_are_objects_naming_the_resource_and_the_device_in_fields
     assert!(
         about_mac
             .iter()
-            .any(|o| o["key"] == "QueryResponses.IsSupervised" && o["level"] == "WARN"),
+            .any(|o| o["error"] == "unknown Status \"Perhaps\"" && o["level"] == "WARN"),
         "{about_mac:#?}"
     );
 }
@@ -239,7 +238,7 @@ async fn text_log_on_a_pipe_has_no_colour_codes_and_log_format_falls_back_to_its
     // The default format, on a pipe.
     let mut operator = Logged::start(&[], &[]);
     operator.wait_ready().await;
-    operator.post_answer_with_a_wrong_typed_key().await;
+    operator.post_unreadable_answer().await;
     operator
         .wait_for_line("about the Mac", |line| line.contains(MAC))
         .await;

@@ -388,3 +388,59 @@ async fn bad_reports_are_ignored_and_counted_never_a_panic() {
     );
     assert_eq!(outstanding(&rig), Some(CommandState::Acknowledged));
 }
+
+/// NanoMDM's webhook event for one answer can arrive twice (the same `mdm.Connect` delivered
+/// again, or the device sending its report again): the answer is counted once in
+/// `mdm_command_results_total`, a NotNow too, and the facts stay those of the first.
+#[tokio::test]
+async fn an_answer_delivered_twice_is_counted_once() {
+    let t0 = at("2026-12-07T10:00:00Z");
+    let rig = rig(t0).await;
+    rig.enroll(MAC, t0 - SignedDuration::from_mins(10)).await;
+    rig.round().await;
+    let security = rig.queued(MAC, "SecurityInfo")[0].command_uuid.clone();
+    let information = rig.queued(MAC, "DeviceInformation")[0].command_uuid.clone();
+    let answered = t0 + SignedDuration::from_mins(2);
+    let answer = security_info_answer(&security, plist::Value::String("true".into()));
+    let not_now = report(vec![
+        ("CommandUUID", plist::Value::String(information.clone())),
+        ("Status", plist::Value::String("NotNow".into())),
+        ("UDID", plist::Value::String(MAC.into())),
+    ]);
+    for _ in 0..2 {
+        let (status, text) = rig
+            .connect(MAC, "Acknowledged", &security, &answer, answered)
+            .await;
+        assert_eq!(status, 200, "{text}");
+        let (status, text) = rig
+            .connect(MAC, "NotNow", &information, &not_now, answered)
+            .await;
+        assert_eq!(status, 200, "{text}");
+    }
+    let results = |outcome: &str| {
+        rig.metric(
+            "ddm_update_operator_mdm_command_results_total",
+            &format!("outcome=\"{outcome}\""),
+        )
+    };
+    assert_eq!(results("acknowledged"), 1.0);
+    assert_eq!(results("not_now"), 1.0);
+    assert_eq!(
+        rig.metric(
+            "ddm_update_operator_mdm_command_reports_ignored_total",
+            "reason=\"wrong_type\""
+        ),
+        1.0,
+        "its key of the wrong type, once"
+    );
+    let device = rig.stored(MAC);
+    assert_eq!(
+        device.apple_silicon.map(|f| (f.value, f.at)),
+        Some((true, answered))
+    );
+    // A later NotNow is a new answer; the final Acknowledged too.
+    let later = answered + SignedDuration::from_mins(5);
+    rig.connect(MAC, "NotNow", &information, &not_now, later)
+        .await;
+    assert_eq!(results("not_now"), 2.0);
+}

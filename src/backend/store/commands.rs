@@ -86,8 +86,9 @@ impl Store {
 
     /// Records a device's answer to the command it names: Acknowledged and Error end it,
     /// NotNow leaves it outstanding. An answer to a command the store no longer holds as the
-    /// enrollment's last (an older one, a lost one answered late) changes nothing. Returns
-    /// whether it matched.
+    /// enrollment's last (an older one, a lost one answered late), to one already ended, or a
+    /// NotNow not newer than the last answer recorded (the same answer delivered again)
+    /// changes nothing. Returns whether it was recorded.
     pub fn record_mdm_command_answer(
         &self,
         enrollment_id: &str,
@@ -102,13 +103,16 @@ impl Store {
         let connection = relock(self.connection.lock());
         let changed = connection.execute(
             "UPDATE mdm_commands SET state = ?4, answered_at = ?5
-              WHERE enrollment_id = ?1 AND kind = ?2 AND command_uuid = ?3",
+              WHERE enrollment_id = ?1 AND kind = ?2 AND command_uuid = ?3
+                AND state = ?6
+                AND (?4 <> ?6 OR answered_at IS NULL OR answered_at < ?5)",
             params![
                 enrollment_id,
                 report.kind.as_str(),
                 report.command_uuid,
                 state.as_str(),
                 at.as_second(),
+                CommandState::Outstanding.as_str(),
             ],
         )?;
         Ok(changed > 0)
@@ -193,5 +197,41 @@ mod tests {
             (stored.state, stored.answered_at),
             (CommandState::Acknowledged, Some(later))
         );
+        // The same answer again (a webhook event delivered twice), or a late NotNow: nothing.
+        let again = at("2026-12-07T10:06:00Z");
+        for status in [ReportStatus::Acknowledged, ReportStatus::NotNow] {
+            assert!(
+                !store
+                    .record_mdm_command_answer("UDID-1", &report(&record, status), again)
+                    .expect("answer")
+            );
+        }
+        assert_eq!(store.mdm_commands().expect("read")[0].answered_at, Some(later));
+    }
+
+    #[test]
+    fn a_not_now_delivered_twice_is_recorded_once() {
+        let store = Store::in_memory().expect("store");
+        let sent_at = at("2026-12-07T10:00:00Z");
+        let record = CommandRecord {
+            enrollment_id: "UDID-1".into(),
+            kind: CommandKind::DeviceInformation,
+            command_uuid: command_uuid(CommandKind::DeviceInformation, "UDID-1", sent_at),
+            sent_at,
+            state: CommandState::Outstanding,
+            answered_at: None,
+        };
+        store
+            .record_mdm_commands(std::slice::from_ref(&record))
+            .expect("stored");
+        let not_now = report(&record, ReportStatus::NotNow);
+        let first = at("2026-12-07T10:01:00Z");
+        assert!(store.record_mdm_command_answer("UDID-1", &not_now, first).expect("answer"));
+        assert!(!store.record_mdm_command_answer("UDID-1", &not_now, first).expect("answer"));
+        // A later NotNow is a new answer; then the final one.
+        let second = at("2026-12-07T10:02:00Z");
+        assert!(store.record_mdm_command_answer("UDID-1", &not_now, second).expect("answer"));
+        let done = report(&record, ReportStatus::Acknowledged);
+        assert!(store.record_mdm_command_answer("UDID-1", &done, second).expect("answer"));
     }
 }
