@@ -284,7 +284,7 @@ fn show_table(view: &DeviceView) -> String {
     let mut facts: Vec<Vec<String>> = Vec::new();
     if let Some(identity) = &view.identity {
         let said = |s: &Option<crate::pass::devices::Said>| {
-            s.map(|s| format!("{} {}", s.source.as_str(), s.at))
+            s.map(|s| format!("from {} {}", s.source.as_str(), s.at))
                 .unwrap_or_else(|| "-".into())
         };
         let f = &identity.facts;
@@ -317,15 +317,17 @@ fn show_table(view: &DeviceView) -> String {
             (
                 "supervised",
                 identity.supervised.to_string(),
-                said(&f.supervised),
+                f.supervised
+                    .map_or("no source: --assume-supervised".into(), |s| said(&Some(s))),
             ),
             (
                 "enrollment",
                 identity.enrollment_type.clone(),
-                said(&f.enrollment_type),
+                f.enrollment_type
+                    .map_or("no source: the default".into(), |s| said(&Some(s))),
             ),
         ] {
-            facts.push(vec![format!("  {name}"), value, format!("from {from}")]);
+            facts.push(vec![format!("  {name}"), value, from]);
         }
     }
     facts.push(vec![

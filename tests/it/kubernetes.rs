@@ -3530,10 +3530,11 @@ async fn the_admin_api_asks_the_api_server_who_may_read_it() {
     .expect("the operator starts");
     let client = http_client(Duration::from_secs(10)).expect("HTTP client");
     let admin = running.admin_address;
-    let get = |path: &'static str, token: Option<String>| {
+    let get = |path: &str, token: Option<String>| {
         let client = client.clone();
+        let url = format!("http://{admin}{path}");
         async move {
-            let mut request = client.get(format!("http://{admin}{path}"));
+            let mut request = client.get(url);
             if let Some(token) = token {
                 request = request.bearer_auth(token);
             }
@@ -3601,5 +3602,74 @@ async fn the_admin_api_asks_the_api_server_who_may_read_it() {
         Verdict::Forbidden(why) => assert!(why.contains("cluster-wide"), "{why}"),
         other => panic!("cluster-wide with a namespaced Role: {other:?}"),
     }
+    // ...but for the device view it is scoped to the namespaces where the Role reaches: of two
+    // namespaces holding resources, the reader sees the one it may read; the outsider none.
+    let namespaces: BTreeSet<String> = [ns.clone(), format!("{ns}-elsewhere")].into();
+    assert_eq!(
+        cluster_wide.scope(&headers, &namespaces).await,
+        Ok(ddm_update_operator::view::Scope::Namespaces(
+            [ns.clone()].into()
+        ))
+    );
+    let mut outsider_headers = axum::http::HeaderMap::new();
+    outsider_headers.insert(
+        axum::http::header::AUTHORIZATION,
+        format!("Bearer {outsider}").parse().expect("a header"),
+    );
+    assert!(matches!(
+        cluster_wide.scope(&outsider_headers, &namespaces).await,
+        Err(Verdict::Forbidden(_))
+    ));
+
+    // The device view on the running operator, by the same rules: the reader lists and
+    // explains devices; the outsider gets 403 with nothing counted; no token, 401.
+    let body: String = eventually("a device list", Duration::from_secs(30), || {
+        let get = &get;
+        let reader = reader.clone();
+        async move {
+            let (code, body) = get("/api/v1/devices?limit=500", Some(reader)).await;
+            if code == 200 && body.contains("enrollmentId") {
+                Ok(body)
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        }
+    })
+    .await;
+    let page: Value = serde_json::from_str(&body).expect("a device list");
+    let first = page["items"][0]["enrollmentId"]
+        .as_str()
+        .expect("an enrollment id")
+        .to_string();
+    let show = format!("/api/v1/devices/{first}");
+    let (code, body) = get(&show, Some(reader.clone())).await;
+    assert_eq!(code, 200, "{body}");
+    let view: Value = serde_json::from_str(&body).expect("a device view");
+    assert_eq!(view["enrollmentId"], first.as_str());
+    assert!(
+        view["explanation"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty()),
+        "{view}"
+    );
+    let (code, body) = get("/api/v1/devices", Some(outsider.clone())).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        !body.contains("enrollmentId") && !body.contains(&first),
+        "{body}"
+    );
+    let (code, body) = get(&show, Some(outsider.clone())).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(!body.contains("enrollmentId"), "{body}");
+    assert_eq!(get("/api/v1/devices", None).await.0, 401);
+    let (code, body) = get("/api/v1/devices/no-such-device", Some(reader.clone())).await;
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body.contains("no-such-device"),
+        "says what was searched: {body}"
+    );
+    let (code, body) = get("/api/v1/devices?state=sideways", Some(reader.clone())).await;
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("state"), "names the parameter: {body}");
     env.finish(Operator(Some(running))).await;
 }

@@ -1792,3 +1792,122 @@ async fn a_mac_learned_from_nanomdm_is_served_flagged_and_withdrawn_at_checkout(
         "NanoMDM was asked to sync a device that left"
     );
 }
+
+/// `devices show` and `devices list` through the binary against a running operator, after a
+/// small fleet checked in and reported: each device is explained with what it really holds
+/// (the deadline in its enforcement is the one the view shows, and whose it is), found by serial
+/// number too; lists page and filter; an unknown device is an error naming what was searched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_show_explains_what_a_device_holds_and_reported() {
+    let (work, manifests) = work_with_manifests(MOBILE);
+    let (operator, devices, _) = enrolled(work.path(), &manifests, fleet(4, 3, 0, 71)).await;
+    let cli = |args: &[&str]| {
+        let output = Command::new(BINARY)
+            .arg("devices")
+            .args(args)
+            .args(["--server", &operator.admin])
+            .output()
+            .expect("the CLI runs");
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    // Each device's view agrees with what it holds.
+    let mut explained_with_enforcement = 0;
+    for device in &devices.list {
+        let id = device.enrollment_id();
+        let (code, out, err) = cli(&["show", id, "-o", "json"]);
+        assert_eq!(code, Some(0), "{id}: {err}");
+        let view: Value = serde_json::from_str(&out).expect("a device view");
+        assert_eq!(view["enrollmentId"], id);
+        assert_eq!(view["declarations"]["inSync"], true, "{id}: {view}");
+        assert!(view["lastReport"].is_string(), "{id} reported: {view}");
+        assert_eq!(
+            view["identity"]["facts"]["osVersion"]["source"], "ddmReport",
+            "{id}: what it runs came from its own report: {view}"
+        );
+        let held = device.held_enforcements();
+        if !held.is_empty() {
+            assert!(
+                view["report"]["installState"].is_string(),
+                "{id}: an enforced device reports its install state: {view}"
+            );
+        }
+        let served = view["declarations"]["enforcements"]
+            .as_array()
+            .expect("enforcements");
+        assert_eq!(served.len(), held.len(), "{id}: {view}");
+        for (held, served) in held.iter().zip(served) {
+            assert_eq!(served["identifier"], held.identifier.as_str());
+            assert_eq!(
+                served["deadline"],
+                held.deadline.strftime("%Y-%m-%dT%H:%M:%S").to_string()
+            );
+            assert_eq!(served["version"], held.target_version.as_str());
+            assert_eq!(served["deadlineOf"], "rollout", "{id}: one pass, one ring");
+            let resource = view["resources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["declaration"] == held.identifier.as_str())
+                .unwrap_or_else(|| panic!("{id}: the resource behind {}", held.identifier));
+            assert_eq!(resource["deadline"], served["deadline"]);
+            assert_eq!(resource["decision"], "enforce");
+            explained_with_enforcement += 1;
+        }
+        assert!(
+            view["explanation"]
+                .as_array()
+                .is_some_and(|e| !e.is_empty()),
+            "{id}: {view}"
+        );
+    }
+    assert!(explained_with_enforcement > 0, "some device is enforced");
+
+    // The table for people, by serial number.
+    let first = &devices.list[0];
+    let serial = first.spec().serial_number.clone();
+    let (code, out, err) = cli(&["show", &serial]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.starts_with(&format!("Device {}", first.enrollment_id())),
+        "{out}"
+    );
+    for part in ["Selected by", "FleetGroup", "Resources", "Why"] {
+        assert!(out.contains(part), "{part} in:\n{out}");
+    }
+    assert!(!out.contains('\u{1b}'), "no terminal codes when piped");
+
+    // Lists: every device once across pages of two; a filter keeps to its platform.
+    let (code, out, err) = cli(&["list", "--limit", "2", "--all", "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed: Value = serde_json::from_str(&out).expect("a list");
+    let ids: BTreeSet<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["enrollmentId"].as_str())
+        .collect();
+    let fleet_ids: BTreeSet<&str> = devices.list.iter().map(|d| d.enrollment_id()).collect();
+    assert!(fleet_ids.is_subset(&ids), "{fleet_ids:?} ⊄ {ids:?}");
+    let (code, out, err) = cli(&["list", "--platform", "iPadOS", "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let ipads: Value = serde_json::from_str(&out).expect("a list");
+    let ipads = ipads["items"].as_array().expect("items");
+    assert!(!ipads.is_empty());
+    assert!(ipads.iter().all(|i| i["platform"] == "iPadOS"), "{ipads:?}");
+
+    // Bad input: named.
+    let (code, _, err) = cli(&["show", "NO-SUCH-DEVICE"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("404") && err.contains("NO-SUCH-DEVICE"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["list", "--state", "sideways"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("400") && err.contains("state"), "{err}");
+    drop(operator);
+}
