@@ -407,7 +407,9 @@ fn values_tune_the_alerts() {
 #[test]
 fn bad_alert_values_are_refused() {
     let refused = |over: Value, words: &[&str]| {
-        let error = render_rules(&values(over.clone())).expect_err(&format!("refused: {over}"));
+        let Err(error) = render_rules(&values(over.clone())) else {
+            panic!("refused: {over}")
+        };
         for word in words {
             assert!(
                 error.contains(word),
@@ -558,9 +560,8 @@ fn readme_lists_every_alert() {
 
 /// The README's shell command starting with `start`, its continuation lines joined.
 fn readme_command(readme: &str, start: &str) -> String {
-    let mut lines = readme.lines().skip_while(|l| !l.starts_with(start));
     let mut command = String::new();
-    for line in lines.by_ref() {
+    for line in readme.lines().skip_while(|l| !l.starts_with(start)) {
         command.push_str(line.trim().trim_end_matches('\\').trim_end());
         if !line.ends_with('\\') {
             break;
