@@ -11,6 +11,9 @@ fuzz_target!(|data: &[u8]| {
     let mut device = MdmDevice::new("fuzz", Enrollment::Enrolled { since: at });
     if let Ok(Some(report)) = parse_report(data) {
         report.apply(&mut device, at);
-        assert!(!report.apply(&mut device, at), "the same answer twice changes nothing");
+        assert!(
+            !report.apply(&mut device, at),
+            "the same answer twice changes nothing"
+        );
     }
 });

@@ -206,7 +206,10 @@ mod tests {
                     .expect("answer")
             );
         }
-        assert_eq!(store.mdm_commands().expect("read")[0].answered_at, Some(later));
+        assert_eq!(
+            store.mdm_commands().expect("read")[0].answered_at,
+            Some(later)
+        );
     }
 
     #[test]
@@ -226,12 +229,28 @@ mod tests {
             .expect("stored");
         let not_now = report(&record, ReportStatus::NotNow);
         let first = at("2026-12-07T10:01:00Z");
-        assert!(store.record_mdm_command_answer("UDID-1", &not_now, first).expect("answer"));
-        assert!(!store.record_mdm_command_answer("UDID-1", &not_now, first).expect("answer"));
+        assert!(
+            store
+                .record_mdm_command_answer("UDID-1", &not_now, first)
+                .expect("answer")
+        );
+        assert!(
+            !store
+                .record_mdm_command_answer("UDID-1", &not_now, first)
+                .expect("answer")
+        );
         // A later NotNow is a new answer; then the final one.
         let second = at("2026-12-07T10:02:00Z");
-        assert!(store.record_mdm_command_answer("UDID-1", &not_now, second).expect("answer"));
+        assert!(
+            store
+                .record_mdm_command_answer("UDID-1", &not_now, second)
+                .expect("answer")
+        );
         let done = report(&record, ReportStatus::Acknowledged);
-        assert!(store.record_mdm_command_answer("UDID-1", &done, second).expect("answer"));
+        assert!(
+            store
+                .record_mdm_command_answer("UDID-1", &done, second)
+                .expect("answer")
+        );
     }
 }
