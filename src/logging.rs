@@ -85,11 +85,9 @@ where
             .unwrap_or_else(|| metadata.target().to_string());
         // The fixed keys first, so people reading a line find them in one place.
         let mut text = String::from("{");
-        push_pair(
-            &mut text,
-            "timestamp",
-            &Value::String(jiff::Timestamp::now().to_string()),
-        );
+        // Microseconds in UTC, as the text format writes them.
+        let now = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ");
+        push_pair(&mut text, "timestamp", &Value::String(now.to_string()));
         push_pair(
             &mut text,
             "level",
@@ -249,6 +247,7 @@ mod tests {
         assert_eq!(line["target"], module_path!());
         let stamp = line["timestamp"].as_str().expect("a timestamp");
         assert!(stamp.parse::<jiff::Timestamp>().is_ok(), "{stamp}");
+        assert_eq!(stamp.len(), "2026-12-07T22:29:47.079223Z".len(), "{stamp}");
         assert!(line.get("span").is_none());
     }
 
