@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
-from matplotlib.gridspec import GridSpec  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
 GRID_COLUMNS = 24
 PALETTE = ["#7eb26d", "#eab839", "#6ed0e0", "#ef843c", "#e24d42", "#1f78c1", "#ba43a9",
@@ -117,7 +117,7 @@ def draw_timeseries(ax, panel, series):
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.25)
     if series:
-        ax.legend(fontsize=6.5, loc="upper left", framealpha=0.7,
+        ax.legend(fontsize=6.5, loc="upper left", framealpha=0.85,
                   ncol=2 if len(series) > 4 else 1)
 
 
@@ -174,14 +174,31 @@ def main():
 
     panels = [p for p in dashboard.get("panels", []) if p.get("type") != "row"]
     rows = max((p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels), default=1)
-    figure = plt.figure(figsize=(16, rows * 0.42 + 1.2), dpi=110)
-    grid = GridSpec(rows, GRID_COLUMNS, figure=figure, hspace=1.6, wspace=2.5,
-                    top=1 - 1.1 / (rows * 0.42 + 1.2), bottom=0.04, left=0.05, right=0.98)
+    # Laid out in inches as Grafana lays out its grid: 24 columns, rows of a fixed height, each
+    # panel a framed cell with its title on top and room for its tick labels.
+    width, unit, header, margin = 16.0, 0.42, 0.95, 0.15
+    height = header + rows * unit + margin
+    figure = plt.figure(figsize=(width, height), dpi=110)
+    column = (width - 2 * margin) / GRID_COLUMNS
     empty = []
     for panel in panels:
         g = panel["gridPos"]
-        ax = figure.add_subplot(grid[g["y"]: g["y"] + g["h"], g["x"]: g["x"] + g["w"]])
-        ax.set_title(panel.get("title", ""), fontsize=10, loc="left", fontweight="bold")
+        left, top = margin + g["x"] * column, header + g["y"] * unit
+        cell_width, cell_height = g["w"] * column, g["h"] * unit
+        figure.patches.append(Rectangle(
+            ((left + 0.04) / width, 1 - (top + cell_height - 0.04) / height),
+            (cell_width - 0.08) / width, (cell_height - 0.08) / height,
+            transform=figure.transFigure, fill=False, edgecolor="#cccccc", linewidth=0.8))
+        pad_left = 2.1 if panel.get("type") in ("bargauge", "stat", "gauge") else 0.6
+        pad_top, pad_bottom, pad_right = 0.42, 0.38, 0.2
+        ax = figure.add_axes((
+            (left + pad_left) / width,
+            1 - (top + cell_height - pad_bottom) / height,
+            (cell_width - pad_left - pad_right) / width,
+            (cell_height - pad_top - pad_bottom) / height,
+        ))
+        figure.text((left + 0.15) / width, 1 - (top + 0.12) / height, panel.get("title", ""),
+                    fontsize=10, fontweight="bold", va="top")
         series = []
         for target in panel.get("targets", []):
             expr = substitute(target["expr"], dashboard, args.step, args.rate_interval, end - start)
@@ -218,12 +235,14 @@ def main():
 
     when = datetime.datetime.fromtimestamp(start, datetime.timezone.utc)
     title = dashboard.get("title", "Grafana dashboard")
-    figure.suptitle(title, fontsize=15, fontweight="bold", x=0.05, ha="left", y=0.995)
+    figure.text(margin / width, 1 - 0.15 / height, title, fontsize=16, fontweight="bold",
+                va="top")
     under = (f"{when:%Y-%m-%d %H:%M:%S} UTC + {end - start:.0f} s, step {args.step}, "
              f"$__rate_interval {args.rate_interval}, from {args.prometheus}")
     if args.subtitle:
         under = f"{args.subtitle} — {under}"
-    figure.text(0.05, 1 - 0.75 / (rows * 0.42 + 1.2), under, fontsize=8.5, color="#555555")
+    figure.text(margin / width, 1 - 0.6 / height, under, fontsize=8.5, color="#555555",
+                va="top")
     figure.savefig(args.out)
     print(f"wrote {args.out}: {len(panels)} panels, {len(empty)} without data")
     if empty:

@@ -21,6 +21,7 @@ mod mdm_webhook;
 mod nanomdm_sync;
 mod plan_examples;
 mod prometheus_rules;
+mod prometheus_scrape;
 mod settings_merge;
 mod standalone_e2e;
 mod support;
