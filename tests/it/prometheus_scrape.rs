@@ -20,6 +20,8 @@
 //! * `the_chart_ships_the_dashboard_file_for_the_grafana_sidecar`: off by default; on, one
 //!   ConfigMap with the sidecar's label (key and value configurable) whose data is the file byte
 //!   for byte.
+//! * `every_metric_the_dashboard_reads_is_in_the_readme_table`: each metric a panel queries has
+//!   a row in the README's metrics table.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -819,4 +821,36 @@ fn the_chart_ships_the_dashboard_file_for_the_grafana_sidecar() {
         "names the value: {}",
         results[3]
     );
+}
+
+#[test]
+fn every_metric_the_dashboard_reads_is_in_the_readme_table() {
+    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README.md");
+    let table: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `ddm_"))
+        .collect();
+    let dashboard = dashboard();
+    let mut metrics = BTreeSet::new();
+    for query in panel_queries(&dashboard, Duration::from_secs(60)) {
+        let mut rest = query.expr.as_str();
+        while let Some(at) = rest.find("ddm_update_operator_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            metrics.insert(name);
+        }
+    }
+    assert!(metrics.len() >= 7, "{metrics:?}");
+    for metric in &metrics {
+        assert!(
+            table
+                .iter()
+                .any(|row| row.contains(&format!("`{metric}`"))
+                    || row.contains(&format!("`{metric}{{"))),
+            "README's metrics table lists {metric}"
+        );
+    }
 }
