@@ -291,11 +291,12 @@ impl Resolver {
                         at: now,
                         checked: Arc::new(partial.checked.clone()),
                         devices: devices.clone(),
-                        plan: plan.clone(),
+                        catalog: catalog.clone(),
                         seed: self.seed.clone(),
                         seed_at: self.seed_at,
                         assume_supervised: self.assume_supervised,
                     },
+                    &plan,
                     &result.records,
                 );
                 Snapshot {

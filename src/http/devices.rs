@@ -239,7 +239,7 @@ fn gather(store: &Store, enrollment_id: &str) -> Result<Live, crate::backend::Ba
         items: store.device_items(enrollment_id)?,
         mdm: store.mdm_device(enrollment_id)?,
         served,
-        orphan: store.memory().orphans.get(enrollment_id).cloned(),
+        memory: store.memory(),
         recent: store.recent_reports(enrollment_id, RECENT_REPORTS)?,
     })
 }

@@ -436,12 +436,7 @@ impl Loop {
                 self.metrics
                     .resolve_pass(started.elapsed().as_secs_f64(), false, 0, 0);
                 // The gate still decides from the resources, the catalog and the inventory.
-                publish_gate(
-                    &self.gate,
-                    checked,
-                    self.seed.clone(),
-                    &self.catalog,
-                );
+                publish_gate(&self.gate, checked, self.seed.clone(), &self.catalog);
                 return;
             }
         };
@@ -485,11 +480,12 @@ impl Loop {
                 at: pass_at,
                 checked: Arc::new(checked.clone()),
                 devices,
-                plan: Arc::new(result.plan),
+                catalog: self.catalog.catalog.clone(),
                 seed: self.seed.clone(),
                 seed_at: self.seed_at,
                 assume_supervised: self.config.assume_supervised,
             },
+            &result.plan,
             &result.records,
         );
         self.app.publish_devices(Arc::new(index));

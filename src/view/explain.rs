@@ -8,12 +8,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{DeviceIndex, Scope, source_name, source_namespace, urgency};
-use crate::backend::{DeviceRecord, Orphan};
+use std::sync::Arc;
+
+use crate::backend::{DeviceRecord, Memory};
 use crate::inventory::Device;
 use crate::mdm::{Enrollment, MdmDevice};
 use crate::pass::devices::Provenance;
 use crate::pass::report::each_source;
-use crate::resolve::{Enforcement, Source, explain_selection};
+use crate::resolve::{self, Enforcement, Source, explain_selection};
 use crate::status::bucket::{Bucket, STALE_AFTER_SECONDS};
 
 /// The declaration type whose payload carries a version and a deadline.
@@ -28,7 +30,9 @@ pub struct Live {
     pub items: Option<Map<String, Value>>,
     pub mdm: Option<MdmDevice>,
     pub served: Option<Served>,
-    pub orphan: Option<Orphan>,
+    /// What the passes remember: the rollout ledger (the deadlines handed out) and the frozen
+    /// devices.
+    pub memory: Arc<Memory>,
     /// Its newest reports first: when each arrived and its body.
     pub recent: Vec<(Timestamp, Vec<u8>)>,
 }
@@ -431,9 +435,22 @@ pub fn explain(
     }
     let pass = &index.pass;
     let checked = &pass.checked;
-    let plan = &pass.plan;
     let device = &pass.devices[position];
-    let outcome = &plan.devices[position];
+    // Resolved again, alone, with the ledger the passes keep: the same rules and the same
+    // handed-out deadlines give the decision the pass made (as of now).
+    let plan = resolve::resolve_with(
+        resolve::Input {
+            groups: &checked.groups,
+            policies: &checked.policies,
+            targets: &checked.targets,
+            devices: std::slice::from_ref(device),
+            catalog: &pass.catalog,
+            now,
+        },
+        &live.memory.ledger,
+    );
+    let plan = &plan;
+    let outcome = &plan.devices[0];
     let id = device.enrollment_id.as_str();
 
     // Merged again from what each source says now, to tell where each fact came from.
@@ -504,15 +521,12 @@ pub fn explain(
         })
         .collect();
 
-    let position_u32 = u32::try_from(position).unwrap_or(u32::MAX);
     let mut suspended_by: Vec<String> = Vec::new();
     let fleet_groups: Vec<GroupView> = checked
         .groups
         .iter()
         .zip(&plan.members)
-        .filter(|(group, members)| {
-            scope.sees(&group.key.namespace) && members.binary_search(&position_u32).is_ok()
-        })
+        .filter(|(group, members)| scope.sees(&group.key.namespace) && members.contains(&0))
         .map(|(group, _)| {
             if group.suspend {
                 suspended_by.push(format!("FleetGroup {}", group.key));
@@ -537,10 +551,11 @@ pub fn explain(
             .filter(|r| r.suspended)
             .map(|r| r.name.clone()),
     );
+    let orphan = live.memory.orphans.get(id);
     let frozen = Frozen {
         suspended_by,
-        orphaned_by: live.orphan.as_ref().map(|o| o.by.clone()),
-        orphaned_since: live.orphan.as_ref().map(|o| o.since),
+        orphaned_by: orphan.map(|o| o.by.clone()),
+        orphaned_since: orphan.map(|o| o.since),
     };
 
     // What it is served, and which of those the last pass planned (and from where).

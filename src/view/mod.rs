@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::validate::Checked;
 use crate::backend::DeviceRecord;
-use crate::catalog::Platform;
+use crate::catalog::{Catalog, Platform};
 use crate::inventory::Device;
 use crate::pass::report::each_source;
 use crate::resolve::{Plan, Source};
@@ -46,9 +46,11 @@ pub struct PassOutput {
     /// When the pass ran.
     pub at: Timestamp,
     pub checked: Arc<Checked>,
-    /// Sorted by enrollment id; parallel to `plan.devices`.
+    /// Sorted by enrollment id.
     pub devices: Arc<Vec<Device>>,
-    pub plan: Arc<Plan>,
+    /// The catalog the pass resolved with: `show` resolves its one device again (the pass's
+    /// plan is not kept: at 100,000 devices it is tens of MiB, held twice during the next pass).
+    pub catalog: Arc<Catalog>,
     /// The inventory file's devices and when they were true: `show` merges one device again
     /// from every source to tell where each fact came from.
     pub seed: Arc<Vec<Device>>,
@@ -100,8 +102,9 @@ pub fn source_namespace(checked: &Checked, source: Source) -> &str {
 }
 
 impl DeviceIndex {
-    /// Indexes a pass: each device's standings, from the records the pass read.
-    pub fn new(pass: PassOutput, records: &[DeviceRecord]) -> DeviceIndex {
+    /// Indexes a pass: each device's standings in `plan` (the pass's, parallel to the
+    /// devices), from the records the pass read.
+    pub fn new(pass: PassOutput, plan: &Plan, records: &[DeviceRecord]) -> DeviceIndex {
         let by_id: HashMap<&str, &DeviceRecord> = records
             .iter()
             .map(|r| (r.enrollment_id.as_str(), r))
@@ -109,11 +112,11 @@ impl DeviceIndex {
         let rows = pass
             .devices
             .iter()
-            .zip(&pass.plan.devices)
+            .zip(&plan.devices)
             .map(|(device, outcome)| {
                 let record = by_id.get(device.enrollment_id.as_str()).copied();
                 let mut standings = Vec::new();
-                each_source(&pass.plan, outcome, record, pass.at, |source, state, _| {
+                each_source(plan, outcome, record, pass.at, |source, state, _| {
                     standings.push((source, state));
                 });
                 Row {

@@ -40,11 +40,12 @@ fn index(result: PassResult, live: &Checked, inventory: &str, now: &str) -> Devi
             at: at(now),
             checked: Arc::new(live.clone()),
             devices: Arc::new(result.devices),
-            plan: Arc::new(result.plan),
+            catalog: Arc::new(crate::test_support::catalog_2026_08_22()),
             seed: Arc::new(crate::test_support::inventory(inventory)),
             seed_at: jiff::Timestamp::UNIX_EPOCH,
             assume_supervised: true,
         },
+        &result.plan,
         &result.records,
     )
 }
@@ -210,6 +211,7 @@ async fn a_late_joiner_is_told_its_deadline_is_its_own() {
                         })
                         .collect(),
                 }),
+            memory: harness.store.memory(),
             ..Live::default()
         };
         explain(&index, position, &live, &Scope::All, now).expect("seen")
