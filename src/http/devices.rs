@@ -174,7 +174,8 @@ async fn show(
             ),
         )
     };
-    let now = jiff::Timestamp::now();
+    // The store's clock: the operator's (virtual in simulations and tests).
+    let now = store.clock().now();
     let found = index.find(&id);
     let enrollment_id = found
         .map(|p| index.pass.devices[p].enrollment_id.clone())

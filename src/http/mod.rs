@@ -96,7 +96,7 @@ async fn rollouts_json(State(app): State<Arc<AppState>>) -> axum::response::Resp
             .into_response();
     };
     let memory = store.memory();
-    let document = memory.ledger.document(Some(jiff::Timestamp::now()));
+    let document = memory.ledger.document(Some(store.clock().now()));
     match serde_json::to_vec(&document) {
         Ok(body) => (
             [(axum::http::header::CONTENT_TYPE, "application/json")],
