@@ -236,6 +236,7 @@ impl Resolver {
         let orphaning = check_each(&orphan_groups, &orphan_policies, &orphan_targets).checked;
         let (catalog, catalog_origin, catalog_problem, gate_catalog) = {
             let handle = self.catalog.read().await;
+            self.metrics.catalog_age(handle.age_seconds(now));
             (
                 handle.catalog.clone(),
                 handle.origin.clone(),

@@ -112,12 +112,22 @@ pub struct CatalogState {
     pub gate: Result<(), String>,
     /// Releases kept after Apple's answer dropped them, and recent drops.
     pub holds: crate::catalog::holdover::Holds,
+    /// When its content was true: fetched now, the cached copy's fetch, or a file's (and the
+    /// shipped copy's) newest posting date. `ddm_update_operator_catalog_age_seconds` counts
+    /// from it.
+    pub content_at: Option<jiff::Timestamp>,
 }
 
 /// The oldest cached catalog copy the enrollment gate still trusts.
 pub const GATE_CATALOG_MAX_AGE: jiff::SignedDuration = jiff::SignedDuration::from_hours(72);
 
 impl CatalogState {
+    /// Seconds from when its content was true until `now` (0 when unknown).
+    pub fn age_seconds(&self, now: jiff::Timestamp) -> i64 {
+        self.content_at
+            .map_or(0, |at| (now.as_second() - at.as_second()).max(0))
+    }
+
     /// The catalog as the enrollment gate may use it.
     pub fn for_gate(&self) -> Result<Arc<Catalog>, String> {
         self.gate.clone().map(|()| self.catalog.clone())
@@ -167,6 +177,7 @@ pub fn bootstrap_declarations() -> Vec<Declaration> {
 pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState {
     let shipped = || {
         let document = PmvDocument::from_slice(SHIPPED_CATALOG).unwrap_or_default();
+        let content_at = newest_posting(&document);
         CatalogState {
             catalog: Arc::new(as_of_newest_posting(&document)),
             document,
@@ -174,6 +185,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
             problem: None,
             gate: Err("Apple's catalog could not be fetched and no recent copy is cached; the gate does not hold devices against the shipped copy of 2026-08-22".into()),
             holds: Default::default(),
+            content_at,
         }
     };
     match &config.catalog {
@@ -187,6 +199,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
             }) {
             Ok(document) => CatalogState {
                 catalog: Arc::new(as_of_newest_posting(&document)),
+                content_at: newest_posting(&document),
                 document,
                 origin: format!(
                     "{}; expiration dates are judged as of its newest posting date",
@@ -239,6 +252,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
                         problem: None,
                         gate: Ok(()),
                         holds,
+                        content_at: Some(config.clock.now()),
                     }
                 }
                 (_, Ok(Some((_, document)))) => {
@@ -246,6 +260,7 @@ pub async fn load_catalog(config: &RunConfig, metrics: &Metrics) -> CatalogState
                         hold_vanished(config, metrics, &store, previous.as_ref(), &document);
                     CatalogState {
                         gate: cached_copy_for_gate(store.meta().fetched_at, problem.as_deref()),
+                        content_at: store.meta().fetched_at,
                         catalog: Arc::new(match store.meta().fetched_at {
                             Some(at) => Catalog::from_document(&effective)
                                 .with_as_of(crate::catalog::utc_date(at)),
@@ -322,6 +337,14 @@ fn hold_vanished(
     }
     metrics.catalog_held(&carried.holds.per_device());
     (carried.document, carried.holds)
+}
+
+/// The start (UTC) of a document's newest posting date.
+fn newest_posting(document: &PmvDocument) -> Option<jiff::Timestamp> {
+    let day = document.newest_posting_date()?;
+    day.to_zoned(jiff::tz::TimeZone::UTC)
+        .ok()
+        .map(|zoned| zoned.timestamp())
 }
 
 /// Whether the gate trusts a cached copy fetched at `fetched_at` (unknown: no).

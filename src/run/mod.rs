@@ -416,6 +416,7 @@ impl Loop {
             return;
         };
         let pass_at = self.config.clock.now();
+        self.metrics.catalog_age(self.catalog.age_seconds(pass_at));
         let result = pass::pass(
             &self.backend,
             pass::Resources {

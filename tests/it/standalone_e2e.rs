@@ -1899,6 +1899,32 @@ async fn devices_show_explains_what_a_device_holds_and_reported() {
     assert!(!ipads.is_empty());
     assert!(ipads.iter().all(|i| i["platform"] == "iPadOS"), "{ipads:?}");
 
+    // The catalog file's age (the operator runs on a snapshot file): counted from its newest
+    // posting date, so the dashboard and the old-catalog alert see it (it was never set).
+    let metrics = operator
+        .client
+        .get(format!("{}/metrics", operator.admin))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let age = metric_sum(&metrics, "ddm_update_operator_catalog_age_seconds");
+    let snapshot = std::fs::read(newest_catalog_path()).expect("the snapshot");
+    let posted = PmvDocument::from_slice(&snapshot)
+        .expect("a catalog")
+        .newest_posting_date()
+        .expect("a posting date")
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .expect("a day")
+        .timestamp();
+    let expected = (jiff::Timestamp::now().as_second() - posted.as_second()) as f64;
+    assert!(
+        (age - expected).abs() < 3600.0,
+        "catalog age {age} s, expected about {expected} s"
+    );
+
     // Bad input: named.
     let (code, _, err) = cli(&["show", "NO-SUCH-DEVICE"]);
     assert_eq!(code, Some(2));
