@@ -22,6 +22,6 @@ pub mod run;
 pub mod sim;
 pub mod status;
 pub mod strict;
-pub mod view;
 #[cfg(test)]
 mod test_support;
+pub mod view;
