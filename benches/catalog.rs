@@ -6,7 +6,6 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use ddm_update_operator::catalog::{
     AssetSet, Build, Catalog, DeviceOs, OsVersion, Query, Strategy,
@@ -15,7 +14,7 @@ use ddm_update_operator::catalog::{
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{SNAPSHOTS, read_snapshot};
+use support::{SNAPSHOTS, median, read_snapshot};
 
 /// Counts live heap bytes and their peak, for the memory figures.
 struct Counting;
@@ -50,19 +49,6 @@ fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
     PEAK.store(before, Ordering::Relaxed);
     let out = f();
     (out, PEAK.load(Ordering::Relaxed) - before)
-}
-
-/// Median wall time of `runs` calls.
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
 }
 
 struct Device {

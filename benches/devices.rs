@@ -17,7 +17,7 @@ use ddm_update_operator::view::{DeviceIndex, ListQuery, PassOutput, Scope};
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{IPADS, IPHONES, Model, mix, read_snapshot};
+use support::{IPADS, IPHONES, Model, median, mix, read_snapshot};
 
 const DEVICES: usize = 100_000;
 const TEAMS: [&str; 4] = ["north", "south", "east", "west"];
@@ -89,18 +89,6 @@ fn fleet(catalog: &Catalog) -> Vec<Device> {
 
 /// A list request measured: what it is, its query parameters and the caller's scope.
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a Scope);
-
-fn median(runs: usize, mut f: impl FnMut()) -> Duration {
-    let mut times: Vec<Duration> = (0..runs)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[runs / 2]
-}
 
 fn main() {
     let catalog = Catalog::from_slice(&read_snapshot("2026-08-22"))

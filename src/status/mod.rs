@@ -181,7 +181,8 @@ pub struct DeviceStatus {
     pub declarations: Vec<DeclarationStatus>,
 }
 
-fn at<'a>(items: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+/// The item at a dotted path of merged status items, such as `softwareupdate.install-state`.
+pub(crate) fn at<'a>(items: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     let mut parts = path.split('.');
     let mut current = items.get(parts.next()?)?;
     for part in parts {
@@ -190,7 +191,8 @@ fn at<'a>(items: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
     Some(current)
 }
 
-fn text(items: &Map<String, Value>, path: &str) -> Option<String> {
+/// A non-empty text item, at most 256 characters (a device's text is bounded before it is shown).
+pub(crate) fn text(items: &Map<String, Value>, path: &str) -> Option<String> {
     at(items, path)
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())

@@ -17,6 +17,7 @@ use crate::pass::devices::Provenance;
 use crate::pass::report::each_source;
 use crate::resolve::{self, Enforcement, Source, explain_selection};
 use crate::status::bucket::{Bucket, STALE_AFTER_SECONDS};
+use crate::status::{at as at_path, text};
 
 /// The declaration type whose payload carries a version and a deadline.
 const ENFORCEMENT_TYPE: &str = "com.apple.configuration.softwareupdate.enforcement.specific";
@@ -208,22 +209,6 @@ pub struct RecentReport {
     /// The report's `softwareupdate` items, as sent.
     pub softwareupdate: Option<Value>,
     pub os_version: Option<String>,
-}
-
-fn at_path<'a>(items: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
-    let mut parts = path.split('.');
-    let mut current = items.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
-}
-
-fn text(items: &Map<String, Value>, path: &str) -> Option<String> {
-    at_path(items, path)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.chars().take(256).collect())
 }
 
 fn local(deadline: jiff::civil::DateTime) -> String {

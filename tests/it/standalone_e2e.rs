@@ -1901,16 +1901,9 @@ async fn devices_show_explains_what_a_device_holds_and_reported() {
 
     // The catalog file's age (the operator runs on a snapshot file): counted from its newest
     // posting date, so the dashboard and the old-catalog alert see it (it was never set).
-    let metrics = operator
-        .client
-        .get(format!("{}/metrics", operator.admin))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let age = metric_sum(&metrics, "ddm_update_operator_catalog_age_seconds");
+    let age = operator
+        .metric("ddm_update_operator_catalog_age_seconds")
+        .await;
     let snapshot = std::fs::read(newest_catalog_path()).expect("the snapshot");
     let posted = PmvDocument::from_slice(&snapshot)
         .expect("a catalog")
