@@ -435,7 +435,8 @@ pub fn explain(
         &live.memory.ledger,
     );
     let plan = &plan;
-    let outcome = &plan.devices[0];
+    // One outcome per device given; none would be a resolver bug, answered as not found.
+    let outcome = plan.devices.first()?;
     let id = device.enrollment_id.as_str();
 
     // Merged again from what each source says now, to tell where each fact came from.
