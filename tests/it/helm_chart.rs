@@ -85,7 +85,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::helm::{CHART, helm};
+use crate::support::helm::{CHART, helm, merge};
 use crate::support::process::free_ports;
 use crate::support::yaml_files;
 
@@ -211,18 +211,6 @@ fn with_hmac(values: Value) -> Value {
     let mut merged = json!({"ddm": {"hmacSecret": {"name": HMAC_SECRET}}});
     merge(&mut merged, values);
     merged
-}
-
-/// Helm's merge of user values: objects key by key, anything else replaced.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                merge(base.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (base, over) => *base = over,
-    }
 }
 
 /// Every case, rendered in one batch.

@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 
-use crate::support::helm::{CHART, helm, helm_for};
+use crate::support::helm::{CHART, helm, helm_for, merge};
 use crate::support::prometheus::tool;
 use crate::support::{ROOT, copy_dir};
 
@@ -50,18 +50,6 @@ fn values(over: Value) -> Value {
     });
     merge(&mut values, over);
     values
-}
-
-/// Helm's merge of user values: objects key by key, anything else replaced.
-fn merge(base: &mut Value, over: Value) {
-    match (base, over) {
-        (Value::Object(base), Value::Object(over)) => {
-            for (key, value) in over {
-                merge(base.entry(key).or_insert(Value::Null), value);
-            }
-        }
-        (base, over) => *base = over,
-    }
 }
 
 /// The chart's PrometheusRules for `values` (Helm's message when it does not render).

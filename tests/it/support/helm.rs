@@ -79,3 +79,15 @@ pub fn helm_for(chart: &Path, requests: Vec<Value>) -> Vec<Value> {
     );
     serde_json::from_slice(&output.stdout).expect("helm.py answers JSON")
 }
+
+/// Helm's merge of user values: objects key by key, anything else replaced.
+pub fn merge(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, value) in over {
+                merge(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
