@@ -26,7 +26,7 @@ pub struct Snapshot {
     /// Counts passes; 0 before the first.
     pub pass: u64,
     pub partial: Partial,
-    pub plan: Arc<Plan>,
+    pub plan: Plan,
     pub devices: Arc<Vec<Device>>,
     /// The pass's devices for `/api/v1/devices` (`None` when the pass could not run).
     pub device_index: Option<Arc<crate::view::DeviceIndex>>,
@@ -53,7 +53,7 @@ impl Default for Snapshot {
         Snapshot {
             pass: 0,
             partial: Partial::default(),
-            plan: Arc::default(),
+            plan: Plan::default(),
             devices: Arc::default(),
             device_index: None,
             records: Vec::new(),
@@ -286,7 +286,7 @@ impl Resolver {
                     devices.clone(),
                     gate_catalog,
                 )));
-                let plan = Arc::new(result.plan);
+                let plan = result.plan;
                 let device_index = crate::view::DeviceIndex::new(
                     crate::view::PassOutput {
                         at: now,
